@@ -183,6 +183,8 @@ def sample_fleet(spec: Mapping[str, Any], num_clients: int, seed: int) -> list[D
     (log-uniform in linear gain); ``noise-dbm-per-hz`` is a noise density scaled by the client's
     bandwidth to give ``noise-w``.
     """
+    if OmegaConf.is_config(spec):
+        spec = OmegaConf.to_container(spec, resolve=True)
     _validate_spec(spec)
     tiers = spec["tiers"]
     rng = np.random.default_rng(seed)
@@ -207,6 +209,9 @@ def _sample_profile(tier: Mapping[str, Any], rng: np.random.Generator) -> Device
 
 
 def _validate_spec(spec: Mapping[str, Any]) -> None:
+    for name in spec:
+        if name not in ("name", "description", "tiers"):
+            raise ValueError(f"unknown fleet spec key '{name}'; valid: name, description, tiers")
     tiers = spec.get("tiers")
     if not tiers:
         raise ValueError("fleet spec needs a non-empty 'tiers' list")

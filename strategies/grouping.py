@@ -109,26 +109,36 @@ def assign_cost(
             raise ValueError(f"group_configs['{mode}'] has mode '{config.mode}'")
     out = []
     for cid in sorted(profiles):
-        profile = profiles[cid]
         candidates = [m for m in modes if m in workloads[cid]]
         if not candidates:
             raise ValueError(f"client {cid} has no workload for any of the modes {modes}")
-        fits = []
-        for mode in candidates:
-            workload = workloads[cid][mode]
-            allocation = allocate(profile, workload)
-            if allocation is not None and workload.client_memory_bytes <= profile.memory_bytes:
-                latency = round_cost(profile, workload, allocation, server_flops_per_s).latency_s
-                fits.append((latency, modes.index(mode), mode, allocation))
-        if fits:
-            _, group, mode, allocation = min(fits)
-        else:
-            mode, allocation = _fallback_mode(profile, workloads[cid], candidates), None
-            group = modes.index(mode)
+        mode, allocation = _fastest_fitting_mode(
+            profiles[cid], workloads[cid], candidates, server_flops_per_s
+        )
         config = group_configs[mode]
-        out.append(ModeAssignment(cid, group, mode, config.local_epochs, config.batch_size,
-                                  allocation))
+        out.append(ModeAssignment(cid, modes.index(mode), mode, config.local_epochs,
+                                  config.batch_size, allocation))
     return out
+
+
+def _fastest_fitting_mode(
+    profile: DeviceProfile,
+    workloads: Mapping[str, Workload],
+    candidates: list[str],
+    server_flops_per_s: float,
+) -> tuple[str, Allocation | None]:
+    fits = []
+    for order, mode in enumerate(candidates):
+        workload = workloads[mode]
+        allocation = allocate(profile, workload)
+        if allocation is not None and workload.client_memory_bytes <= profile.memory_bytes:
+            latency = round_cost(profile, workload, allocation, server_flops_per_s).latency_s
+            # The order breaks latency ties before the tuple comparison reaches Allocation.
+            fits.append((latency, order, mode, allocation))
+    if fits:
+        _, _, mode, allocation = min(fits)
+        return mode, allocation
+    return _fallback_mode(profile, workloads, candidates), None
 
 
 def _fallback_mode(

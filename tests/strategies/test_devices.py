@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from strategies.devices import (
     PROFILE_KEYS,
@@ -157,6 +158,19 @@ def test_sample_fleet_rejects_bad_spec(tier, match):
     # Execute / Assert
     with pytest.raises(ValueError, match=match):
         sample_fleet(spec, num_clients=2, seed=0)
+
+
+def test_sample_fleet_accepts_omegaconf_and_rejects_unknown_top_level_key():
+    # Prepare
+    spec = {"name": "x", "tiers": [_tier()]}
+
+    # Execute
+    from_omegaconf = sample_fleet(OmegaConf.create(spec), num_clients=3, seed=1)
+
+    # Assert
+    assert from_omegaconf == sample_fleet(spec, num_clients=3, seed=1)
+    with pytest.raises(ValueError, match="clients"):
+        sample_fleet(dict(spec, clients=3), num_clients=3, seed=1)
 
 
 def test_presets_load_and_span_orders_of_magnitude():

@@ -1,0 +1,185 @@
+"""Run configuration: YAML defaults, scalar overrides, typed and validated.
+
+``conf/<name>.yaml`` holds the structured defaults (``base``, ``test``, or any
+YAML path). Flower's ``context.run_config`` (``[tool.flwr.app.config]`` plus
+``flwr run --run-config``) holds the config name under ``config`` and scalar
+overrides under dotted kebab-case keys such as ``train.lr``. They are merged
+with OmegaConf and validated into :class:`Config`: a misspelt key or an
+out-of-range value stops the run at start with a message that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _f(default, help: str, low=None, high=None, choices=None):  # noqa: A002 - 'help' reads best here
+    return field(default=default, metadata={"help": help, "low": low, "high": high, "choices": choices})
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    name: str = _f("default", "name of the run, shown in logs and the summary")
+    seed: int = _f(42, "seed of every random choice (data split, batches, prefix init)")
+    num_rounds: int = _f(8, "federated rounds", low=1)
+    run_dir: str = _f("runs/default", "run directory (relative paths are taken from the working directory)")
+    resume: bool = _f(False, "continue from the run directory's checkpoint")
+    server_threads: int = _f(0, "torch threads on the server (0: torch's default)", low=0)
+    client_threads: int = _f(1, "torch threads per client (simulated clients share the cores)", low=0)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    source: str = _f("minilm", "'minilm' (offline), a local HF folder, a Hub id, or random-bert/gpt2/llama")
+    gguf_file: str = _f("", "GGUF file inside the model folder, if the weights are GGUF")
+    allow_download: bool = _f(False, "allow fetching a Hub id (needs a machine that is online)")
+    split_layer: int = _f(2, "transformer layers on the client", low=1)
+    prefix_length: int = _f(16, "prefix slots per attention layer", low=0, high=512)
+    head: str = _f("classifier", "output head", choices=("classifier", "lm"))
+    pooling: str = _f("mean", "pooling for a classifier head", choices=("pooler", "mean", "last"))
+    verbalizer: str = _f("", "comma-separated label words for an LM head, one per label")
+    max_length: int = _f(64, "tokens per sample after truncation", low=4, high=4096)
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    source: str = _f("rotten-tomatoes", "'rotten-tomatoes', 'synthetic' or a path to a .csv/.jsonl file")
+    text_column: str = _f("text", "text column of a local file")
+    label_column: str = _f("label", "label column of a local file")
+    test_size: int = _f(1000, "held-out samples for the server's test split", low=1)
+    partitioner: str = _f("iid", "how samples are spread over clients", choices=("iid", "dirichlet"))
+    alpha: float = _f(0.5, "Dirichlet concentration (smaller: more label skew)", low=1e-3)
+    num_partitions: int = _f(10, "partitions (simulation overrides it with the node count)", low=1)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    steps_per_round: int = _f(10, "minibatches each client trains per round", low=1, high=10_000)
+    batch_size: int = _f(16, "samples per minibatch", low=1, high=4096)
+    lr: float = _f(0.01, "Adam learning rate of the prefix", low=1e-8, high=10.0)
+    head_lr: float = _f(0.003, "Adam learning rate of the classification head", low=0.0, high=10.0)
+    activation_dtype: str = _f("float32", "dtype of boundary activations and gradients on the wire",
+                               choices=("float32", "float16"))
+
+
+@dataclass(frozen=True)
+class StrategySettings:
+    min_clients: int = _f(2, "fewest replies a round needs; fewer stops the run cleanly", low=1)
+    fraction_train: float = _f(1.0, "fraction of connected clients sampled each round", low=1e-6, high=1.0)
+    timeout_s: float = _f(600.0, "seconds to wait for the replies of one exchange", low=1.0)
+    wait_for_nodes_s: float = _f(120.0, "seconds to wait for min-clients nodes to connect", low=0.0)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    every: int = _f(1, "evaluate the global model on the server's test split every N rounds", low=1)
+    batch_size: int = _f(64, "samples per evaluation batch", low=1)
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunSettings = field(default_factory=RunSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    strategy: StrategySettings = field(default_factory=StrategySettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+
+def load_config(run_config: Mapping[str, Any] | None = None) -> Config:
+    """Merge ``conf/<config>.yaml`` and flat dotted overrides into a validated :class:`Config`."""
+    overrides = dict(run_config or {})
+    name = str(overrides.pop("config", "base"))
+    base = OmegaConf.load(_yaml_path(name))
+    merged = OmegaConf.merge(base, OmegaConf.from_dotlist([f"{k}={_dot(v)}" for k, v in overrides.items()]))
+    return from_dict(OmegaConf.to_container(merged, resolve=True))
+
+
+def _dot(value: Any) -> str:
+    # from_dotlist parses YAML scalars: quote strings so '1e-3'-like text stays what the user typed.
+    return repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _yaml_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    candidate = CONF_DIR / f"{name}.yaml"
+    if not candidate.is_file():
+        known = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
+        raise ValueError(f"config '{name}' not found: expected one of {known} or a path to a YAML file")
+    return candidate
+
+
+def from_dict(tree: Mapping[str, Any]) -> Config:
+    """Validate a nested dict with kebab-case keys into a :class:`Config`."""
+    sections = {}
+    for key, value in tree.items():
+        section = _field(Config, key, "")
+        if not isinstance(value, Mapping):
+            raise ValueError(f"config key '{key}' must be a section (a mapping), got {value!r}")
+        sections[section.name] = _section(section.type, value, key)
+    return Config(**sections)
+
+
+def _section(cls_name, values: Mapping[str, Any], prefix: str):
+    cls = globals()[cls_name] if isinstance(cls_name, str) else cls_name
+    kwargs = {}
+    for key, value in values.items():
+        spec = _field(cls, key, prefix)
+        kwargs[spec.name] = _check(f"{prefix}.{key}", spec, value)
+    return cls(**kwargs)
+
+
+def _field(cls, key: str, prefix: str) -> dataclasses.Field:
+    fields = {f.name.replace("_", "-"): f for f in dataclasses.fields(cls)}
+    if key not in fields:
+        where = f"{prefix}.{key}" if prefix else key
+        close = difflib.get_close_matches(key, list(fields), n=1)
+        hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
+        raise ValueError(f"unknown config key '{where}'{hint}; valid keys here: {sorted(fields)}")
+    return fields[key]
+
+
+def _check(name: str, spec: dataclasses.Field, value: Any):
+    kind = {"int": int, "float": float, "bool": bool, "str": str}[spec.type]
+    if kind is bool and not isinstance(value, bool):
+        raise ValueError(f"config key '{name}' must be true or false, got {value!r}")
+    if kind is int and (isinstance(value, bool) or not float(value).is_integer()):
+        raise ValueError(f"config key '{name}' must be an integer, got {value!r}")
+    try:
+        value = kind(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"config key '{name}' must be a {kind.__name__}, got {value!r}") from err
+    meta = spec.metadata
+    if meta["choices"] and value not in meta["choices"]:
+        raise ValueError(f"config key '{name}'={value!r} must be one of {list(meta['choices'])}")
+    if meta["low"] is not None and value < meta["low"]:
+        raise ValueError(f"config key '{name}'={value!r} is below its minimum {meta['low']}")
+    if meta["high"] is not None and value > meta["high"]:
+        raise ValueError(f"config key '{name}'={value!r} is above its maximum {meta['high']}")
+    return value
+
+
+def to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    """The resolved config with kebab-case keys (written to the run directory)."""
+    return {s.name: {k.replace("_", "-"): v for k, v in dataclasses.asdict(getattr(config, s.name)).items()}
+            for s in dataclasses.fields(config)}
+
+
+def reference() -> list[tuple[str, Any, str]]:
+    """``(key, default, help)`` of every setting, for the README and ``--help`` output."""
+    rows = []
+    for section in dataclasses.fields(Config):
+        for spec in dataclasses.fields(section.default_factory()):
+            rows.append((f"{section.name}.{spec.name.replace('_', '-')}", spec.default, spec.metadata["help"]))
+    return rows

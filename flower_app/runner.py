@@ -1,0 +1,107 @@
+"""An in-process, Ray-free grid: the ClientApp is called directly, one Context per node.
+
+For tests and notebooks: 10 nodes of a tiny model run in seconds, and the same
+seed gives the same metrics as ``flwr run`` (the strategy never depends on
+node ids or reply order). It leans on Flower internals (message metadata,
+the process task identity), so flwr is pinned exactly.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+# A fault hook sees (node index, message) and returns the reply to deliver, or None to drop it.
+Fault = Callable[[int, Message, Callable[[], Message]], Message | None]
+
+
+class InProcessGrid(Grid):
+    """Delivers each message by calling the ClientApp in this process.
+
+    Parameters
+    ----------
+    client_app : ClientApp
+        The app whose handlers answer the messages.
+    num_nodes : int
+        Simulated nodes; node ``i`` gets ``partition-id = i``.
+    run_config : Mapping
+        What ``context.run_config`` holds on every node.
+    fault : Fault | None
+        Optional hook to inject crashes, delays and bad replies (tests).
+    """
+
+    def __init__(self, client_app: ClientApp, num_nodes: int, run_config: Mapping[str, Any],
+                 fault: Fault | None = None, run_id: int = 1):
+        self.client_app, self.fault = client_app, fault
+        self._run = Run.create_empty(run_id=run_id)
+        self.node_ids = [1000 + i for i in range(num_nodes)]
+        self.contexts = {node: Context(run_id, node, {"partition-id": i, "num-partitions": num_nodes},
+                                       RecordDict(), dict(run_config))
+                         for i, node in enumerate(self.node_ids)}
+        self._replies: dict[str, Message] = {}
+        self.elapsed: dict[str, float] = {}
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SUPERLINK_NODE_ID
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.node_ids)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for message in messages:
+            message_id = uuid.uuid4().hex
+            message.metadata.__dict__["_message_id"] = message_id
+            node = message.metadata.dst_node_id
+            tick = time.perf_counter()
+            reply = self._deliver(node, message)
+            self.elapsed[message_id] = time.perf_counter() - tick
+            if reply is not None:
+                self._replies[message_id] = reply
+            ids.append(message_id)
+        return ids
+
+    def _deliver(self, node: int, message: Message) -> Message | None:
+        def call() -> Message:
+            try:
+                return self.client_app(message, self.contexts[node])
+            except Exception as err:  # what a SuperNode does with a raising ClientApp
+                return message.create_error_reply(Error(code=0, reason=f"{type(err).__name__}: {err}"))
+        if node not in self.contexts:
+            return None
+        return self.fault(self.node_ids.index(node), message, call) if self.fault else call()
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        ids = list(self.push_messages(messages))
+        # A reply that took longer than the timeout would not have arrived in time.
+        late = {i for i in ids if timeout is not None and self.elapsed.get(i, 0.0) > timeout}
+        return [r for r in self.pull_messages(ids) if r.metadata.reply_to_message_id not in late]
+
+
+def run_inprocess(run_config: Mapping[str, Any], num_nodes: int = 10, fault: Fault | None = None) -> dict:
+    """Run a whole job in this process; return the summary."""
+    from flower_app.client_app import app as client_app
+    from flower_app.server_app import run_server
+
+    return run_server(InProcessGrid(client_app, num_nodes, run_config, fault), run_config)

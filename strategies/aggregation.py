@@ -1,0 +1,51 @@
+"""Data-volume weighted aggregation of trainable tensors.
+
+Every training mode yields contributions ``(tensors, data volume)``: a client's
+prefix after local or split training, the server's side of a split round, the
+server's result of centralized training. The next global tensors are their
+average weighted by data volume. A contribution may hold a subset of the
+names (a split client sends only its lower-layer prefix); each name is
+averaged over the contributions that hold it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """Trainable tensors and the number of samples behind them."""
+
+    arrays: Mapping[str, np.ndarray]
+    num_examples: int
+    source: str = ""  # who produced it, e.g. "client 3" or "server (centralized)", for logs
+
+
+def volume_weights(volumes: Sequence[int]) -> np.ndarray:
+    """Normalised weights ``n_i / sum(n)``; all volumes must be positive."""
+    volumes = np.asarray(volumes, dtype=np.float64)
+    if len(volumes) == 0 or (volumes <= 0).any():
+        raise ValueError(f"data volumes must be positive, got {volumes.tolist()}")
+    return volumes / volumes.sum()
+
+
+def aggregate(contributions: Sequence[Contribution],
+              fallback: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Weighted average per tensor name; names no contribution holds keep ``fallback``.
+
+    Sums in float64 in the given order (callers sort contributions by a stable
+    id) so the result does not depend on reply arrival order.
+    """
+    result = {name: np.array(value, copy=True) for name, value in fallback.items()}
+    for name in fallback:
+        holders = [c for c in contributions if name in c.arrays]
+        if not holders:
+            continue
+        weights = volume_weights([c.num_examples for c in holders])
+        total = sum(w * np.asarray(c.arrays[name], dtype=np.float64) for w, c in zip(weights, holders))
+        result[name] = total.astype(fallback[name].dtype)
+    return result
