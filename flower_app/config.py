@@ -97,7 +97,8 @@ class Config:
 
 def load_config(run_config: Mapping[str, Any] | None = None) -> Config:
     """Merge ``conf/<config>.yaml`` and flat dotted overrides into a validated :class:`Config`."""
-    overrides = dict(run_config or {})
+    # "" in [tool.flwr.app.config] means "keep the YAML's value" (flwr only overrides listed keys).
+    overrides = {k: v for k, v in (run_config or {}).items() if v != ""}
     name = str(overrides.pop("config", "base"))
     base = OmegaConf.load(_yaml_path(name))
     merged = OmegaConf.merge(base, OmegaConf.from_dotlist([f"{k}={_dot(v)}" for k, v in overrides.items()]))
@@ -152,6 +153,8 @@ def _field(cls, key: str, prefix: str) -> dataclasses.Field:
 
 def _check(name: str, spec: dataclasses.Field, value: Any):
     kind = {"int": int, "float": float, "bool": bool, "str": str}[spec.type]
+    if kind is bool and isinstance(value, str) and value.lower() in ("true", "false"):
+        value = value.lower() == "true"  # from a command line
     if kind is bool and not isinstance(value, bool):
         raise ValueError(f"config key '{name}' must be true or false, got {value!r}")
     if kind is int and (isinstance(value, bool) or not float(value).is_integer()):

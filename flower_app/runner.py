@@ -105,3 +105,25 @@ def run_inprocess(run_config: Mapping[str, Any], num_nodes: int = 10, fault: Fau
     from flower_app.server_app import run_server
 
     return run_server(InProcessGrid(client_app, num_nodes, run_config, fault), run_config)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m flower_app.runner [--nodes N] [key=value ...]``: a job without Ray."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--nodes", type=int, default=10, help="simulated nodes (default: 10)")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. config=test train.lr=0.02")
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"override '{item}' is not key=value")
+        overrides[key] = value
+    print(json.dumps(run_inprocess(overrides, num_nodes=args.nodes), indent=2))
+
+
+if __name__ == "__main__":
+    main()

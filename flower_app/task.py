@@ -203,11 +203,12 @@ class SplitServer:
         set_state(setup.client, state)
         set_state(setup.server, state)
         encoded, size = test_data(self.config), self.config.eval.batch_size
+        # Length-sorted batches pad little: evaluation costs what the tokens cost.
+        order = np.argsort([len(ids) for ids in encoded.ids], kind="stable")
         total_loss, correct = 0.0, 0
         with torch.no_grad(), torch_threads(self.config.run.server_threads):
             for start in range(0, len(encoded), size):
-                ids, mask, labels = data_mod.collate(encoded, range(start, min(start + size, len(encoded))),
-                                                     setup.pad_id)
+                ids, mask, labels = data_mod.collate(encoded, order[start:start + size], setup.pad_id)
                 scores = class_logits(setup.spec, setup.server(setup.client(ids, mask), mask), mask,
                                       setup.verbalizer_ids)
                 total_loss += F.cross_entropy(scores, labels, reduction="sum").item()

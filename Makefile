@@ -1,0 +1,36 @@
+# The README's two commands:
+#   make run    set up a fresh machine and run the default job (flwr run, 10 simulated SuperNodes)
+#   make test   set up a fresh machine and run the tests
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run run-inprocess test test-fast bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.txt requirements-assets.txt requirements-test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-assets.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+run: setup
+	scripts/flwr_run.sh 10 "$(RUN_CONFIG)"
+
+run-inprocess: setup
+	$(PY) -m flower_app.runner --nodes 10 $(RUN_CONFIG)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup
+	$(PY) bench/comm.py
+
+clean:
+	rm -rf $(VENV) .flwr runs
