@@ -76,6 +76,8 @@ class StrategySettings:
     min_clients: int = _f(2, "fewest replies a round needs; fewer stops the run cleanly", low=1)
     fraction_train: float = _f(1.0, "fraction of connected clients sampled each round", low=1e-6, high=1.0)
     timeout_s: float = _f(600.0, "seconds to wait for the replies of one exchange", low=1.0)
+    server_side: str = _f("sequential", "server tensors trained through clients in turn, or a copy per client",
+                          choices=("sequential", "parallel"))
     wait_for_nodes_s: float = _f(120.0, "seconds to wait for min-clients nodes to connect", low=0.0)
 
 

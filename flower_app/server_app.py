@@ -35,7 +35,8 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict:
         server, seed=config.run.seed, steps=t.steps_per_round, batch_size=t.batch_size, lr=t.lr,
         activation_dtype=t.activation_dtype, min_clients=config.strategy.min_clients,
         fraction_train=config.strategy.fraction_train, timeout_s=config.strategy.timeout_s,
-        wait_for_nodes_s=config.strategy.wait_for_nodes_s, eval_every=config.eval.every, run_dir=run_dir)
+        wait_for_nodes_s=config.strategy.wait_for_nodes_s, server_side=config.strategy.server_side,
+        eval_every=config.eval.every, run_dir=run_dir)
     first_round = 1
     checkpoint = run_dir.load() if config.run.resume else None
     if checkpoint is not None:

@@ -6,8 +6,12 @@ A round, for every sampled client (in order of partition id):
    a seed; the client draws its batch plan from the seed, runs its lower
    layers on every planned minibatch and replies with all boundary
    activations (plus masks and labels) at once.
-2. The server steps through those minibatches with its own copy of the
-   upper-layer prefix and head, and keeps one boundary gradient per minibatch.
+2. The server steps through those minibatches with the upper-layer prefix
+   and head and keeps one boundary gradient per minibatch. ``sequential``
+   (default): one server copy trains through the clients in partition order,
+   so the head takes every client's steps in a row (SplitFed-V2 style);
+   ``parallel``: a copy per client, averaged like the client prefixes
+   (SplitFed-V1 style).
 3. ``train.split_backward``: the server sends the gradients back; the client
    replays its forward and applies them in order, then replies with its
    updated prefix and ``num-examples``.
@@ -103,6 +107,8 @@ class SplitPrefixStrategy(Strategy):
         Seconds to wait for the replies of one exchange.
     wait_for_nodes_s : float (default: 120)
         Seconds to wait at start for ``min_clients`` nodes to connect.
+    server_side : str (default: "sequential")
+        ``"sequential"`` or ``"parallel"`` training of the server's tensors (see above).
     eval_every : int (default: 1)
         Evaluate the global tensors every N rounds (and after the last).
     run_dir : RunDirectory | None (default: None)
@@ -112,7 +118,10 @@ class SplitPrefixStrategy(Strategy):
     def __init__(self, server_model: ServerModel, *, seed: int, steps: int = 10, batch_size: int = 16,
                  lr: float = 0.01, activation_dtype: str = "float32", min_clients: int = 2,
                  fraction_train: float = 1.0, timeout_s: float = 600.0, wait_for_nodes_s: float = 120.0,
-                 eval_every: int = 1, run_dir: RunDirectory | None = None):
+                 server_side: str = "sequential", eval_every: int = 1, run_dir: RunDirectory | None = None):
+        if server_side not in ("sequential", "parallel"):
+            raise ValueError(f"server_side='{server_side}' must be 'sequential' or 'parallel'")
+        self.server_side = server_side
         self.server_model = server_model
         self.seed, self.steps, self.batch_size, self.lr = seed, steps, batch_size, lr
         self.activation_dtype = activation_dtype
@@ -152,11 +161,12 @@ class SplitPrefixStrategy(Strategy):
                                                               ConfigRecord(), grid, nodes=sampled))
         gradients, server_parts, losses = self._train_server_side(server_round, forward)
         backward = self._exchange(grid, self._configure_backward(server_round, gradients))
-        contributions = self._collect(backward, server_parts)
-        if len(contributions) // 2 < self.min_clients:
+        accepted = self._collect(backward)
+        if len(accepted) < self.min_clients:
             self._log_dropped(server_round)
             return None
-        self.state = aggregate(contributions, self.state)
+        self.state = aggregate(list(accepted.values()) + self._server_contributions(accepted, server_parts),
+                               self.state)
         record = self._round_record(server_round, num_rounds, forward, backward, losses, tick)
         if self.run_dir is not None:
             self.run_dir.log_round(record)
@@ -256,6 +266,7 @@ class SplitPrefixStrategy(Strategy):
                            ) -> tuple[dict[int, list[np.ndarray]], dict[int, Contribution], dict[int, float]]:
         gradients, server_parts, losses = {}, {}, {}
         server_state = {k: self.state[k] for k in self.server_model.server_keys}
+        self._sequential_state = server_state
         for info in sorted((self.clients[n] for n in forward), key=lambda c: c.partition_id):
             reply = forward[info.node_id]
             try:
@@ -271,7 +282,22 @@ class SplitPrefixStrategy(Strategy):
             gradients[info.node_id] = grads
             server_parts[info.node_id] = Contribution(trained, volume, f"server half of client {info.partition_id}")
             losses[info.node_id] = loss
+            if self.server_side == "sequential":
+                server_state = self._sequential_state = trained
         return gradients, server_parts, losses
+
+    def _server_contributions(self, accepted: Mapping[int, Contribution],
+                              server_parts: Mapping[int, Contribution]) -> list[Contribution]:
+        """The server's tensors as contributions: one sequential result, or one per client.
+
+        A sequential server has already taken the steps of a client whose backward
+        reply was then rejected; its activations had passed validation, so the
+        steps stand, and the result carries the volume of the accepted clients.
+        """
+        if self.server_side == "parallel":
+            return [server_parts[node] for node in accepted]
+        volume = sum(c.num_examples for c in accepted.values())
+        return [Contribution(self._sequential_state, volume, "server (sequential split)")]
 
     def _configure_backward(self, server_round: int, gradients: Mapping[int, list[np.ndarray]]) -> list[Message]:
         client_part = to_record({k: self.state[k] for k in self.server_model.client_keys})
@@ -284,11 +310,10 @@ class SplitPrefixStrategy(Strategy):
                                            wire.CONFIG: self._plan_config(server_round, info)}))
         return messages
 
-    def _collect(self, backward: Mapping[int, Message], server_parts: Mapping[int, Contribution],
-                 ) -> list[Contribution]:
-        """Validated client contributions, each next to its server half, in partition order."""
+    def _collect(self, backward: Mapping[int, Message]) -> dict[int, Contribution]:
+        """Validated client contributions by node id, in partition order."""
         expected = spec_of({k: self.state[k] for k in self.server_model.client_keys})
-        contributions = []
+        contributions = {}
         for info in sorted((self.clients[n] for n in backward), key=lambda c: c.partition_id):
             reply = backward[info.node_id]
             try:
@@ -302,8 +327,7 @@ class SplitPrefixStrategy(Strategy):
             if not verdict.ok:
                 self.dropped[info.node_id] = "backward reply rejected: " + "; ".join(verdict.reasons)
                 continue
-            contributions.append(Contribution(arrays, int(volume), f"client {info.partition_id}"))
-            contributions.append(server_parts[info.node_id])
+            contributions[info.node_id] = Contribution(arrays, int(volume), f"client {info.partition_id}")
         return contributions
 
     # --- records ----------------------------------------------------------------------------
