@@ -143,11 +143,17 @@ def replay_plan(client: ClientPart, encoded: data_mod.Encoded, plan: Sequence[np
     params = [p for p in client.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
     for indices, grad in zip(plan, gradients):
-        ids, mask, _ = data_mod.collate(encoded, indices, pad_id)
-        optimizer.zero_grad()
-        boundary = client(ids, mask)
-        boundary.backward(torch.as_tensor(np.asarray(grad, dtype=np.float32)))
-        optimizer.step()
+        replay_plan_step(client, encoded, indices, grad, optimizer, pad_id)
+
+
+def replay_plan_step(client: ClientPart, encoded: data_mod.Encoded, indices: np.ndarray,
+                     grad: np.ndarray, optimizer: torch.optim.Optimizer, pad_id: int) -> None:
+    """One replayed minibatch: forward with the current prefix, backward the server's gradient."""
+    ids, mask, _ = data_mod.collate(encoded, indices, pad_id)
+    optimizer.zero_grad()
+    boundary = client(ids, mask)
+    boundary.backward(torch.as_tensor(np.asarray(grad, dtype=np.float32)))
+    optimizer.step()
 
 
 def _to_wire(tensor: torch.Tensor, dtype: str) -> np.ndarray:
