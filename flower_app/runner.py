@@ -80,14 +80,13 @@ class InProcessGrid(Grid):
         return ids
 
     def _deliver(self, node: int, message: Message) -> Message | None:
-        def call() -> Message:
-            try:
-                return self.client_app(message, self.contexts[node])
-            except Exception as err:  # what a SuperNode does with a raising ClientApp
-                return message.create_error_reply(Error(code=0, reason=f"{type(err).__name__}: {err}"))
         if node not in self.contexts:
             return None
-        return self.fault(self.node_ids.index(node), message, call) if self.fault else call()
+        call = lambda: self.client_app(message, self.contexts[node])  # noqa: E731
+        try:
+            return self.fault(self.node_ids.index(node), message, call) if self.fault else call()
+        except Exception as err:  # what a SuperNode does with a raising ClientApp
+            return message.create_error_reply(Error(code=0, reason=f"{type(err).__name__}: {err}"))
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(i) for i in message_ids if i in self._replies]

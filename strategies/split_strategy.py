@@ -360,6 +360,8 @@ class SplitPrefixStrategy(Strategy):
             log(WARNING, "round %d: node %d dropped: %s", server_round, node, why)
 
     def _finish(self, status: str, history: list[dict], wall_s: float) -> dict:
+        if self.run_dir is not None:  # a resumed run reports the rounds before the restart too
+            history = self.run_dir.rounds()
         evaluated = [r for r in history if "accuracy" in r]
         summary = {"status": status, "rounds": len(history), "wall-s": round(wall_s, 3),
                    "final-accuracy": evaluated[-1]["accuracy"] if evaluated else None,
