@@ -82,6 +82,16 @@ class StrategySettings:
 
 
 @dataclass(frozen=True)
+class RequirementSettings:
+    """The training requirement sent in every train message (0 = no bound)."""
+
+    min_samples: int = _f(1, "fewest samples a client must hold to train", low=1)
+    target_samples: int = _f(0, "samples a client should train on (0: all it holds)", low=0)
+    max_samples: int = _f(0, "most samples a client may train on (0: no cap)", low=0)
+    max_train_s: float = _f(0.0, "client training time limit per round, seconds (0: none)", low=0.0)
+
+
+@dataclass(frozen=True)
 class EvalSettings:
     every: int = _f(1, "evaluate the global model on the server's test split every N rounds", low=1)
     batch_size: int = _f(64, "samples per evaluation batch", low=1)
@@ -94,6 +104,7 @@ class Config:
     data: DataSettings = field(default_factory=DataSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     strategy: StrategySettings = field(default_factory=StrategySettings)
+    requirement: RequirementSettings = field(default_factory=RequirementSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
 
 

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from flower_app import task
 from flower_app.config import load_config, to_dict
+from strategies.requirements import TrainingRequirement
 from strategies.rundir import RunDirectory
 from strategies.split_strategy import SplitPrefixStrategy
 
@@ -36,11 +37,12 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict:
         activation_dtype=t.activation_dtype, min_clients=config.strategy.min_clients,
         fraction_train=config.strategy.fraction_train, timeout_s=config.strategy.timeout_s,
         wait_for_nodes_s=config.strategy.wait_for_nodes_s, server_side=config.strategy.server_side,
-        eval_every=config.eval.every, run_dir=run_dir)
+        eval_every=config.eval.every, run_dir=run_dir, requirement=requirement(config))
     first_round = 1
     checkpoint = run_dir.load() if config.run.resume else None
     if checkpoint is not None:
         strategy.state = dict(checkpoint.arrays)
+        strategy.restore(checkpoint.state)
         first_round = checkpoint.round + 1
         run_dir.truncate_after(checkpoint.round)
         log(INFO, "resuming from the checkpoint of round %d in %s", checkpoint.round, run_dir.path)
@@ -50,3 +52,10 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict:
     log(INFO, "run directory: %s (%d trainable tensors, %d values)", run_dir.path.resolve(),
         len(strategy.state), sum(v.size for v in strategy.state.values()))
     return strategy.start(grid, config.run.num_rounds, first_round)
+
+
+def requirement(config) -> TrainingRequirement:
+    """The config's requirement section as the wire-level requirement (0 means no bound)."""
+    r = config.requirement
+    return TrainingRequirement(min_samples=r.min_samples, target_samples=r.target_samples or None,
+                               max_samples=r.max_samples or None, max_train_s=r.max_train_s or None)

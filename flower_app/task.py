@@ -120,11 +120,11 @@ def class_logits(setup_spec: SplitSpec, logits: torch.Tensor, mask: torch.Tensor
 # --- client side ------------------------------------------------------------------------------
 
 def forward_plan(client: ClientPart, encoded: data_mod.Encoded, plan: Sequence[np.ndarray],
-                 pad_id: int, dtype: str) -> dict[str, np.ndarray]:
+                 pad_id: int, dtype: str, first_index: int = 0) -> dict[str, np.ndarray]:
     """Boundary activations, masks and labels of every planned minibatch, in one record."""
     out = {}
     with torch.no_grad():
-        for i, indices in enumerate(plan):
+        for i, indices in enumerate(plan, start=first_index):
             ids, mask, labels = data_mod.collate(encoded, indices, pad_id)
             out[wire.activation_key(i)] = _to_wire(client(ids, mask), dtype)
             out[wire.mask_key(i)] = mask.numpy().astype(np.int8)

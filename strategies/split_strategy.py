@@ -42,6 +42,9 @@ from flwr.serverapp.strategy import Strategy
 from strategies import wire
 from strategies.aggregation import Contribution, aggregate
 from strategies.interfaces import ServerModel
+from strategies.requirements import (Failure, FailureCause, TrainingRequirement, count_causes,
+                                     failure_from_config, is_failure_config, react_to_failures,
+                                     requirement_to_config)
 from strategies.records import content_bytes, from_record, to_record
 from strategies.rundir import RunDirectory
 from strategies.validation import judge, spec_of
@@ -113,12 +116,23 @@ class SplitPrefixStrategy(Strategy):
         Evaluate the global tensors every N rounds (and after the last).
     run_dir : RunDirectory | None (default: None)
         Where metrics, checkpoints and the summary go.
+    requirement : TrainingRequirement | None (default: None)
+        Sent in every train message; clients that cannot meet it reply with a failure cause.
+    max_strikes : int (default: 3)
+        Consecutive errors, timeouts or invalid replies after which a client is excluded.
+
+    Failures are counted by cause each round and answered by
+    :func:`strategies.requirements.react_to_failures`: with split as the only mode,
+    insufficient samples or compute exclude the client; a result below the
+    threshold only leaves this round's average; transient faults exclude the client
+    after ``max_strikes`` rounds in a row.
     """
 
     def __init__(self, server_model: ServerModel, *, seed: int, steps: int = 10, batch_size: int = 16,
                  lr: float = 0.01, activation_dtype: str = "float32", min_clients: int = 2,
                  fraction_train: float = 1.0, timeout_s: float = 600.0, wait_for_nodes_s: float = 120.0,
-                 server_side: str = "sequential", eval_every: int = 1, run_dir: RunDirectory | None = None):
+                 server_side: str = "sequential", eval_every: int = 1, run_dir: RunDirectory | None = None,
+                 requirement: TrainingRequirement | None = None, max_strikes: int = 3):
         if server_side not in ("sequential", "parallel"):
             raise ValueError(f"server_side='{server_side}' must be 'sequential' or 'parallel'")
         self.server_side = server_side
@@ -129,8 +143,21 @@ class SplitPrefixStrategy(Strategy):
         self.timeout_s, self.wait_for_nodes_s, self.eval_every = timeout_s, wait_for_nodes_s, eval_every
         self.run_dir = run_dir
         self.state: dict[str, np.ndarray] = server_model.initial_state()
+        self.requirement = requirement or TrainingRequirement()
+        self.max_strikes = max_strikes
         self.clients: dict[int, ClientInfo] = {}
         self.dropped: dict[int, str] = {}
+        self.failures: dict[int, Failure] = {}
+        self.strikes: dict[int, int] = {}   # by partition id
+        self.excluded: set[int] = set()     # partition ids
+
+    def restore(self, state: Mapping) -> None:
+        """Strategy state from a checkpoint (JSON turned int keys into strings)."""
+        self.strikes = {int(k): int(v) for k, v in state.get("strikes", {}).items()}
+        self.excluded = {int(p) for p in state.get("excluded", [])}
+
+    def _state(self, server_round: int) -> dict:
+        return {"round": server_round, "strikes": self.strikes, "excluded": sorted(self.excluded)}
 
     def summary(self) -> None:
         log(INFO, "SplitPrefixStrategy: %d steps x batch %d per client per round, lr %g, %s on the wire, "
@@ -155,13 +182,14 @@ class SplitPrefixStrategy(Strategy):
 
     def run_round(self, grid: Grid, server_round: int, num_rounds: int) -> dict | None:
         tick = time.time()
-        self.dropped = {}
+        self.dropped, self.failures = {}, {}
         sampled = self._sample(server_round)
         forward = self._exchange(grid, self.configure_train(server_round, to_record(self.state),
                                                               ConfigRecord(), grid, nodes=sampled))
         gradients, server_parts, losses = self._train_server_side(server_round, forward)
         backward = self._exchange(grid, self._configure_backward(server_round, gradients))
         accepted = self._collect(backward)
+        self._react(accepted)
         if len(accepted) < self.min_clients:
             self._log_dropped(server_round)
             return None
@@ -170,7 +198,7 @@ class SplitPrefixStrategy(Strategy):
         record = self._round_record(server_round, num_rounds, forward, backward, losses, tick)
         if self.run_dir is not None:
             self.run_dir.log_round(record)
-            self.run_dir.checkpoint(server_round, self.state, {"round": server_round})
+            self.run_dir.checkpoint(server_round, self.state, self._state(server_round))
         return record
 
     # --- Strategy interface -----------------------------------------------------------------
@@ -225,7 +253,8 @@ class SplitPrefixStrategy(Strategy):
         return info if info.num_available > 0 else None
 
     def _sample(self, server_round: int) -> list[ClientInfo]:
-        known = sorted(self.clients.values(), key=lambda c: c.partition_id)
+        known = sorted((c for c in self.clients.values() if c.partition_id not in self.excluded),
+                       key=lambda c: c.partition_id)
         count = max(self.min_clients, int(np.ceil(self.fraction_train * len(known))))
         if count >= len(known):
             return known
@@ -234,7 +263,7 @@ class SplitPrefixStrategy(Strategy):
         return [known[i] for i in sorted(chosen)]
 
     def _plan_config(self, server_round: int, info: ClientInfo) -> ConfigRecord:
-        return ConfigRecord({wire.SERVER_ROUND: server_round,
+        return ConfigRecord({**requirement_to_config(self.requirement), wire.SERVER_ROUND: server_round,
                              wire.SEED: round_seed(self.seed, server_round, info.partition_id),
                              wire.STEPS: self.steps, wire.BATCH_SIZE: self.batch_size, wire.LR: self.lr,
                              wire.ACTIVATION_DTYPE: self.activation_dtype})
@@ -251,12 +280,12 @@ class SplitPrefixStrategy(Strategy):
         for reply in grid.send_and_receive(messages, timeout=self.timeout_s):
             node = reply.metadata.src_node_id
             if reply.has_error():
-                self.dropped[node] = f"error reply: {reply.error.reason}"
+                self._drop(node, FailureCause.CLIENT_ERROR, f"error reply: {reply.error.reason}")
             else:
                 replies[node] = reply
         for node in self._sent:
             if node not in replies and node not in self.dropped:
-                self.dropped[node] = f"no reply within {self.timeout_s:.0f} s"
+                self._drop(node, FailureCause.TIMEOUT, f"no reply within {self.timeout_s:.0f} s")
         self._bytes_down = getattr(self, "_bytes_down", {})
         for node, message in self._sent.items():
             self._bytes_down[node] = self._bytes_down.get(node, 0) + content_bytes(message)
@@ -269,6 +298,10 @@ class SplitPrefixStrategy(Strategy):
         self._sequential_state = server_state
         for info in sorted((self.clients[n] for n in forward), key=lambda c: c.partition_id):
             reply = forward[info.node_id]
+            config = reply.content.config_records.get(wire.CONFIG)
+            if config is not None and is_failure_config(config):
+                self._report_failure(info, config)
+                continue
             try:
                 batches, problems = plan_batches(from_record(reply.content.array_records[wire.ACTIVATIONS]),
                                                  self.steps)
@@ -277,7 +310,7 @@ class SplitPrefixStrategy(Strategy):
                 volume = int(reply.content.metric_records[wire.METRICS][wire.NUM_EXAMPLES])
                 trained, grads, loss = self.server_model.train_split(server_state, batches)
             except Exception as err:  # one client's bad activations must not end the round
-                self.dropped[info.node_id] = f"forward reply rejected: {_reason(reply, err)}"
+                self._drop(info.node_id, FailureCause.INVALID_REPLY, f"forward reply rejected: {_reason(reply, err)}")
                 continue
             gradients[info.node_id] = grads
             server_parts[info.node_id] = Contribution(trained, volume, f"server half of client {info.partition_id}")
@@ -320,15 +353,42 @@ class SplitPrefixStrategy(Strategy):
                 arrays = from_record(reply.content.array_records[wire.ARRAYS])
                 volume = reply.content.metric_records[wire.METRICS][wire.NUM_EXAMPLES]
             except Exception as err:
-                self.dropped[info.node_id] = f"backward reply rejected: {_reason(reply, err)}"
+                self._drop(info.node_id, FailureCause.INVALID_REPLY, f"backward reply rejected: {_reason(reply, err)}")
                 continue
             ceiling = min(info.num_available, self.steps * self.batch_size)
             verdict = judge(arrays, expected, volume, ceiling)
             if not verdict.ok:
-                self.dropped[info.node_id] = "backward reply rejected: " + "; ".join(verdict.reasons)
+                self._drop(info.node_id, FailureCause.INVALID_REPLY,
+                           "backward reply rejected: " + "; ".join(verdict.reasons))
                 continue
             contributions[info.node_id] = Contribution(arrays, int(volume), f"client {info.partition_id}")
         return contributions
+
+    # --- failures -----------------------------------------------------------------------------
+
+    def _drop(self, node: int, cause: FailureCause, why: str) -> None:
+        self.dropped[node] = why
+        self.failures[node] = Failure(cause, detail=why)
+
+    def _report_failure(self, info: ClientInfo, config: ConfigRecord) -> None:
+        try:
+            failure = failure_from_config(dict(config))
+        except ValueError as err:
+            self._drop(info.node_id, FailureCause.INVALID_REPLY, f"unreadable failure reply: {err}")
+            return
+        self.failures[info.node_id] = failure
+        self.dropped[info.node_id] = f"{failure.cause}: {failure.detail}"
+
+    def _react(self, accepted: Mapping[int, Contribution]) -> None:
+        """Apply the failure policy: exclude clients that cannot or keep failing to train."""
+        by_partition = {self.clients[n].partition_id: f for n, f in self.failures.items() if n in self.clients}
+        reactions, self.strikes = react_to_failures(
+            by_partition, {p: "split" for p in by_partition}, ("split",), self.strikes,
+            succeeded=[self.clients[n].partition_id for n in accepted], max_strikes=self.max_strikes)
+        for partition_id, reaction in sorted(reactions.items()):
+            if reaction.excluded:
+                self.excluded.add(partition_id)
+                log(WARNING, "client %d excluded from later rounds (%s)", partition_id, reaction.cause)
 
     # --- records ----------------------------------------------------------------------------
 
@@ -344,6 +404,7 @@ class SplitPrefixStrategy(Strategy):
                   "bytes-up": sum(up.values()), "bytes-down": sum(down.values()), "clients": clients,
                   "dropped": {str(self.clients[n].partition_id) if n in self.clients else str(n): why
                               for n, why in self.dropped.items()},
+                  "failures": count_causes(self.failures.values()), "excluded": sorted(self.excluded),
                   "wall-s": round(time.time() - tick, 3)}
         if server_round % self.eval_every == 0 or server_round == num_rounds:
             record.update({f"eval-{k}" if k != wire.ACCURACY else k: v

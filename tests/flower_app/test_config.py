@@ -14,7 +14,7 @@ def test_yaml_defaults_and_overrides_merge():
     assert config.train.lr == 0.2
     assert config.run.resume is True
     assert config.model.head == "classifier"
-    assert config.train.batch_size == 8
+    assert config.train.batch_size == 16
 
 
 @pytest.mark.parametrize("overrides, message", [
