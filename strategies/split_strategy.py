@@ -213,7 +213,12 @@ class SplitPrefixStrategy(Strategy):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message],
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Average of the given contributions' replies (used by :meth:`run_round`'s bookkeeping)."""
+        """The current global tensors.
+
+        A split round aggregates in :meth:`run_round`, after its second exchange
+        (client prefixes and server halves together); this method only exposes
+        the result through Flower's Strategy interface.
+        """
         return to_record(self.state), None
 
     def configure_evaluate(self, server_round, arrays, config, grid) -> Iterable[Message]:
