@@ -9,11 +9,12 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from flower_app import task
+from flower_app import modes, task
 from flower_app.config import Config, load_config
 from flower_app.data import batch_plan
 from flower_app.model import get_state, set_state
 from strategies import wire
+from strategies.devices import PROFILE_KEYS, DeviceProfile, from_config, load_fleet_spec, sample_fleet, to_config
 from strategies.records import from_record, to_record
 from strategies.requirements import check_before_training, failure_to_config, plan_volume, requirement_from_config
 
@@ -42,13 +43,32 @@ def _plan(msg: Message, num_samples: int) -> list[np.ndarray]:
     return batch_plan(volume, int(cfg[wire.STEPS]), int(cfg[wire.BATCH_SIZE]), int(cfg[wire.SEED]))
 
 
+@lru_cache(maxsize=8)
+def _fleet(preset: str, num_clients: int, seed: int) -> tuple[DeviceProfile, ...]:
+    return tuple(sample_fleet(load_fleet_spec(preset), num_clients, seed))
+
+
+def node_profile(config: Config, node_config, partition_id: int, num_partitions: int) -> DeviceProfile:
+    """This device's profile: from ``--node-config`` when given there, else drawn from the fleet preset.
+
+    A deployed SuperNode states its own resources (``PROFILE_KEYS``, e.g.
+    ``cpu-hz-max=1.5e9``); a simulated one takes entry ``partition-id`` of a
+    fleet of ``num-partitions`` drawn with the run's seed, the same on every machine.
+    """
+    given = {k: v for k, v in node_config.items() if k in PROFILE_KEYS}
+    if given:
+        return from_config(given)
+    return _fleet(config.fleet.preset, num_partitions, config.run.seed)[partition_id]
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     config, partition_id, num_partitions = _node(context)
     encoded = task.client_data(config, partition_id, num_partitions)
-    profile = ConfigRecord({wire.PARTITION_ID: partition_id, wire.NUM_PARTITIONS: num_partitions,
-                            wire.NUM_AVAILABLE: len(encoded)})
-    return Message(RecordDict({wire.PROFILE: profile}), reply_to=msg)
+    profile = node_profile(config, context.node_config, partition_id, num_partitions)
+    record = ConfigRecord({wire.PARTITION_ID: partition_id, wire.NUM_PARTITIONS: num_partitions,
+                           wire.NUM_AVAILABLE: len(encoded), **to_config(profile)})
+    return Message(RecordDict({wire.PROFILE: record}), reply_to=msg)
 
 
 @app.train("split_forward")
@@ -87,10 +107,60 @@ def split_backward(msg: Message, context: Context) -> Message:
     set_state(setup.client, from_record(msg.content.array_records[wire.ARRAYS]))
     plan = _plan(msg, len(encoded))
     grads = from_record(msg.content.array_records[wire.GRADIENTS])
-    lr = float(msg.content.config_records[wire.CONFIG][wire.LR])
+    cfg = msg.content.config_records[wire.CONFIG]
     with task.torch_threads(config.run.client_threads):
-        task.replay_plan(setup.client, encoded, plan, [grads[wire.gradient_key(i)] for i in range(len(plan))],
-                         lr, setup.pad_id)
-    metrics = MetricRecord({wire.NUM_EXAMPLES: len(np.unique(np.concatenate(plan)))})
+        done = task.replay_plan(setup.client, encoded, plan, [grads[wire.gradient_key(i)] for i in range(len(plan))],
+                                float(cfg[wire.LR]), setup.pad_id, max_s=requirement_from_config(cfg).max_train_s)
+    # The volume behind the update is what was replayed before the time limit.
+    metrics = MetricRecord({wire.NUM_EXAMPLES: len(np.unique(np.concatenate(plan[:done]))), wire.STEPS_DONE: done})
     return Message(RecordDict({wire.ARRAYS: to_record(get_state(setup.client)), wire.METRICS: metrics}),
                    reply_to=msg)
+
+
+@app.train("local")
+def local(msg: Message, context: Context) -> Message:
+    """Local mode: train the lower prefix through an emulator of the upper layers, send the prefix."""
+    config, partition_id, num_partitions = _node(context)
+    setup, encoded = task.build(config), task.client_data(config, partition_id, num_partitions)
+    cfg = msg.content.config_records[wire.CONFIG]
+    requirement = requirement_from_config(cfg)
+    if len(encoded) < requirement.min_samples:
+        return _failure(msg, check_before_training(requirement, len(encoded), 0.0, 0))
+    arrays = from_record(msg.content.array_records[wire.ARRAYS])
+    # The threshold check needs samples the client did not train on: hold some back.
+    held_back = int(cfg[wire.LOCAL_EVAL_SIZE]) if requirement.threshold_value is not None else 0
+    train_idx, eval_idx = task.hold_back(len(encoded), held_back, int(cfg[wire.SEED]))
+    volume = plan_volume(requirement, len(train_idx))
+    plan = [train_idx[b] for b in batch_plan(volume, int(cfg[wire.STEPS]), int(cfg[wire.BATCH_SIZE]),
+                                             int(cfg[wire.SEED]))]
+    with task.torch_threads(config.run.client_threads):
+        result = task.train_local_round(setup, arrays, int(cfg[wire.EMULATOR_LAYERS]), encoded, plan, eval_idx,
+                                        float(cfg[wire.LR]), float(cfg[wire.HEAD_LR]), requirement)
+    if result.failure is not None:
+        return _failure(msg, result.failure)
+    metrics = {wire.NUM_EXAMPLES: len(np.unique(np.concatenate(plan[:result.steps]))), wire.STEPS_DONE: result.steps,
+               wire.TRAIN_LOSS: result.loss, **{wire.LOCAL_PREFIX + k: v for k, v in result.evaluation.items()}}
+    return Message(RecordDict({wire.ARRAYS: to_record(result.arrays), wire.METRICS: MetricRecord(metrics)}),
+                   reply_to=msg)
+
+
+@app.train("upload")
+def upload(msg: Message, context: Context) -> Message:
+    """Centralized mode: send samples (token ids) or lower-layer activations, once, within budget."""
+    config, partition_id, num_partitions = _node(context)
+    setup, encoded = task.build(config), task.client_data(config, partition_id, num_partitions)
+    cfg = msg.content.config_records[wire.CONFIG]
+    requirement = requirement_from_config(cfg)
+    if len(encoded) < requirement.min_samples:
+        return _failure(msg, check_before_training(requirement, len(encoded), 0.0, 0))
+    rows = min(int(cfg[wire.UPLOAD_ROWS]), plan_volume(requirement, len(encoded)))
+    chosen = np.random.default_rng(int(cfg[wire.SEED])).permutation(len(encoded))[:rows]
+    if str(cfg[wire.UPLOAD_KIND]) == "samples":
+        uploaded = modes.upload_samples(encoded, chosen, setup.pad_id)
+    else:
+        set_state(setup.client, from_record(msg.content.array_records[wire.ARRAYS]))
+        with task.torch_threads(config.run.client_threads):
+            uploaded = modes.upload_activations(setup.client, encoded, chosen, setup.pad_id,
+                                                str(cfg[wire.ACTIVATION_DTYPE]))
+    return Message(RecordDict({wire.UPLOAD_RECORD: to_record(uploaded),
+                               wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: len(chosen)})}), reply_to=msg)

@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+MODES = ("local", "split", "centralized")
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -69,6 +70,12 @@ class TrainSettings:
     head_lr: float = _f(0.003, "Adam learning rate of the classification head", low=0.0, high=10.0)
     activation_dtype: str = _f("float32", "dtype of boundary activations and gradients on the wire",
                                choices=("float32", "float16"))
+    local_epochs: int = _f(1, "local mode: passes of steps-per-round minibatches a round", low=1, high=100)
+    emulator_layers: int = _f(1, "local mode: upper layers the emulator keeps (0: all, i.e. full-model FedAvg)",
+                              low=0)
+    upload_kind: str = _f("activations", "centralized mode: what a client uploads once",
+                          choices=("activations", "samples"))
+    local_eval_size: int = _f(32, "local mode: held-back samples a client evaluates on (0: none)", low=0)
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,22 @@ class StrategySettings:
     server_side: str = _f("sequential", "server tensors trained through clients in turn, or a copy per client",
                           choices=("sequential", "parallel"))
     wait_for_nodes_s: float = _f(120.0, "seconds to wait for min-clients nodes to connect", low=0.0)
+    policy: str = _f("split", "a mode for every client, or a grouping policy",
+                     choices=("split", "local", "centralized", "threshold", "cost", "kmeans"))
+    threshold_flops: float = _f(20e9, "threshold policy: capability (FLOP/s) below which a client is weak",
+                                low=0.0)
+    weak_mode: str = _f("centralized", "threshold policy: mode of the weak group", choices=MODES)
+    strong_mode: str = _f("split", "threshold policy: mode of the strong group", choices=MODES)
+    kmeans_modes: str = _f("centralized,split,local", "kmeans policy: one mode per cluster, weakest first")
+    cost_modes: str = _f("local,split,centralized", "cost policy: modes a client may be given")
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    """Device profiles of simulated nodes (deployed nodes report their own, see the README)."""
+
+    preset: str = _f("bimodal", "fleet preset in conf/fleet/ or a YAML path")
+    server_flops: float = _f(10e12, "server compute, FLOP/s, for the simulated clock", low=1.0)
 
 
 @dataclass(frozen=True)
@@ -89,6 +112,9 @@ class RequirementSettings:
     target_samples: int = _f(0, "samples a client should train on (0: all it holds)", low=0)
     max_samples: int = _f(0, "most samples a client may train on (0: no cap)", low=0)
     max_train_s: float = _f(0.0, "client training time limit per round, seconds (0: none)", low=0.0)
+    threshold_metric: str = _f("accuracy", "metric of the local evaluation a client checks",
+                               choices=("accuracy", "loss"))
+    threshold_value: float = _f(-1.0, "worst acceptable local result (-1: no check)", low=-1.0)
 
 
 @dataclass(frozen=True)
@@ -105,6 +131,7 @@ class Config:
     train: TrainSettings = field(default_factory=TrainSettings)
     strategy: StrategySettings = field(default_factory=StrategySettings)
     requirement: RequirementSettings = field(default_factory=RequirementSettings)
+    fleet: FleetSettings = field(default_factory=FleetSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
 
 
@@ -142,7 +169,20 @@ def from_dict(tree: Mapping[str, Any]) -> Config:
         if not isinstance(value, Mapping):
             raise ValueError(f"config key '{key}' must be a section (a mapping), got {value!r}")
         sections[section.name] = _section(section.type, value, key)
-    return Config(**sections)
+    config = Config(**sections)
+    for key in ("kmeans-modes", "cost-modes"):
+        mode_list(config, key)
+    return config
+
+
+def mode_list(config: Config, key: str) -> tuple[str, ...]:
+    """A comma-separated ``strategy.<key>`` as modes, each checked."""
+    text = getattr(config.strategy, key.replace("-", "_"))
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in modes if m not in MODES]
+    if not modes or bad:
+        raise ValueError(f"config key 'strategy.{key}'={text!r} must list modes among {list(MODES)}")
+    return modes
 
 
 def _section(cls_name, values: Mapping[str, Any], prefix: str):

@@ -14,11 +14,13 @@ server part with most of its layers dropped, as in Offsite-tuning's layer drop
   real model's, so the prefix it learns is a prefix of the real lower layers.
 
 The emulator's upper prefix and classifier head are fresh copies of the
-server's, trained alongside the lower prefix. They adapt to a stack with holes
-in it, so they are a local crutch: averaged into the real upper prefix they
-would pull it towards a model that does not exist. The client therefore uploads
-only its lower-layer prefix (``client_keys`` of the split), and its
-contribution to the global average has no upper-layer tensors at all.
+server's, trained alongside the lower prefix. The kept layers' prefix adapts to
+a stack with holes in it: averaged into the real upper prefix it would pull it
+towards a model that does not exist, so it stays on the device. The head goes
+up with the lower prefix: it reads the output of the real last layer, and in a
+fleet where every client trains locally nobody else trains it. An emulator that
+keeps every upper layer is the real model, and then its upper prefix goes up
+too (plain FedAvg of the trainable tensors).
 
 Cost: the frozen layer modules are shared with the real server part, not
 copied, so the emulator adds only its prefix and head in memory. A forward or

@@ -14,7 +14,8 @@ and picks the torch threads (``task.torch_threads``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -39,15 +40,21 @@ def ids_key(i: int) -> str:
 
 def train_local(client: ClientPart, emulator: ServerPart, encoded: data_mod.Encoded,
                 plan: Sequence[np.ndarray], lr: float, head_lr: float, pad_id: int, spec: SplitSpec,
-                verbalizer_ids: tuple[int, ...] | None) -> float:
-    """One Adam step per planned minibatch through client part and emulator; mean loss.
+                verbalizer_ids: tuple[int, ...] | None,
+                stop: Callable[[int, float], bool] | None = None) -> tuple[float, int]:
+    """One Adam step per planned minibatch through client part and emulator; mean loss and steps taken.
 
     Trains the client's prefix and the emulator's prefix at ``lr`` and its head
-    at ``head_lr``. Only the client's prefix leaves the device afterwards.
+    at ``head_lr``. Only the client's prefix leaves the device afterwards (the
+    whole emulator's tensors too when it keeps every upper layer). Before each
+    step after the first, ``stop(steps_done, seconds_elapsed)`` may end the
+    plan early: how the requirement's time limit is kept.
     """
     optimizer = _adam([client, emulator], lr, head_lr)
-    losses = []
+    losses, started = [], time.perf_counter()
     for indices in plan:
+        if stop is not None and losses and stop(len(losses), time.perf_counter() - started):
+            break
         ids, mask, labels = data_mod.collate(encoded, indices, pad_id)  # (B, T), (B, T), (B,)
         scores = class_logits(spec, emulator(client(ids, mask), mask), mask, verbalizer_ids)
         loss = F.cross_entropy(scores, labels)
@@ -55,7 +62,18 @@ def train_local(client: ClientPart, emulator: ServerPart, encoded: data_mod.Enco
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    return float(np.mean(losses))
+    return float(np.mean(losses)), len(losses)
+
+
+def evaluate_local(client: ClientPart, emulator: ServerPart, encoded: data_mod.Encoded,
+                   indices: Sequence[int], pad_id: int, spec: SplitSpec,
+                   verbalizer_ids: tuple[int, ...] | None) -> dict[str, float]:
+    """Loss and accuracy of client part + emulator on held-back samples (the threshold check)."""
+    with torch.no_grad():
+        ids, mask, labels = data_mod.collate(encoded, np.asarray(indices), pad_id)
+        scores = class_logits(spec, emulator(client(ids, mask), mask), mask, verbalizer_ids)
+        return {"loss": float(F.cross_entropy(scores, labels)),
+                "accuracy": float((scores.argmax(-1) == labels).float().mean())}
 
 
 # --- centralized mode: what the client uploads --------------------------------------------------
@@ -140,6 +158,19 @@ def train_centralized(client: ClientPart, server: ServerPart, uploaded: Mapping[
         losses.append(loss.item())
     state = {name: array for part in parts for name, array in get_state(part).items()}
     return state, float(np.mean(losses))
+
+
+def merge_uploads(uploads: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Several clients' uploads as one, chunks renumbered in the given order (the server's pool)."""
+    merged, offset = {}, 0
+    for uploaded in uploads:
+        count = _num_chunks(uploaded)
+        for i in range(count):
+            for key in (ids_key, wire.activation_key, wire.mask_key, wire.label_key):
+                if key(i) in uploaded:
+                    merged[key(offset + i)] = uploaded[key(i)]
+        offset += count
+    return merged
 
 
 def _num_chunks(uploaded: Mapping[str, np.ndarray]) -> int:

@@ -10,6 +10,7 @@ reaches it only through the small interface in :mod:`strategies.interfaces`.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -24,6 +25,8 @@ from flower_app.loading import load, set_offline_env
 from flower_app.model import (ClientPart, ServerPart, SplitSpec, detect_family, get_state, initial_prefix,
                               set_state, split)
 from strategies import wire
+from strategies.requirements import Failure, TrainingRequirement, check_after_training, check_before_training
+from strategies.workload import ModelShape
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -133,17 +136,24 @@ def forward_plan(client: ClientPart, encoded: data_mod.Encoded, plan: Sequence[n
 
 
 def replay_plan(client: ClientPart, encoded: data_mod.Encoded, plan: Sequence[np.ndarray],
-                gradients: Sequence[np.ndarray], lr: float, pad_id: int) -> None:
-    """Replay each minibatch's forward and apply its boundary gradient, in plan order.
+                gradients: Sequence[np.ndarray], lr: float, pad_id: int, max_s: float | None = None) -> int:
+    """Replay each minibatch's forward and apply its boundary gradient, in plan order; steps taken.
 
     The server computed gradient ``i`` on activations made with the prefix of
     the round's start, while the client's prefix has taken ``i`` steps since:
     bounded staleness, traded for two exchanges a round instead of one per step.
+    With ``max_s`` (the requirement's time limit) no step starts after that
+    many seconds; the first always runs.
     """
     params = [p for p in client.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
+    started, done = time.perf_counter(), 0
     for indices, grad in zip(plan, gradients):
+        if max_s is not None and done and time.perf_counter() - started >= max_s:
+            break
         replay_plan_step(client, encoded, indices, grad, optimizer, pad_id)
+        done += 1
+    return done
 
 
 def replay_plan_step(client: ClientPart, encoded: data_mod.Encoded, indices: np.ndarray,
@@ -163,6 +173,67 @@ def _to_wire(tensor: torch.Tensor, dtype: str) -> np.ndarray:
 
 def from_wire(array: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.asarray(array)).float()
+
+
+@dataclass
+class LocalResult:
+    """What a local-mode round produced: tensors to send, or the failure to report."""
+
+    arrays: dict[str, np.ndarray]
+    steps: int
+    loss: float
+    evaluation: dict[str, float]
+    failure: Failure | None = None
+
+
+def hold_back(num_samples: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices to train on and ``count`` held back for a local evaluation (seeded, disjoint).
+
+    At least half the samples stay for training: a client with little data
+    evaluates on less rather than training on nothing.
+    """
+    count = min(count, num_samples // 2)
+    order = np.random.default_rng([seed, 7]).permutation(num_samples)
+    return np.sort(order[count:]), np.sort(order[:count])
+
+
+def train_local_round(setup: Setup, arrays: Mapping[str, np.ndarray], emulator_layers: int,
+                      encoded: data_mod.Encoded, plan: Sequence[np.ndarray], eval_indices: np.ndarray,
+                      lr: float, head_lr: float, requirement: TrainingRequirement) -> LocalResult:
+    """Local mode on one client: emulator, time-limited training, threshold check.
+
+    ``emulator_layers`` of the upper layers are kept (0: all, the full model, and
+    then its upper prefix is sent back too: plain FedAvg). The lower prefix and
+    a trainable head are always sent back. The first step's time, times the
+    plan, is the estimate checked against the time limit.
+    """
+    from flower_app import emulator as emulator_mod, modes
+
+    server_layers = len(setup.server.stack.layers)
+    keep = emulator_layers or server_layers
+    set_state(setup.client, arrays)
+    emulator = emulator_mod.build_emulator(setup.server, keep)
+    set_state(emulator, arrays)
+    args = (setup.pad_id, setup.spec, setup.verbalizer_ids)
+    failures = []
+
+    def stop(done: int, elapsed_s: float) -> bool:
+        if done == 1:  # the first step sets the pace: does the whole plan fit the time limit?
+            failures.append(check_before_training(requirement, len(encoded), elapsed_s, len(plan)))
+        limit = requirement.max_train_s
+        return failures[0] is not None or (limit is not None and elapsed_s >= limit)
+
+    loss, steps = modes.train_local(setup.client, emulator, encoded, plan, lr, head_lr, *args, stop=stop)
+    failure = failures[0] if failures else None
+    evaluation = modes.evaluate_local(setup.client, emulator, encoded, eval_indices, *args) if len(eval_indices) else {}
+    if failure is None and evaluation:
+        failure = check_after_training(requirement, evaluation[requirement.threshold_metric])
+    # The head goes up too (no one else trains it in an all-local fleet); the kept layers'
+    # prefix adapted to a stack with holes in it, so it stays, unless nothing was dropped.
+    uploaded = get_state(emulator) if keep == server_layers else {
+        k: v for k, v in get_state(emulator).items() if k.startswith("head.")}
+    state = {**get_state(setup.client), **uploaded}
+    return LocalResult(state, steps, loss, evaluation, failure)
 
 
 # --- server side ------------------------------------------------------------------------------
@@ -232,3 +303,51 @@ class SplitServer:
         if head:
             groups.append({"params": head, "lr": self.config.train.head_lr})
         return torch.optim.Adam(groups)
+
+    # --- what the hybrid strategy needs beyond split ---------------------------------------
+
+    def shape(self) -> ModelShape:
+        """Sizes that set each mode's simulated cost (see :mod:`strategies.workload`)."""
+        setup = self.setup
+        state = setup.initial_state
+        layer_prefix = [state[k].nbytes for k in self.server_keys if k.startswith("prefix.")]
+        lengths = [len(ids) for ids in test_data(self.config).ids]
+        return ModelShape(
+            layer_params=sum(p.numel() for p in setup.server.stack.layers[0].parameters()),
+            client_layers=len(setup.client.stack.layers), server_layers=len(setup.server.stack.layers),
+            hidden=_hidden_size(setup.client),
+            embedding_params=sum(p.numel() for p in setup.client.embeddings.parameters()),
+            client_state_bytes=sum(state[k].nbytes for k in self.client_keys),
+            layer_prefix_bytes=layer_prefix[0] if layer_prefix else 0,
+            head_bytes=sum(state[k].nbytes for k in self.server_keys if k.startswith("head.")),
+            mean_tokens=float(np.mean(lengths)))
+
+    def num_server_layers(self) -> int:
+        return len(self.setup.server.stack.layers)
+
+    def emulator_keys(self, layers: int) -> tuple[str, ...]:
+        """Server tensors a local-mode emulator of ``layers`` upper layers holds (0: all)."""
+        from flower_app.emulator import emulator_keys, kept_layers
+
+        server = self.setup.server
+        return emulator_keys(self.server_keys, kept_layers(server, layers or len(server.stack.layers)))
+
+    def train_pool(self, state: Mapping[str, np.ndarray], uploads: Sequence[Mapping[str, np.ndarray]],
+                   kind: str, steps: int, batch_size: int, seed: int,
+                   ) -> tuple[dict[str, np.ndarray], float, int]:
+        """Train on the centralized clients' pooled uploads; tensors, mean loss, samples drawn."""
+        from flower_app import modes
+
+        setup, t = self.setup, self.config.train
+        set_state(setup.client, state)
+        set_state(setup.server, state)
+        pooled = modes.merge_uploads(uploads)
+        with torch_threads(self.config.run.server_threads):
+            trained, loss = modes.train_centralized(setup.client, setup.server, pooled, kind, steps, batch_size,
+                                                    t.lr, t.head_lr, seed, setup.spec, setup.verbalizer_ids)
+        drawn = np.unique(np.concatenate(data_mod.batch_plan(modes.uploaded_rows(pooled), steps, batch_size, seed)))
+        return trained, loss, int(len(drawn))
+
+
+def _hidden_size(client: ClientPart) -> int:
+    return int(next(p for p in client.embeddings.parameters() if p.dim() == 2).shape[1])

@@ -165,7 +165,7 @@ def _check_allocation(profile: DeviceProfile, allocation: Allocation) -> None:
         raise ValueError(f"tx_power_w {allocation.tx_power_w} outside (0, {limit}]")
 
 
-def round_latency(costs: Sequence[RoundCost], server_s: float = 0.0) -> float:
+def round_latency(costs: Sequence[RoundCost], server_s: float = 0.0, server_busy_s: float = 0.0) -> float:
     """Simulated wall time of a round in seconds.
 
     Clients run in parallel, but the server is one machine serving them one at a time, so the
@@ -173,11 +173,11 @@ def round_latency(costs: Sequence[RoundCost], server_s: float = 0.0) -> float:
     total per-client work; we take the larger of the two (perfect overlap of the rest, an
     optimistic bound). ``server_s`` is server time that cannot overlap with clients, e.g.
     aggregation, or centralized training that waits for every upload; it is added on top.
+    ``server_busy_s`` is server work that may overlap with the clients but is no client's
+    (training on the pool of centralized uploads): it adds to the server's busy time.
     """
-    if not costs:
-        return server_s
-    slowest = max(c.latency_s for c in costs)
-    server_busy = sum(c.server_s for c in costs)
+    server_busy = sum(c.server_s for c in costs) + server_busy_s
+    slowest = max((c.latency_s for c in costs), default=0.0)
     return max(slowest, server_busy) + server_s
 
 
@@ -210,13 +210,19 @@ class EnergyLedger:
     clock_s: float = 0.0
 
     def record(
-        self, server_round: int, costs: Mapping[int, RoundCost], server_s: float = 0.0
+        self, server_round: int, costs: Mapping[int, RoundCost], server_s: float = 0.0,
+        server_busy_s: float = 0.0, extra: Mapping[int, Mapping[str, object]] | None = None,
     ) -> float:
-        """Add one round, advance the clock by its ``round_latency`` and return that latency."""
-        latency = round_latency(list(costs.values()), server_s)
+        """Add one round, advance the clock by its ``round_latency`` and return that latency.
+
+        ``extra`` adds fields to a client's row (its mode, group, whether it ran over budget).
+        """
+        latency = round_latency(list(costs.values()), server_s, server_busy_s)
         self.clock_s += latency
         rows = ledger_rows(server_round, costs)
-        self.rows.extend({**row, "clock_s": self.clock_s} for row in rows)
+        extra = extra or {}
+        self.rows.extend({**row, **extra.get(int(row["client_id"]), {}), "clock_s": self.clock_s}
+                         for row in rows)
         return latency
 
     def totals(self) -> dict[int, dict[str, float]]:

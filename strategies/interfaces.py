@@ -12,6 +12,8 @@ from typing import Protocol
 
 import numpy as np
 
+from strategies.workload import ModelShape
+
 
 class ServerModel(Protocol):
     client_keys: tuple[str, ...]  # trainable tensors the clients hold (lower-layer prefix)
@@ -27,6 +29,20 @@ class ServerModel(Protocol):
         Returns the server tensors after the steps, one boundary gradient per
         minibatch, and the mean training loss.
         """
+
+    def shape(self) -> ModelShape:
+        """Sizes of the split model, for the simulated cost of each mode."""
+
+    def num_server_layers(self) -> int:
+        """Upper layers the server holds."""
+
+    def emulator_keys(self, layers: int) -> tuple[str, ...]:
+        """Server tensors a local-mode emulator of ``layers`` upper layers trains (0: all)."""
+
+    def train_pool(self, state: Mapping[str, np.ndarray], uploads: Sequence[Mapping[str, np.ndarray]],
+                   kind: str, steps: int, batch_size: int, seed: int,
+                   ) -> tuple[dict[str, np.ndarray], float, int]:
+        """Train from ``state`` on the centralized uploads; tensors, mean loss, distinct samples drawn."""
 
     def evaluate(self, state: Mapping[str, np.ndarray]) -> dict[str, float]:
         """``loss``, ``accuracy`` and ``num-examples`` of the global tensors on held-out data."""

@@ -146,3 +146,36 @@ def judge(
     else:
         reasons += validate_metrics(metrics, required_metrics)
     return Verdict(ok=not reasons, reasons=tuple(reasons))
+
+
+def validate_upload(arrays: Mapping[str, np.ndarray], kind: str, hidden: int, max_rows: int,
+                    num_examples: object) -> list[str]:
+    """Problems with a centralized client's upload: chunk layout, shapes, values and row count.
+
+    An upload is chunks ``i = 0..n-1`` of ``ids.i`` (token ids, kind ``samples``) or ``act.i``
+    (``(rows, T, hidden)`` activations, kind ``activations``), each with ``mask.i`` and
+    ``label.i``. Its rows must be no more than the client was asked for, and as many as it claims.
+    """
+    input_prefix = "ids" if kind == "samples" else "act"
+    chunks = sorted({int(name.split(".")[1]) for name in arrays
+                     if name.split(".")[0] == "label" and name.split(".")[1].isdigit()})
+    expected = {f"{p}.{i}" for i in range(len(chunks)) for p in (input_prefix, "mask", "label")}
+    if not chunks or chunks != list(range(len(chunks))) or set(arrays) != expected:
+        return [f"upload of {kind}: arrays {sorted(arrays)[:6]} are not chunks {input_prefix}/mask/label.0..n-1"]
+    problems, rows = [], 0
+    for i in chunks:
+        inputs, mask, label = (np.asarray(arrays[f"{p}.{i}"]) for p in (input_prefix, "mask", "label"))
+        want_ndim = 3 if kind == "activations" else 2
+        if inputs.ndim != want_ndim or mask.shape != inputs.shape[:2] or label.shape != inputs.shape[:1]:
+            problems.append(f"chunk {i}: shapes {inputs.shape}, mask {mask.shape}, label {label.shape}")
+        elif kind == "activations" and inputs.shape[2] != hidden:
+            problems.append(f"chunk {i}: hidden size {inputs.shape[2]}, expected {hidden}")
+        elif np.issubdtype(inputs.dtype, np.inexact) and not np.isfinite(inputs).all():
+            problems.append(f"chunk {i}: {int((~np.isfinite(inputs)).sum())} non-finite values")
+        rows += len(label)
+    if rows > max_rows:
+        problems.append(f"{rows} rows uploaded, at most {max_rows} were asked for")
+    problems += validate_num_examples(num_examples, rows) if not problems else []
+    if not problems and num_examples != rows:
+        problems.append(f"num-examples {num_examples} != {rows} rows uploaded")
+    return problems

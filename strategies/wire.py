@@ -10,6 +10,7 @@ TRAIN = "train"
 SPLIT_FORWARD = "train.split_forward"
 SPLIT_BACKWARD = "train.split_backward"
 UPLOAD = "train.upload"
+LOCAL = "train.local"
 EVALUATE = "evaluate"
 
 # Record names inside a message's RecordDict.
@@ -19,6 +20,7 @@ GRADIENTS = "gradients"      # boundary gradients, one per planned minibatch
 CONFIG = "config"
 METRICS = "metrics"
 PROFILE = "profile"          # what a client reports about itself in a query reply
+UPLOAD_RECORD = "upload"     # centralized mode: a client's samples or activations, in chunks
 
 # Config keys (server -> client).
 SERVER_ROUND = "server-round"
@@ -29,6 +31,15 @@ LR = "lr"
 MODE = "mode"
 GROUP = "group"
 ACTIVATION_DTYPE = "activation-dtype"
+HEAD_LR = "head-lr"
+EMULATOR_LAYERS = "emulator-layers"    # local mode: upper layers the emulator keeps (0: all)
+LOCAL_EVAL_SIZE = "local-eval-size"    # local mode: held-back samples for the threshold check
+UPLOAD_KIND = "upload-kind"            # centralized mode: "activations" or "samples"
+UPLOAD_ROWS = "upload-rows"            # centralized mode: samples to upload (fits the energy budget)
+POLICY = "policy"
+THRESHOLD_FLOPS = "threshold-flops"    # the capability threshold of a threshold policy, FLOP/s
+ALLOC_PREFIX = "alloc-"                # alloc-tx-power-w, alloc-cpu-hz, alloc-energy-budget-j
+OVER_BUDGET = "alloc-over-budget"      # the mode does not fit the energy budget: run at full speed
 
 # Profile / metric keys (client -> server).
 PARTITION_ID = "partition-id"
@@ -38,6 +49,8 @@ NUM_AVAILABLE = "num-available"    # samples a client holds (the ceiling for num
 TRAIN_LOSS = "train-loss"
 LOSS = "loss"
 ACCURACY = "accuracy"
+STEPS_DONE = "steps-done"          # minibatches trained before the time limit
+LOCAL_PREFIX = "local-"            # local-accuracy, local-loss: the client's own evaluation
 
 # Array name patterns in an activations / gradients record (i: minibatch index).
 def activation_key(i: int) -> str:

@@ -50,12 +50,12 @@ def test_train_local_lowers_the_loss_and_moves_only_the_prefix(family, lr):
     plan = batch_plan(len(encoded), steps=15, batch_size=16, seed=0)
 
     # Execute
-    mean_loss = modes.train_local(client, emulator, encoded, plan, lr, lr, PAD_ID, spec, verbalizer)
+    mean_loss, steps = modes.train_local(client, emulator, encoded, plan, lr, lr, PAD_ID, spec, verbalizer)
 
     # Assert
     after = _loss(client, emulator, spec, verbalizer, encoded)
     assert after < before - 0.005, (before, after)
-    assert np.isfinite(mean_loss)
+    assert np.isfinite(mean_loss) and steps == 15
     assert all(not np.array_equal(v, client_before[k]) for k, v in get_state(client).items())
     assert all(np.array_equal(v, server_before[k]) for k, v in get_state(server).items())
     for name, param in model.named_parameters():
@@ -188,3 +188,34 @@ def test_train_centralized_rejects_an_unknown_kind_or_an_incomplete_upload():
         modes.train_centralized(client, server, uploaded, "gradients", **kwargs)
     with pytest.raises(KeyError, match="act.0"):
         modes.train_centralized(client, server, uploaded, "activations", **kwargs)
+
+
+def test_train_local_stops_when_told_after_at_least_one_step():
+    # Prepare
+    _, client, server, spec, verbalizer, encoded = _setup("bert", layers=4)
+    emulator = build_emulator(server, keep=1)
+    plan = batch_plan(len(encoded), steps=50, batch_size=16, seed=0)
+
+    # Execute: a limit no step fits in still takes the first step (there is no result otherwise)
+    seen = []
+    _, steps = modes.train_local(client, emulator, encoded, plan, 0.01, 0.01, PAD_ID, spec, verbalizer,
+                                 stop=lambda done, elapsed: seen.append((done, elapsed)) or elapsed >= 1e-9)
+
+    # Assert
+    assert steps == 1
+    assert len(seen) == 1 and seen[0][0] == 1 and seen[0][1] > 0
+
+
+def test_merge_uploads_renumbers_chunks_and_keeps_every_row():
+    # Prepare
+    *_, encoded = _setup("bert", layers=4)
+    first = modes.upload_samples(encoded, np.arange(20), PAD_ID, chunk_size=8)    # 3 chunks
+    second = modes.upload_samples(encoded, np.arange(20, 30), PAD_ID, chunk_size=8)  # 2 chunks
+
+    # Execute
+    merged = modes.merge_uploads([first, second])
+
+    # Assert
+    assert modes.uploaded_rows(merged) == 30
+    assert np.array_equal(merged["label.3"], second["label.0"])
+    assert np.array_equal(merged[modes.ids_key(4)], second[modes.ids_key(1)])
