@@ -319,6 +319,7 @@ class SplitPrefixStrategy(Strategy):
             info = self._client_info(reply)
             if info is not None:
                 self.clients[info.node_id] = info
+        self._bytes_down = {}  # the query is not a round's traffic (and a resumed run repeats it)
         log(INFO, "%d of %d nodes answered the query", len(self.clients), len(nodes))
 
     def _client_info(self, reply: Message) -> ClientInfo | None:

@@ -5,6 +5,7 @@ the strategy can drop a bad reply, log why, and carry on. :func:`judge` combines
 """
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -148,6 +149,9 @@ def judge(
     return Verdict(ok=not reasons, reasons=tuple(reasons))
 
 
+_LABEL_KEY = re.compile(r"label\.([0-9]+)")
+
+
 def validate_upload(arrays: Mapping[str, np.ndarray], kind: str, hidden: int, max_rows: int,
                     num_examples: object) -> list[str]:
     """Problems with a centralized client's upload: chunk layout, shapes, values and row count.
@@ -156,9 +160,10 @@ def validate_upload(arrays: Mapping[str, np.ndarray], kind: str, hidden: int, ma
     (``(rows, T, hidden)`` activations, kind ``activations``), each with ``mask.i`` and
     ``label.i``. Its rows must be no more than the client was asked for, and as many as it claims.
     """
+    if kind not in ("samples", "activations"):
+        raise ValueError(f"upload kind {kind!r} must be 'samples' or 'activations'")
     input_prefix = "ids" if kind == "samples" else "act"
-    chunks = sorted({int(name.split(".")[1]) for name in arrays
-                     if name.split(".")[0] == "label" and name.split(".")[1].isdigit()})
+    chunks = sorted(int(m.group(1)) for m in map(_LABEL_KEY.fullmatch, arrays) if m)
     expected = {f"{p}.{i}" for i in range(len(chunks)) for p in (input_prefix, "mask", "label")}
     if not chunks or chunks != list(range(len(chunks))) or set(arrays) != expected:
         return [f"upload of {kind}: arrays {sorted(arrays)[:6]} are not chunks {input_prefix}/mask/label.0..n-1"]
@@ -168,6 +173,10 @@ def validate_upload(arrays: Mapping[str, np.ndarray], kind: str, hidden: int, ma
         want_ndim = 3 if kind == "activations" else 2
         if inputs.ndim != want_ndim or mask.shape != inputs.shape[:2] or label.shape != inputs.shape[:1]:
             problems.append(f"chunk {i}: shapes {inputs.shape}, mask {mask.shape}, label {label.shape}")
+        elif not all(np.issubdtype(a.dtype, np.integer) for a in ((mask, label) if kind == "activations"
+                                                                    else (inputs, mask, label))):
+            problems.append(f"chunk {i}: dtypes {inputs.dtype}, mask {mask.dtype}, label {label.dtype}; "
+                            "ids, masks and labels must be integers")
         elif kind == "activations" and inputs.shape[2] != hidden:
             problems.append(f"chunk {i}: hidden size {inputs.shape[2]}, expected {hidden}")
         elif np.issubdtype(inputs.dtype, np.inexact) and not np.isfinite(inputs).all():

@@ -1,0 +1,128 @@
+"""One heterogeneous fleet, every mode and grouping policy, side by side.
+
+Each row is a whole federated run in this process (the in-process grid, real
+training, held-out accuracy every round) on the same fleet: the same seed, the
+same data partitions and the same device profiles drawn from a ``conf/fleet``
+preset. Time and energy are simulated from each client's profile and allocation
+by the documented cost model (``strategies/costmodel.py``, ``strategies/workload.py``);
+accuracy is always measured.
+
+Rows: all-local (layer-drop emulator), all-split, all-centralized, full-model
+FedAvg (every client runs the whole model: a local emulator that keeps every
+layer), then the grouping policies threshold, cost and kmeans.
+
+Columns: simulated time until held-out accuracy first reaches ``--target``,
+final accuracy, uplink bytes, client energy, client-rounds over their energy
+budget, real wall time.
+
+    python bench/hetero.py [--nodes 20] [--rounds 8] [--target 0.72] [key=value ...]
+    python bench/hetero.py --nodes 20 config=test        # tiny random model, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from flower_app.runner import run_inprocess
+from strategies.rundir import RunDirectory
+
+ROWS = {
+    "all-local": {"strategy.policy": "local"},
+    "all-split": {"strategy.policy": "split"},
+    "all-centralized": {"strategy.policy": "centralized"},
+    "full-model FedAvg": {"strategy.policy": "local", "train.emulator-layers": 0},
+    "threshold": {"strategy.policy": "threshold"},
+    "cost": {"strategy.policy": "cost"},
+    "kmeans": {"strategy.policy": "kmeans"},
+}
+SINGLE = ("all-local", "all-split", "all-centralized", "full-model FedAvg")
+
+
+def time_to_target(rounds: list[dict], target: float) -> float | None:
+    """Simulated clock at the end of the first round whose accuracy reaches ``target``."""
+    return next((r["sim-clock-s"] for r in rounds if r.get("accuracy", -1.0) >= target), None)
+
+
+def run_row(name: str, overrides: dict, base: dict, nodes: int, out: Path) -> dict:
+    run_dir = out / name.replace(" ", "-").lower()
+    config = {**base, **overrides, "run.run-dir": str(run_dir)}
+    print(f"--- {name}: {' '.join(f'{k}={v}' for k, v in overrides.items())}", flush=True)
+    tick = time.perf_counter()
+    summary = run_inprocess(config, num_nodes=nodes)
+    wall = time.perf_counter() - tick
+    rounds = RunDirectory(run_dir).rounds()
+    groups = json.loads((run_dir / "groups.json").read_text())
+    modes = {}
+    for client in groups["clients"].values():
+        modes[client["mode"]] = modes.get(client["mode"], 0) + 1
+    return {"name": name, "status": summary["status"], "rounds": rounds, "final": summary["final-accuracy"],
+            "bytes-up": summary["bytes-up"], "energy-j": summary["energy-j"], "wall-s": wall,
+            "sim-clock-s": summary["sim-clock-s"], "modes": modes,
+            "over-budget": sum(r.get("over-budget", 0) for r in rounds)}
+
+
+def table(rows: list[dict], target: float) -> str:
+    head = (f"{'run':<18} {'modes':<22} {'sim s to ' + format(target, '.2f'):>13} {'final acc':>9} "
+            f"{'uplink MB':>10} {'energy J':>10} {'over-budget':>11} {'sim s total':>11} {'wall s':>7}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        reach = time_to_target(r["rounds"], target)
+        modes = ",".join(f"{m[:5]} {n}" for m, n in sorted(r["modes"].items()))
+        lines.append(f"{r['name']:<18} {modes:<22} {(f'{reach:.1f}' if reach is not None else 'never'):>13} "
+                     f"{r['final']:>9.4f} {r['bytes-up'] / 1e6:>10.2f} {r['energy-j']:>10.1f} "
+                     f"{r['over-budget']:>11d} {r['sim-clock-s']:>11.1f} {r['wall-s']:>7.1f}")
+    return "\n".join(lines)
+
+
+def verdict(rows: list[dict], target: float) -> str:
+    """Best policy against best single mode: speed-up to the target and accuracy gap."""
+    def best(names):
+        reached = [(time_to_target(r["rounds"], target), r) for r in rows if r["name"] in names]
+        reached = [(t, r) for t, r in reached if t is not None]
+        return min(reached, key=lambda tr: tr[0]) if reached else (None, None)
+
+    t_single, single = best(SINGLE)
+    t_policy, policy = best([r["name"] for r in rows if r["name"] not in SINGLE])
+    if policy is None:
+        return f"no grouping policy reached accuracy {target}"
+    if single is None:
+        return f"no single mode reached accuracy {target}; best policy {policy['name']} did at {t_policy:.1f} s"
+    return (f"best single mode: {single['name']} reaches {target} at {t_single:.1f} s (final {single['final']:.4f}); "
+            f"best policy: {policy['name']} at {t_policy:.1f} s (final {policy['final']:.4f}); "
+            f"speed-up {t_single / t_policy:.2f}x, final accuracy {100 * (policy['final'] - single['final']):+.1f} points")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=20, help="clients in the fleet (default: 20)")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds per run (default: 8)")
+    parser.add_argument("--target", type=float, default=0.72, help="held-out accuracy to reach (default: 0.72)")
+    parser.add_argument("--only", default="", help="comma-separated row names to run (default: all)")
+    parser.add_argument("--out", default="runs/bench-hetero", help="parent of the runs' directories")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every row, e.g. fleet.preset=long-tail")
+    args = parser.parse_args(argv)
+    base = {"run.num-rounds": args.rounds, "strategy.min-clients": 1}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"override '{item}' is not key=value")
+        base[key] = value
+    chosen = [n for n in ROWS if not args.only or n in args.only.split(",")]
+    out = Path(args.out)
+    rows = [run_row(name, ROWS[name], base, args.nodes, out) for name in chosen]
+    print()
+    print(f"{args.nodes} clients, {args.rounds} rounds, fleet {base.get('fleet.preset', 'from the config')}, "
+          f"overrides {' '.join(args.overrides) or '(none)'}")
+    print(table(rows, args.target))
+    print(verdict(rows, args.target))
+    (out / "hetero.json").write_text(json.dumps(
+        [{k: v for k, v in r.items() if k != "rounds"} | {"accuracy": [x.get("accuracy") for x in r["rounds"]],
+                                                          "sim-clock-s-by-round": [x["sim-clock-s"] for x in r["rounds"]]}
+         for r in rows], indent=2))
+
+
+if __name__ == "__main__":
+    main()

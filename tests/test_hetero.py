@@ -1,0 +1,180 @@
+"""A heterogeneous fleet end to end: policies, modes, allocation, ledger, failures and resume.
+
+Tiny random BERT on the synthetic set, in process; device profiles drawn from the
+bimodal preset (phones below the 20 GFLOP/s threshold, base stations above it).
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from flower_app.runner import run_inprocess
+from strategies import wire
+from strategies.checkpoint import load_checkpoint
+from strategies.fleet import Policy
+from strategies.rundir import RunDirectory
+
+NODES = 6
+POLICY_MODES = {"split": {"split"}, "local": {"local"}, "centralized": {"centralized"},
+                "threshold": {"centralized", "split"}, "cost": {"local", "split", "centralized"},
+                "kmeans": {"local", "split", "centralized"}}
+
+
+def _run(tmp_path, name, fault=None, **overrides):
+    config = {"config": "test", "run.num-rounds": 2, "run.run-dir": str(tmp_path / name), **overrides}
+    return run_inprocess(config, num_nodes=NODES, fault=fault), RunDirectory(tmp_path / name)
+
+
+def _groups(run_dir):
+    return json.loads((run_dir.path / "groups.json").read_text())
+
+
+@pytest.mark.parametrize("policy", sorted(POLICY_MODES))
+def test_each_policy_trains_and_records_groups_allocations_and_the_ledger(tmp_path, policy):
+    # Execute: three rounds, as all-local learns the slowest
+    summary, run_dir = _run(tmp_path, policy, **{"strategy.policy": policy, "run.num-rounds": 3})
+
+    # Assert: the run learns
+    assert summary["status"] == "completed"
+    assert summary["final-accuracy"] > 0.6, summary
+    # groups.json: every client with its group, mode and allocation
+    clients = _groups(run_dir)["clients"]
+    assert sorted(map(int, clients)) == list(range(NODES))
+    assert {c["mode"] for c in clients.values()} <= POLICY_MODES[policy]
+    for c in clients.values():
+        assert c["tx-power-w"] > 0 and c["cpu-hz"] > 0 and c["energy-budget-j"] > 0
+    # the ledger: a row per working client and round, its time and energy, a clock that only grows
+    ledger, rounds = run_dir.ledger(), run_dir.rounds()
+    first = [row for row in ledger if row["round"] == 1]
+    assert sorted(row["client_id"] for row in first) == list(range(NODES))  # everyone works in round 1
+    for row in first:
+        assert row["mode"] == clients[str(row["client_id"])]["mode"]
+        assert row["latency_s"] > 0 and row["energy_j"] >= 0
+    assert 0 < rounds[0]["sim-clock-s"] <= rounds[1]["sim-clock-s"]
+    assert rounds[0]["sim-latency-s"] >= max(row["latency_s"] for row in first) - 1e-9
+    assert rounds[0]["energy-j"] == pytest.approx(sum(row["energy_j"] for row in first))
+
+
+def test_threshold_policy_trains_weak_clients_centrally():
+    # Prepare: capabilities of the fleet the clients report
+    from flower_app.client_app import _fleet
+
+    profiles = _fleet("bimodal", NODES, 0)
+    weak = {i for i, p in enumerate(profiles) if p.capability < Policy().threshold_flops}
+    assert 0 < len(weak) < NODES  # the fleet has both kinds, or the test proves nothing
+
+    # Execute
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as tmp:
+        _, run_dir = _run(Path(tmp), "threshold", **{"strategy.policy": "threshold"})
+        clients = _groups(run_dir)["clients"]
+
+    # Assert
+    assert {int(p) for p, c in clients.items() if c["mode"] == "centralized"} == weak
+    assert all(c["group"] == (0 if int(p) in weak else 1) for p, c in clients.items())
+
+
+def test_every_train_message_tells_group_mode_threshold_and_allocation(tmp_path):
+    # Prepare: record the config of every train message the clients receive
+    seen = []
+
+    def spy(index, message, call):
+        if message.metadata.message_type.startswith("train."):
+            seen.append((index, message.metadata.message_type, dict(message.content.config_records[wire.CONFIG])))
+        return call()
+
+    # Execute
+    _run(tmp_path, "spy", fault=spy, **{"strategy.policy": "threshold", "run.num-rounds": 1})
+
+    # Assert
+    assert {t for _, t, _ in seen} == {wire.SPLIT_FORWARD, wire.SPLIT_BACKWARD, wire.UPLOAD}
+    for _, message_type, config in seen:
+        assert config[wire.POLICY] == "threshold" and config[wire.THRESHOLD_FLOPS] == Policy().threshold_flops
+        assert config[wire.MODE] == {wire.UPLOAD: "centralized"}.get(message_type, "split")
+        for key in ("tx-power-w", "cpu-hz", "energy-budget-j"):
+            assert config[wire.ALLOC_PREFIX + key] > 0
+        assert config[wire.GROUP] in (0, 1)
+
+
+def test_a_local_result_below_the_threshold_stays_out_of_the_average(tmp_path):
+    # Prepare: strong clients train locally and must reach a loss no model reaches
+    overrides = {"strategy.policy": "threshold", "strategy.strong-mode": "local", "run.num-rounds": 1,
+                 "requirement.threshold-metric": "loss", "requirement.threshold-value": 1e-6}
+
+    # Execute
+    summary, run_dir = _run(tmp_path, "below", **overrides)
+
+    # Assert: every local client failed with its figures, the round went on with the pool
+    local = [p for p, c in _groups(run_dir)["clients"].items() if c["mode"] == "local"]
+    record = run_dir.rounds()[0]
+    assert summary["status"] == "completed"
+    assert record["failures"]["performance-below-threshold"] == len(local) > 0
+    assert all("performance-below-threshold" in record["dropped"][p] for p in local)
+    # Only local clients train the lower prefix here (the pool holds fixed activations): it must not move
+    initial = np.load(run_dir.path / "checkpoint.npz")  # round 1's checkpoint
+    from flower_app import task
+    from flower_app.config import load_config
+    start = task.build(load_config({"config": "test"})).initial_state
+    for key in [k for k in start if k in ("prefix.0", "prefix.1")]:
+        assert np.array_equal(initial[key], start[key]), key
+
+
+def test_a_client_over_the_time_limit_moves_to_a_cheaper_mode(tmp_path):
+    # Prepare: no local plan fits in a nanosecond
+    overrides = {"strategy.policy": "threshold", "strategy.strong-mode": "local", "run.num-rounds": 2,
+                 "requirement.max-train-s": 1e-9}
+
+    # Execute
+    summary, run_dir = _run(tmp_path, "slow", **overrides)
+
+    # Assert: round 1 reports insufficient compute, the clients upload in round 2 instead
+    rounds = run_dir.rounds()
+    assert summary["status"] == "completed"
+    moved = [p for p, c in rounds[0]["clients"].items() if c["mode"] == "local"]
+    assert rounds[0]["failures"]["insufficient-compute"] == len(moved) > 0
+    assert all(_groups(run_dir)["clients"][p]["mode"] == "centralized" for p in moved)
+    assert all(rounds[1]["clients"][p]["mode"] == "centralized" for p in moved)
+    assert rounds[1]["failures"]["insufficient-compute"] == 0
+
+
+def test_split_replay_stops_at_the_time_limit():
+    # Prepare
+    from flower_app import task
+    from flower_app.config import load_config
+    from flower_app.data import batch_plan
+
+    config = load_config({"config": "test"})
+    setup, encoded = task.build(config), task.client_data(config, 0, 4)
+    plan = batch_plan(len(encoded), 5, 8, seed=0)
+    grads = [np.zeros((8, max(len(encoded.ids[i]) for i in p), 64), np.float32) for p in plan]
+
+    # Execute
+    done = task.replay_plan(setup.client, encoded, plan, grads, 0.01, setup.pad_id, max_s=1e-9)
+
+    # Assert: the first step always runs, none starts after the limit
+    assert done == 1
+
+
+@pytest.mark.slow
+def test_resume_with_a_centralized_pool_ends_with_the_same_metrics(tmp_path):
+    # Prepare
+    overrides = {"strategy.policy": "threshold", "run.num-rounds": 4}
+
+    def kill(index, message, call):
+        if int(message.metadata.group_id) == 3:
+            raise KeyboardInterrupt  # the process dies in round 3
+        return call()
+
+    # Execute
+    _, whole = _run(tmp_path, "whole", **overrides)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "resumed", fault=kill, **overrides)
+    assert load_checkpoint(tmp_path / "resumed").round == 2
+    _, resumed = _run(tmp_path, "resumed", **overrides, **{"run.resume": True})
+
+    # Assert: the pool came back from the run directory, so nothing differs
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "wall-s"} for r in rs]  # noqa: E731
+    assert strip(resumed.rounds()) == strip(whole.rounds())
+    assert resumed.ledger() == whole.ledger()
