@@ -36,6 +36,14 @@ def _node(context: Context) -> tuple[Config, int, int]:
     return config, int(node["partition-id"]), int(node.get("num-partitions", config.data.num_partitions))
 
 
+def _job(msg: Message, context: Context):
+    """This node's config, model, data, the message's train config and its requirement."""
+    config, partition_id, num_partitions = _node(context)
+    setup, encoded = task.build(config), task.client_data(config, partition_id, num_partitions)
+    cfg = msg.content.config_records[wire.CONFIG]
+    return config, setup, encoded, cfg, requirement_from_config(cfg)
+
+
 def _plan(msg: Message, num_samples: int) -> list[np.ndarray]:
     """The round's minibatches, drawn from the data volume the requirement allows."""
     cfg = msg.content.config_records[wire.CONFIG]
@@ -73,11 +81,8 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train("split_forward")
 def split_forward(msg: Message, context: Context) -> Message:
-    config, partition_id, num_partitions = _node(context)
-    setup, encoded = task.build(config), task.client_data(config, partition_id, num_partitions)
+    config, setup, encoded, cfg, requirement = _job(msg, context)
     set_state(setup.client, from_record(msg.content.array_records[wire.ARRAYS]))
-    cfg = msg.content.config_records[wire.CONFIG]
-    requirement = requirement_from_config(cfg)
     if len(encoded) < requirement.min_samples:
         return _failure(msg, check_before_training(requirement, len(encoded), 0.0, 0))
     plan, dtype = _plan(msg, len(encoded)), str(cfg[wire.ACTIVATION_DTYPE])
@@ -120,10 +125,7 @@ def split_backward(msg: Message, context: Context) -> Message:
 @app.train("local")
 def local(msg: Message, context: Context) -> Message:
     """Local mode: train the lower prefix through an emulator of the upper layers, send the prefix."""
-    config, partition_id, num_partitions = _node(context)
-    setup, encoded = task.build(config), task.client_data(config, partition_id, num_partitions)
-    cfg = msg.content.config_records[wire.CONFIG]
-    requirement = requirement_from_config(cfg)
+    config, setup, encoded, cfg, requirement = _job(msg, context)
     if len(encoded) < requirement.min_samples:
         return _failure(msg, check_before_training(requirement, len(encoded), 0.0, 0))
     arrays = from_record(msg.content.array_records[wire.ARRAYS])
@@ -147,10 +149,7 @@ def local(msg: Message, context: Context) -> Message:
 @app.train("upload")
 def upload(msg: Message, context: Context) -> Message:
     """Centralized mode: send samples (token ids) or lower-layer activations, once, within budget."""
-    config, partition_id, num_partitions = _node(context)
-    setup, encoded = task.build(config), task.client_data(config, partition_id, num_partitions)
-    cfg = msg.content.config_records[wire.CONFIG]
-    requirement = requirement_from_config(cfg)
+    config, setup, encoded, cfg, requirement = _job(msg, context)
     if len(encoded) < requirement.min_samples:
         return _failure(msg, check_before_training(requirement, len(encoded), 0.0, 0))
     rows = min(int(cfg[wire.UPLOAD_ROWS]), plan_volume(requirement, len(encoded)))

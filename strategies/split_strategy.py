@@ -420,17 +420,22 @@ class SplitPrefixStrategy(Strategy):
             self._bytes_down[node] = self._bytes_down.get(node, 0) + content_bytes(message)
         return replies
 
+    def _answers(self, replies: Mapping[int, Message]) -> Iterable[tuple[ClientInfo, Message]]:
+        """Replies that carry work, in partition order; a failure reply is recorded, not yielded."""
+        for info in sorted((self.clients[n] for n in replies), key=lambda c: c.partition_id):
+            reply = replies[info.node_id]
+            config = reply.content.config_records.get(wire.CONFIG)
+            if config is not None and is_failure_config(config):
+                self._report_failure(info, config)
+                continue
+            yield info, reply
+
     def _train_server_side(self, server_round: int, forward: Mapping[int, Message],
                            ) -> tuple[dict[int, list[np.ndarray]], dict[int, Contribution], dict[int, float]]:
         gradients, server_parts, losses = {}, {}, {}
         server_state = {k: self.state[k] for k in self.server_model.server_keys}
         self._sequential_state = server_state
-        for info in sorted((self.clients[n] for n in forward), key=lambda c: c.partition_id):
-            reply = forward[info.node_id]
-            config = reply.content.config_records.get(wire.CONFIG)
-            if config is not None and is_failure_config(config):
-                self._report_failure(info, config)
-                continue
+        for info, reply in self._answers(forward):
             try:
                 batches, problems = plan_batches(from_record(reply.content.array_records[wire.ACTIVATIONS]),
                                                  self.steps)
@@ -481,12 +486,7 @@ class SplitPrefixStrategy(Strategy):
             keys += [k for k in self._emulator_keys() if k.startswith("head.") or self._full_emulator()]
         expected = spec_of({k: self.state[k] for k in keys})
         contributions = {}
-        for info in sorted((self.clients[n] for n in replies), key=lambda c: c.partition_id):
-            reply = replies[info.node_id]
-            config = reply.content.config_records.get(wire.CONFIG)
-            if config is not None and is_failure_config(config):
-                self._report_failure(info, config)
-                continue
+        for info, reply in self._answers(replies):
             try:
                 arrays = from_record(reply.content.array_records[wire.ARRAYS])
                 metrics = reply.content.metric_records[wire.METRICS]
@@ -509,12 +509,7 @@ class SplitPrefixStrategy(Strategy):
     def _receive_uploads(self, replies: Mapping[int, Message]) -> bool:
         """Validate centralized clients' uploads into the pool; whether any arrived."""
         arrived = False
-        for info in sorted((self.clients[n] for n in replies), key=lambda c: c.partition_id):
-            reply = replies[info.node_id]
-            config = reply.content.config_records.get(wire.CONFIG)
-            if config is not None and is_failure_config(config):
-                self._report_failure(info, config)
-                continue
+        for info, reply in self._answers(replies):
             try:
                 arrays = from_record(reply.content.array_records[wire.UPLOAD_RECORD])
                 claimed = reply.content.metric_records[wire.METRICS][wire.NUM_EXAMPLES]
