@@ -75,6 +75,8 @@ class TrainSettings:
                               low=0)
     upload_kind: str = _f("activations", "centralized mode: what a client uploads once",
                           choices=("activations", "samples"))
+    upload_rows: int = _f(0, "centralized mode: most samples a client uploads (0: one round's plan, "
+                          "steps-per-round x batch-size); fewer when its energy budget cannot pay", low=0)
     local_eval_size: int = _f(32, "local mode: held-back samples a client evaluates on (0: none)", low=0)
 
 

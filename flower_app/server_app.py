@@ -39,7 +39,8 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict:
         fraction_train=config.strategy.fraction_train, timeout_s=config.strategy.timeout_s,
         wait_for_nodes_s=config.strategy.wait_for_nodes_s, server_side=config.strategy.server_side,
         eval_every=config.eval.every, run_dir=run_dir, requirement=requirement(config), policy=policy(config),
-        emulator_layers=t.emulator_layers, upload_kind=t.upload_kind, local_eval_size=t.local_eval_size)
+        emulator_layers=t.emulator_layers, upload_kind=t.upload_kind, local_eval_size=t.local_eval_size,
+        upload_rows=t.upload_rows)
     first_round = 1
     checkpoint = run_dir.load() if config.run.resume else None
     if checkpoint is not None:

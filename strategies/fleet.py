@@ -72,19 +72,21 @@ def round_plan(policy: Policy, mode: str, steps: int, emulator_layers: int, acti
 
 def fleet_workloads(policy: Policy, shape: ModelShape, profiles: Mapping[int, DeviceProfile],
                     available: Mapping[int, int], steps: int, emulator_layers: int, activation_bytes: int,
-                    upload_kind: str) -> tuple[dict[int, dict[str, Workload]], dict[int, int]]:
+                    upload_kind: str, upload_cap: int = 0) -> tuple[dict[int, dict[str, Workload]], dict[int, int]]:
     """Each client's workload in every mode, and the rows it would upload in centralized mode.
 
-    A centralized client uploads as many of its samples as one round's energy budget pays
-    for; one that cannot afford a single row would upload one round's worth, over budget.
+    A centralized client uploads up to ``upload_cap`` samples (0: one round's plan), fewer
+    when one round's energy budget cannot pay for them; one that cannot afford a single row
+    uploads the cap anyway, over budget. The cap matters: at a low enough transmit power
+    almost any amount of data fits an energy budget, only ever more slowly.
     ``emulator_layers`` 0 means every upper layer (the full model).
     """
     kept = emulator_layers or shape.server_layers
     workloads, rows = {}, {}
     for cid, profile in profiles.items():
         plans = {m: round_plan(policy, m, steps, kept, activation_bytes, upload_kind) for m in MODES}
-        fits = affordable_rows(profile, shape, plans["centralized"], available[cid])
-        rows[cid] = fits or min(available[cid], plans["centralized"].samples)
+        cap = min(available[cid], upload_cap or plans["centralized"].samples)
+        rows[cid] = affordable_rows(profile, shape, plans["centralized"], cap) or cap
         workloads[cid] = {"local": local_workload(shape, plans["local"]),
                           "split": split_workload(shape, plans["split"]),
                           "centralized": upload_workload(shape, plans["centralized"], rows[cid])}

@@ -149,6 +149,8 @@ class SplitPrefixStrategy(Strategy):
         What a centralized client uploads: ``"activations"`` or ``"samples"``.
     local_eval_size : int (default: 32)
         Samples a local-mode client holds back to check the performance threshold.
+    upload_rows : int (default: 0)
+        Most samples a centralized client uploads (0: one round's plan, ``steps * batch_size``).
 
     Failures are counted by cause each round and answered by
     :func:`strategies.requirements.react_to_failures` among the policy's modes:
@@ -164,7 +166,7 @@ class SplitPrefixStrategy(Strategy):
                  server_side: str = "sequential", eval_every: int = 1, run_dir: RunDirectory | None = None,
                  requirement: TrainingRequirement | None = None, max_strikes: int = 3,
                  policy: fleet.Policy | None = None, emulator_layers: int = 1, upload_kind: str = "activations",
-                 local_eval_size: int = 32):
+                 local_eval_size: int = 32, upload_rows: int = 0):
         if server_side not in ("sequential", "parallel"):
             raise ValueError(f"server_side='{server_side}' must be 'sequential' or 'parallel'")
         if upload_kind not in ("activations", "samples"):
@@ -181,6 +183,7 @@ class SplitPrefixStrategy(Strategy):
         self.max_strikes = max_strikes
         self.policy = policy or fleet.Policy(batch_size=batch_size, seed=seed)
         self.emulator_layers, self.upload_kind, self.local_eval_size = emulator_layers, upload_kind, local_eval_size
+        self.upload_cap = upload_rows
         self.clients: dict[int, ClientInfo] = {}
         self.dropped: dict[int, str] = {}
         self.failures: dict[int, Failure] = {}
@@ -340,7 +343,7 @@ class SplitPrefixStrategy(Strategy):
         self.shape = self.server_model.shape()
         self.workloads, self.upload_rows = fleet.fleet_workloads(
             self.policy, self.shape, profiles, {p: c.num_available for p, c in infos.items()}, self.steps,
-            self.emulator_layers, 2 if self.activation_dtype == "float16" else 4, self.upload_kind)
+            self.emulator_layers, 2 if self.activation_dtype == "float16" else 4, self.upload_kind, self.upload_cap)
         self.assignments = fleet.assign(self.policy, profiles, self.workloads)
         for pid, mode in self._restored_modes.items():  # modes changed by failures before a restart
             if pid in self.assignments and self.assignments[pid].mode != mode:

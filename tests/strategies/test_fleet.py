@@ -114,9 +114,11 @@ def test_fleet_workloads_covers_every_client_and_mode():
         assert 1 <= rows[cid] <= available[cid]
         plan = round_plan(policy, "centralized", STEPS, 1, ACTIVATION_BYTES, "activations")
         assert by_mode["centralized"] == upload_workload(SHAPE, plan, rows[cid])
-    # the sampled clients afford all their rows; the starved one falls back to one round's worth
-    assert all(rows[cid] == available[cid] for cid in range(10))
-    assert rows[10] == min(available[10], STEPS * 4) == 8
+    # the sampled clients afford the cap (one round's plan, or all they hold); the starved one
+    # uploads the cap anyway, over budget
+    cap = STEPS * 4
+    assert all(rows[cid] == min(available[cid], cap) for cid in range(10))
+    assert rows[10] == min(available[10], cap) == 8
     assert allocate(profiles[10], workloads[10]["centralized"]) is None
 
 
@@ -142,7 +144,7 @@ def test_fleet_workloads_rows_capped_by_budget():
 
     # Execute
     workloads, rows = fleet_workloads(policy, SHAPE, profiles, {0: 1000}, STEPS, 1, ACTIVATION_BYTES,
-                                      "activations")
+                                      "activations", upload_cap=1000)
 
     # Assert: the largest row count that fits
     assert 1 <= rows[0] < 1000
@@ -341,3 +343,20 @@ def test_describe_reports_upload_rows_only_for_centralized(mode, upload_rows):
     assert (line["tx-power-w"], line["cpu-hz"]) == (1.0, 1e9)
     assert line["capability-flops"] == 1e9
     assert line["snr-db"] == 10.0  # 1 W * 1e-10 / 1e-11 = 10
+
+
+def test_upload_cap_bounds_the_rows_and_a_tight_budget_lowers_them():
+    # Prepare: energy for some rows only, at any power
+    policy = Policy("centralized", batch_size=4)
+    plan = round_plan(policy, "centralized", STEPS, 1, ACTIVATION_BYTES, "activations")
+    rich, tight = _profile(), _profile(energy_budget_j=2e-3)  # 2e-3 J: about 10 rows
+
+    # Execute
+    _, rows = fleet_workloads(policy, SHAPE, {0: rich, 1: tight}, {0: 500, 1: 500}, STEPS, 1, ACTIVATION_BYTES,
+                              "activations", upload_cap=50)
+
+    # Assert: the rich client stops at the cap although it could pay for all 500; the tight one below it
+    assert rows[0] == 50
+    assert allocate(rich, upload_workload(SHAPE, plan, 500)) is not None
+    assert 1 <= rows[1] < 50
+    assert allocate(tight, upload_workload(SHAPE, plan, rows[1] + 1)) is None
