@@ -31,6 +31,7 @@ test-fast: setup
 
 bench: setup
 	$(PY) bench/comm.py
+	$(PY) bench/hetero.py --nodes 20 --rounds 6
 
 clean:
 	rm -rf $(VENV) .flwr runs

@@ -599,8 +599,13 @@ class SplitPrefixStrategy(Strategy):
             mode = assignment.mode
             planned = self.workloads[info.partition_id][mode]
             done = self._steps_done.get(node, self._steps_of(info)) / self._steps_of(info)
+            failure = self.failures.get(node)
+            stopped = failure is not None and failure.cause in (FailureCause.INSUFFICIENT_SAMPLES,
+                                                                 FailureCause.INSUFFICIENT_COMPUTE)
+            if stopped:
+                done = 0.0  # it declined before training (its one measured step is not counted)
             up = content_bytes(reply) + (content_bytes(backward[node]) if node in backward else 0)
-            observed = Workload(mode, planned.client_flops * (1.0 if mode == "centralized" else done),
+            observed = Workload(mode, planned.client_flops * (done if mode != "centralized" or stopped else 1.0),
                                 up, self._bytes_down.get(node, 0),
                                 0.0 if mode == "centralized" else planned.server_flops * done,
                                 planned.client_memory_bytes)
