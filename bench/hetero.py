@@ -26,6 +26,7 @@ import json
 import time
 from pathlib import Path
 
+from flower_app.config import load_config
 from flower_app.runner import run_inprocess
 from strategies.rundir import RunDirectory
 
@@ -114,8 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     rows = [run_row(name, ROWS[name], base, args.nodes, out) for name in chosen]
     print()
-    print(f"{args.nodes} clients, {args.rounds} rounds, fleet {base.get('fleet.preset', 'from the config')}, "
-          f"overrides {' '.join(args.overrides) or '(none)'}")
+    config = load_config(base)
+    print(f"{args.nodes} clients, {args.rounds} rounds, model {config.model.source}, fleet preset "
+          f"{config.fleet.preset}, seed {config.run.seed}, overrides {' '.join(args.overrides) or '(none)'}")
     print(table(rows, args.target))
     print(verdict(rows, args.target))
     (out / "hetero.json").write_text(json.dumps(
