@@ -37,11 +37,16 @@ def _node(context: Context) -> tuple[Config, int, int]:
 
 
 def _job(msg: Message, context: Context):
-    """This node's config, model, data, the message's train config and its requirement."""
+    """This node's config, model and data, the message's train config and requirement, and the
+    ``insufficient-samples`` reply to send instead of training, if the data falls short."""
     config, partition_id, num_partitions = _node(context)
     setup, encoded = task.build(config), task.client_data(config, partition_id, num_partitions)
     cfg = msg.content.config_records[wire.CONFIG]
-    return config, setup, encoded, cfg, requirement_from_config(cfg)
+    requirement = requirement_from_config(cfg)
+    declined = None
+    if len(encoded) < requirement.min_samples:
+        declined = _failure(msg, check_before_training(requirement, len(encoded), 0.0, 0))
+    return config, setup, encoded, cfg, requirement, declined
 
 
 def _plan(msg: Message, num_samples: int) -> list[np.ndarray]:
@@ -81,10 +86,10 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train("split_forward")
 def split_forward(msg: Message, context: Context) -> Message:
-    config, setup, encoded, cfg, requirement = _job(msg, context)
+    config, setup, encoded, cfg, requirement, declined = _job(msg, context)
+    if declined is not None:
+        return declined
     set_state(setup.client, from_record(msg.content.array_records[wire.ARRAYS]))
-    if len(encoded) < requirement.min_samples:
-        return _failure(msg, check_before_training(requirement, len(encoded), 0.0, 0))
     plan, dtype = _plan(msg, len(encoded)), str(cfg[wire.ACTIVATION_DTYPE])
     with task.torch_threads(config.run.client_threads):
         tick = time.perf_counter()
@@ -125,9 +130,9 @@ def split_backward(msg: Message, context: Context) -> Message:
 @app.train("local")
 def local(msg: Message, context: Context) -> Message:
     """Local mode: train the lower prefix through an emulator of the upper layers, send the prefix."""
-    config, setup, encoded, cfg, requirement = _job(msg, context)
-    if len(encoded) < requirement.min_samples:
-        return _failure(msg, check_before_training(requirement, len(encoded), 0.0, 0))
+    config, setup, encoded, cfg, requirement, declined = _job(msg, context)
+    if declined is not None:
+        return declined
     arrays = from_record(msg.content.array_records[wire.ARRAYS])
     # The threshold check needs samples the client did not train on: hold some back.
     held_back = int(cfg[wire.LOCAL_EVAL_SIZE]) if requirement.threshold_value is not None else 0
@@ -149,9 +154,9 @@ def local(msg: Message, context: Context) -> Message:
 @app.train("upload")
 def upload(msg: Message, context: Context) -> Message:
     """Centralized mode: send samples (token ids) or lower-layer activations, once, within budget."""
-    config, setup, encoded, cfg, requirement = _job(msg, context)
-    if len(encoded) < requirement.min_samples:
-        return _failure(msg, check_before_training(requirement, len(encoded), 0.0, 0))
+    config, setup, encoded, cfg, requirement, declined = _job(msg, context)
+    if declined is not None:
+        return declined
     rows = min(int(cfg[wire.UPLOAD_ROWS]), plan_volume(requirement, len(encoded)))
     chosen = np.random.default_rng(int(cfg[wire.SEED])).permutation(len(encoded))[:rows]
     if str(cfg[wire.UPLOAD_KIND]) == "samples":
