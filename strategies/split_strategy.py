@@ -593,7 +593,8 @@ class SplitPrefixStrategy(Strategy):
         round's messages; time and energy follow from the profile and the allocation.
         """
         costs, extra = {}, {}
-        for node, reply in first.items():
+        # Partition order: float sums must not depend on the order replies arrived in.
+        for node, reply in sorted(first.items(), key=lambda item: self.clients[item[0]].partition_id):
             info = self.clients[node]
             assignment = self.assignments_at_start[info.partition_id]
             mode = assignment.mode
