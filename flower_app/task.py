@@ -193,7 +193,7 @@ def hold_back(num_samples: int, count: int, seed: int) -> tuple[np.ndarray, np.n
     evaluates on less rather than training on nothing.
     """
     count = min(count, num_samples // 2)
-    order = np.random.default_rng([seed, 7]).permutation(num_samples)
+    order = np.random.default_rng([seed, 7]).permutation(num_samples)  # 7: a stream apart from the plan's
     return np.sort(order[count:]), np.sort(order[:count])
 
 
@@ -321,9 +321,6 @@ class SplitServer:
             layer_prefix_bytes=layer_prefix[0] if layer_prefix else 0,
             head_bytes=sum(state[k].nbytes for k in self.server_keys if k.startswith("head.")),
             mean_tokens=float(np.mean(lengths)))
-
-    def num_server_layers(self) -> int:
-        return len(self.setup.server.stack.layers)
 
     def emulator_keys(self, layers: int) -> tuple[str, ...]:
         """Server tensors a local-mode emulator of ``layers`` upper layers holds (0: all)."""

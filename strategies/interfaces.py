@@ -33,9 +33,6 @@ class ServerModel(Protocol):
     def shape(self) -> ModelShape:
         """Sizes of the split model, for the simulated cost of each mode."""
 
-    def num_server_layers(self) -> int:
-        """Upper layers the server holds."""
-
     def emulator_keys(self, layers: int) -> tuple[str, ...]:
         """Server tensors a local-mode emulator of ``layers`` upper layers trains (0: all)."""
 

@@ -281,7 +281,7 @@ class SplitPrefixStrategy(Strategy):
             mode = self.assignments[info.partition_id].mode
             if mode == "centralized" and info.partition_id in self.pool:
                 continue
-            keys = client_keys + list(self._emulator_keys()) if mode == "local" else client_keys
+            keys = client_keys + list(self.emulator_keys) if mode == "local" else client_keys
             message_type = {"split": wire.SPLIT_FORWARD, "local": wire.LOCAL, "centralized": wire.UPLOAD}[mode]
             messages.append(self._message(info, message_type, server_round,
                                           {wire.ARRAYS: ArrayRecord({k: arrays[k] for k in keys}),
@@ -341,6 +341,11 @@ class SplitPrefixStrategy(Strategy):
         infos = {c.partition_id: c for c in self.clients.values()}
         profiles = {p: c.profile for p, c in infos.items()}
         self.shape = self.server_model.shape()
+        self.emulator_keys = self.server_model.emulator_keys(self.emulator_layers)
+        # What a local client sends back beside its lower prefix: the head, and the upper
+        # prefix too when the emulator dropped nothing (then it is the real model).
+        full = self.emulator_layers in (0, self.shape.server_layers)
+        self.local_reply_keys = tuple(k for k in self.emulator_keys if k.startswith("head.") or full)
         self.workloads, self.upload_rows = fleet.fleet_workloads(
             self.policy, self.shape, profiles, {p: c.num_available for p, c in infos.items()}, self.steps,
             self.emulator_layers, 2 if self.activation_dtype == "float16" else 4, self.upload_kind, self.upload_cap)
@@ -365,12 +370,6 @@ class SplitPrefixStrategy(Strategy):
 
     def _mode(self, node: int) -> str:
         return self.assignments[self.clients[node].partition_id].mode
-
-    def _emulator_keys(self) -> tuple[str, ...]:
-        return self.server_model.emulator_keys(self.emulator_layers)
-
-    def _full_emulator(self) -> bool:
-        return self.emulator_layers in (0, self.server_model.num_server_layers())
 
     # --- steps of a round -------------------------------------------------------------------
 
@@ -485,8 +484,8 @@ class SplitPrefixStrategy(Strategy):
     def _collect(self, replies: Mapping[int, Message], mode: str) -> dict[int, Contribution]:
         """Validated prefix contributions of split (backward) or local replies, by node id."""
         keys = list(self.server_model.client_keys)
-        if mode == "local":  # the head; the upper prefix too when nothing was dropped
-            keys += [k for k in self._emulator_keys() if k.startswith("head.") or self._full_emulator()]
+        if mode == "local":
+            keys += list(self.local_reply_keys)
         expected = spec_of({k: self.state[k] for k in keys})
         contributions = {}
         for info, reply in self._answers(replies):
@@ -646,7 +645,8 @@ class SplitPrefixStrategy(Strategy):
                               for n, why in self.dropped.items()},
                   "failures": count_causes(self.failures.values()), "excluded": sorted(self.excluded),
                   "modes": {m: sum(a.mode == m for a in self.assignments_at_start.values()) for m in MODES},
-                  "pool-rows": sum(self._pool_rows(p) for p in self.pool),
+                  "pool-rows": sum(len(a) for upload in self.pool.values()
+                                   for k, a in upload.items() if k.startswith("label.")),
                   **{k: v for k, v in sim.items() if k != "costs"},
                   "wall-s": round(time.time() - tick, 3)}
         if server_round % self.eval_every == 0 or server_round == num_rounds:
@@ -659,12 +659,6 @@ class SplitPrefixStrategy(Strategy):
             record["bytes-down"] / 1e6, len(self.dropped), record["wall-s"], record["sim-latency-s"],
             record["energy-j"])
         return record
-
-    def _pool_rows(self, partition_id: int) -> int:
-        arrays, count, i = self.pool[partition_id], 0, 0
-        while wire.label_key(i) in arrays:
-            count, i = count + len(arrays[wire.label_key(i)]), i + 1
-        return count
 
     def _log_dropped(self, server_round: int) -> None:
         for node, why in sorted(self.dropped.items()):
