@@ -108,7 +108,3 @@ def emulator_keys(server_keys: Iterable[str], kept: Iterable[int]) -> tuple[str,
     prefixes = {f"prefix.{i}" for i in kept}
     return tuple(k for k in server_keys if k in prefixes or k.startswith("head."))
 
-
-def cost_fraction(server: ServerPart, emulator: ServerPart) -> float:
-    """Share of the server part's layer compute the emulator costs (layers kept / layers)."""
-    return len(server_layers(emulator)) / len(server_layers(server))

@@ -108,14 +108,6 @@ def detect_family(config) -> str:
     raise ValueError(f"unsupported model_type '{model_type}'; supported families: {FAMILIES}")
 
 
-def kv_shape(config) -> tuple[int, int]:
-    """``(n_kv_heads, head_dim)`` of the model's attention layers."""
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return kv_heads, head_dim
-
-
 def attention_mask_4d(attention_mask: torch.Tensor, prefix_length: int, causal: bool) -> torch.Tensor:
     """Boolean mask ``(B, 1, T, P+T)``: True where a query may attend to a key."""
     batch, length = attention_mask.shape

@@ -33,7 +33,7 @@ closed or 1-D monotone solutions and are handled directly.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from strategies.costmodel import Allocation, Workload
 from strategies.devices import DeviceProfile
@@ -81,13 +81,6 @@ def allocate(profile: DeviceProfile, workload: Workload) -> Allocation | None:
     p = math.exp(_golden_section_min(latency, math.log(p_top) - _LOG_SPAN, math.log(p_top)))
     f = _affordable_frequency(profile, cycles, budget - _uplink_energy(profile, bits, p))
     return Allocation(tx_power_w=p, cpu_hz=f, energy_budget_j=budget)
-
-
-def allocate_fleet(
-    profiles: Mapping[int, DeviceProfile], workloads: Mapping[int, Workload]
-) -> dict[int, Allocation | None]:
-    """``allocate`` for every client id in ``workloads``."""
-    return {cid: allocate(profiles[cid], workload) for cid, workload in workloads.items()}
 
 
 def _compute_energy(profile: DeviceProfile, cycles: float, f: float) -> float:

@@ -45,16 +45,6 @@ _TMP_PREFIX = ".checkpoint-"
 _TMP_SUFFIX = ".tmp"
 # A fixed member timestamp makes the npz bytes, hence its digest, a function of the arrays alone.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-_BIT_GENERATORS = {
-    cls.__name__: cls
-    for cls in (
-        np.random.PCG64,
-        np.random.PCG64DXSM,
-        np.random.MT19937,
-        np.random.Philox,
-        np.random.SFC64,
-    )
-}
 
 
 class CheckpointError(Exception):
@@ -84,7 +74,7 @@ def save_checkpoint(
     arrays : Mapping[str, np.ndarray]
         Trainable tensors by name; object arrays are refused (they would need pickling).
     state : Mapping[str, Any]
-        JSON-serialisable strategy state (see :func:`rng_state` for random generators).
+        JSON-serialisable strategy state.
     """
     if isinstance(round, bool) or not isinstance(round, int) or round < 0:
         raise ValueError(f"round must be an integer >= 0, got {round!r}")
@@ -158,30 +148,6 @@ def load_checkpoint(directory: Path) -> Checkpoint | None:
             f"{candidates[0]} and {candidates[1]} are missing or corrupt"
         )
     return Checkpoint(round=server_round, arrays=_read_npz(npz_path, names), state=state)
-
-
-def rng_state(generator: np.random.Generator) -> dict[str, Any]:
-    """A JSON-serialisable snapshot of a generator's state."""
-    return _jsonable(generator.bit_generator.state)
-
-
-def rng_from_state(state: Mapping[str, Any]) -> np.random.Generator:
-    """A generator that continues exactly where the one given to :func:`rng_state` stood."""
-    name = state.get("bit_generator")
-    if name not in _BIT_GENERATORS:
-        known = sorted(_BIT_GENERATORS)
-        raise ValueError(f"unknown bit generator {name!r}; expected one of {known}")
-    bit_generator = _BIT_GENERATORS[name]()
-    bit_generator.state = dict(state)  # numpy's setters accept lists where it stores arrays
-    return np.random.Generator(bit_generator)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
 
 
 @contextmanager

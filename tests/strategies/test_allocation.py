@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from strategies.allocation import allocate, allocate_fleet
+from strategies.allocation import allocate
 from strategies.costmodel import Allocation, Workload, round_cost
 from strategies.devices import DeviceProfile
 
@@ -132,17 +132,3 @@ def test_mixed_workload_matches_grid_search(flops, uplink_bytes, budget):
         nearby = _latency_spending_rest_on_compute(profile, workload, allocation.tx_power_w * scale)
         assert nearby >= cost.latency_s * (1 - 1e-12)
 
-
-def test_allocate_fleet_per_client():
-    # Prepare
-    profiles = {3: _profile(6.4), 5: _profile(0.5)}
-    workloads = {3: _workload(1e10, 1e6), 5: _workload(1e10, 1e6)}
-
-    # Execute
-    allocations = allocate_fleet(profiles, workloads)
-
-    # Assert
-    assert set(allocations) == {3, 5}
-    assert allocations[3].cpu_hz == 2e9
-    assert allocations[5] is None
-    assert math.isclose(allocations[3].energy_budget_j, 6.4)

@@ -11,8 +11,6 @@ from strategies import checkpoint as ckpt
 from strategies.checkpoint import (
     CheckpointError,
     load_checkpoint,
-    rng_from_state,
-    rng_state,
     save_checkpoint,
 )
 
@@ -194,27 +192,3 @@ def test_empty_arrays_round_trip(tmp_path: Path) -> None:
     # Assert
     assert loaded is not None and loaded.arrays == {} and loaded.round == 0
 
-
-@pytest.mark.parametrize("bit_generator", ["PCG64", "MT19937", "Philox"])
-def test_rng_state_through_checkpoint_gives_identical_draws(
-    tmp_path: Path, bit_generator: str
-) -> None:
-    # Prepare: advance the generator so the state is not the seed's
-    rng = np.random.Generator(getattr(np.random, bit_generator)(42))
-    rng.standard_normal(17)
-    save_checkpoint(tmp_path, 5, {}, {"rng": rng_state(rng)})
-    expected = rng.standard_normal(10)
-
-    # Execute
-    loaded = load_checkpoint(tmp_path)
-    assert loaded is not None
-    restored = rng_from_state(loaded.state["rng"])
-
-    # Assert
-    assert np.array_equal(restored.standard_normal(10), expected)
-
-
-def test_rng_from_state_rejects_unknown_generator() -> None:
-    # Execute / Assert
-    with pytest.raises(ValueError, match="Lehmer"):
-        rng_from_state({"bit_generator": "Lehmer", "state": {}})
