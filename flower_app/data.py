@@ -20,10 +20,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
-SYNTHETIC_WORDS = ["good", "great", "fine", "love", "bad", "awful", "poor", "hate",
-                   "the", "a", "film", "movie", "plot", "story", "was", "is", "very", "quite"]
+SYNTHETIC_WORDS = [
+    "good",
+    "great",
+    "fine",
+    "love",
+    "bad",
+    "awful",
+    "poor",
+    "hate",
+    "the",
+    "a",
+    "film",
+    "movie",
+    "plot",
+    "story",
+    "was",
+    "is",
+    "very",
+    "quite",
+]
 
 
 @dataclass(frozen=True)
@@ -31,7 +50,7 @@ class TextDataset:
     """Texts and integer labels; ``label_names[i]`` names label ``i``."""
 
     texts: tuple[str, ...]
-    labels: np.ndarray  # (N,) int64
+    labels: npt.NDArray[np.int64]  # (N,)
     label_names: tuple[str, ...]
 
     def __len__(self) -> int:
@@ -42,8 +61,7 @@ class TextDataset:
         return TextDataset(tuple(self.texts[i] for i in indices), self.labels[indices], self.label_names)
 
 
-def load_dataset(source: str, text_column: str = "text", label_column: str = "label",
-                 seed: int = 0) -> TextDataset:
+def load_dataset(source: str, text_column: str = "text", label_column: str = "label", seed: int = 0) -> TextDataset:
     if source == "rotten-tomatoes":
         return rotten_tomatoes()
     if source == "synthetic":
@@ -114,8 +132,9 @@ def train_test_split(data: TextDataset, test_size: int, seed: int) -> tuple[Text
     return data.subset(order[test_size:]), data.subset(order[:test_size])
 
 
-def partition(labels: np.ndarray, num_partitions: int, method: str, alpha: float,
-              seed: int) -> list[np.ndarray]:
+def partition(
+    labels: npt.NDArray[np.int64], num_partitions: int, method: str, alpha: float, seed: int
+) -> list[npt.NDArray[np.int64]]:
     """Indices of each partition: ``iid`` or ``dirichlet`` (label skew of concentration alpha).
 
     Every partition gets at least one sample; Dirichlet draws are repeated (seeded)
@@ -134,7 +153,7 @@ def partition(labels: np.ndarray, num_partitions: int, method: str, alpha: float
             members = rng.permutation(np.flatnonzero(labels == label))
             shares = rng.dirichlet([alpha] * num_partitions)
             cuts = (np.cumsum(shares)[:-1] * len(members)).astype(int)
-            for part, chunk in zip(parts, np.split(members, cuts)):
+            for part, chunk in zip(parts, np.split(members, cuts), strict=True):
                 part.extend(chunk.tolist())
         if min(len(p) for p in parts) > 0:
             return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
@@ -146,7 +165,7 @@ class Encoded:
     """Token ids of a dataset, unpadded, with labels."""
 
     ids: tuple[tuple[int, ...], ...]
-    labels: np.ndarray
+    labels: npt.NDArray[np.int64]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -169,7 +188,7 @@ def collate(encoded: Encoded, indices, pad_id: int) -> tuple[torch.Tensor, torch
     return ids, mask, torch.as_tensor(encoded.labels[np.asarray(indices)], dtype=torch.long)
 
 
-def batch_plan(num_samples: int, steps: int, batch_size: int, seed: int) -> list[np.ndarray]:
+def batch_plan(num_samples: int, steps: int, batch_size: int, seed: int) -> list[npt.NDArray[np.int64]]:
     """``steps`` minibatches drawn by reshuffled passes over ``num_samples`` (seeded).
 
     Both sides of a split round derive the same plan from the seed, so the
@@ -180,4 +199,4 @@ def batch_plan(num_samples: int, steps: int, batch_size: int, seed: int) -> list
     order: list[int] = []
     while len(order) < steps * batch_size:
         order.extend(rng.permutation(num_samples).tolist())
-    return [np.array(order[i * batch_size:(i + 1) * batch_size]) for i in range(steps)]
+    return [np.array(order[i * batch_size : (i + 1) * batch_size]) for i in range(steps)]

@@ -51,8 +51,9 @@ def server_layers(server: ServerPart) -> tuple[int, ...]:
 
 def _layer_index(layer: nn.Module) -> int:
     for module in layer.modules():
-        if getattr(module, "layer_idx", None) is not None:
-            return int(module.layer_idx)
+        index = getattr(module, "layer_idx", None)
+        if index is not None:
+            return int(index)
     raise ValueError(f"{type(layer).__name__} has no attention module with a layer_idx")
 
 
@@ -71,8 +72,9 @@ def kept_layers(server: ServerPart, keep: int | Sequence[int]) -> tuple[int, ...
     layers = server_layers(server)
     if isinstance(keep, (int, np.integer)):
         if not 1 <= keep <= len(layers):
-            raise ValueError(f"emulator keep={keep} must be in [1, {len(layers)}] "
-                             f"for a server part of {len(layers)} layers")
+            raise ValueError(
+                f"emulator keep={keep} must be in [1, {len(layers)}] for a server part of {len(layers)} layers"
+            )
         # Spaced from the last layer down, so keep=1 is the last layer alone.
         positions = np.round(np.linspace(len(layers) - 1, 0, int(keep))).astype(int)
         return tuple(layers[p] for p in sorted(set(positions.tolist())))
@@ -107,4 +109,3 @@ def emulator_keys(server_keys: Iterable[str], kept: Iterable[int]) -> tuple[str,
     """The trainable names an emulator holds: the kept layers' prefix and the head."""
     prefixes = {f"prefix.{i}" for i in kept}
     return tuple(k for k in server_keys if k in prefixes or k.startswith("head."))
-

@@ -18,6 +18,7 @@ import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -43,8 +44,10 @@ def verify_sha256(path: Path, expected: str) -> None:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     if digest.hexdigest() != expected:
-        raise RuntimeError(f"{path} has sha256 {digest.hexdigest()}, expected {expected}: "
-                           "the weights file is corrupt or not the one this project ships")
+        raise RuntimeError(
+            f"{path} has sha256 {digest.hexdigest()}, expected {expected}: "
+            "the weights file is corrupt or not the one this project ships"
+        )
 
 
 def load(source: str, seed: int = 0, gguf_file: str | None = None, allow_download: bool = False):
@@ -53,6 +56,7 @@ def load(source: str, seed: int = 0, gguf_file: str | None = None, allow_downloa
         return build_random(source.removeprefix("random-"), seed)
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+    folder: Path | str  # a local folder, or a Hub id
     if source == "minilm":
         folder, offline = minilm_path(), True
     elif Path(source).expanduser().is_dir():
@@ -62,15 +66,17 @@ def load(source: str, seed: int = 0, gguf_file: str | None = None, allow_downloa
     else:
         raise FileNotFoundError(
             f"model.source='{source}' is neither 'minilm', a random-* source nor a local folder; "
-            "to fetch a Hub id set model.allow-download=true on a machine that is online")
+            "to fetch a Hub id set model.allow-download=true on a machine that is online"
+        )
     kwargs = {"local_files_only": offline, "attn_implementation": "sdpa"}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     config = AutoConfig.from_pretrained(folder, **{k: v for k, v in kwargs.items() if k != "attn_implementation"})
     auto = AutoModel if config.model_type == "bert" else AutoModelForCausalLM
     model = auto.from_pretrained(folder, dtype=torch.float32, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=offline,
-                                              **({"gguf_file": gguf_file} if gguf_file else {}))
+    tokenizer = AutoTokenizer.from_pretrained(
+        folder, local_files_only=offline, **({"gguf_file": gguf_file} if gguf_file else {})
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
@@ -79,24 +85,47 @@ def load(source: str, seed: int = 0, gguf_file: str | None = None, allow_downloa
 
 def build_random(family: str, seed: int = 0, hidden: int = 64, layers: int = 4, vocab: int = 512):
     """A random tiny model of a family and a word-level tokenizer for it."""
-    from transformers import (BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                              LlamaForCausalLM)
+    from transformers import (
+        BertConfig,
+        BertModel,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedConfig,
+        PreTrainedModel,
+    )
 
     torch.manual_seed(seed)
-    common = {"vocab_size": vocab, "attn_implementation": "sdpa"}
+    common: dict[str, Any] = {"vocab_size": vocab, "attn_implementation": "sdpa"}
+    config: PreTrainedConfig
+    model: PreTrainedModel
     if family == "bert":
-        config = BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-                            intermediate_size=4 * hidden, max_position_embeddings=256, **common)
+        config = BertConfig(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            intermediate_size=4 * hidden,
+            max_position_embeddings=256,
+            **common,
+        )
         model = BertModel(config)
     elif family == "gpt2":
-        config = GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=256,
-                            bos_token_id=2, eos_token_id=2, **common)
+        config = GPT2Config(
+            n_embd=hidden, n_layer=layers, n_head=4, n_positions=256, bos_token_id=2, eos_token_id=2, **common
+        )
         model = GPT2LMHeadModel(config)
     elif family == "llama":
         # 4 query heads sharing 2 key/value heads: exercises grouped-query attention.
-        config = LlamaConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-                             num_key_value_heads=2, intermediate_size=2 * hidden,
-                             max_position_embeddings=256, **common)
+        config = LlamaConfig(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=2 * hidden,
+            max_position_embeddings=256,
+            **common,
+        )
         model = LlamaForCausalLM(config)
     else:
         raise ValueError(f"unknown family '{family}'")

@@ -23,10 +23,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 FAMILIES = ("bert", "gpt2", "llama")
 HEADS = ("classifier", "lm")
@@ -124,8 +129,14 @@ def attention_mask_4d(attention_mask: torch.Tensor, prefix_length: int, causal: 
 class _Stack(nn.Module):
     """A run of consecutive pretrained layers plus the prefix of each."""
 
-    def __init__(self, family: str, layers: nn.ModuleList, first: int, rotary: nn.Module | None,
-                 prefix: Mapping[int, torch.Tensor]):
+    def __init__(
+        self,
+        family: str,
+        layers: nn.ModuleList,
+        first: int,
+        rotary: nn.Module | None,
+        prefix: Mapping[int, torch.Tensor],
+    ):
         super().__init__()
         self.family = family
         self.layers = layers
@@ -143,9 +154,9 @@ class _Stack(nn.Module):
         mask = attention_mask_4d(attention_mask, prefix_length, causal=self.family != "bert")
         kwargs = {}
         if self.family == "llama":
+            assert self.rotary is not None, "a llama stack is built with its rotary embedding"
             positions = torch.arange(hidden.shape[1], device=hidden.device)[None] + prefix_length
-            kwargs = {"position_embeddings": self.rotary(hidden, position_ids=positions),
-                      "position_ids": positions}
+            kwargs = {"position_embeddings": self.rotary(hidden, position_ids=positions), "position_ids": positions}
         for layer in self.layers:
             out = layer(hidden, attention_mask=mask, past_key_values=cache, **kwargs)
             hidden = out[0] if isinstance(out, tuple) else out
@@ -166,6 +177,7 @@ class ClientPart(nn.Module):
         if self.family == "bert":
             return self.embeddings(input_ids=input_ids, past_key_values_length=offset)
         if self.family == "gpt2":
+            assert isinstance(self.embeddings, nn.ModuleList), "gpt2 embeddings are (wte, wpe)"
             wte, wpe = self.embeddings
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None] + offset
             return wte(input_ids) + wpe(positions)
@@ -179,8 +191,15 @@ class ClientPart(nn.Module):
 class ServerPart(nn.Module):
     """Upper layers, final norm, output head and their prefix."""
 
-    def __init__(self, family: str, stack: _Stack, final_norm: nn.Module | None,
-                 pooler: nn.Module | None, head: nn.Module, spec: SplitSpec):
+    def __init__(
+        self,
+        family: str,
+        stack: _Stack,
+        final_norm: nn.Module | None,
+        pooler: nn.Module | None,
+        head: nn.Module,
+        spec: SplitSpec,
+    ):
         super().__init__()
         self.family = family
         self.stack = stack
@@ -199,10 +218,11 @@ class ServerPart(nn.Module):
         return self.head(pool(hidden, attention_mask, self.spec.pooling, self.pooler))
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str,
-         pooler: nn.Module | None) -> torch.Tensor:
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str, pooler: nn.Module | None) -> torch.Tensor:
     """Sequence representation ``(B, H)`` from hidden states ``(B, T, H)``."""
     if pooling == "pooler":
+        if pooler is None:
+            raise ValueError("pooling='pooler' needs the model's pooler")
         return pooler(hidden)
     if pooling == "mean":
         weights = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
@@ -211,8 +231,9 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str,
     return hidden[torch.arange(hidden.shape[0]), last]
 
 
-def initial_prefix(model: nn.Module, family: str, prefix_length: int, seed: int,
-                   vocab_size: int) -> dict[int, torch.Tensor]:
+def initial_prefix(
+    model: nn.Module, family: str, prefix_length: int, seed: int, vocab_size: int
+) -> dict[int, torch.Tensor]:
     """Prefix initialised from the key/values of random real tokens.
 
     Zero or Gaussian prefixes dilute every attention row by ``P`` meaningless
@@ -222,8 +243,7 @@ def initial_prefix(model: nn.Module, family: str, prefix_length: int, seed: int,
     if prefix_length == 0:
         return {}
     generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1000 if vocab_size > 2000 else 1, vocab_size, (1, prefix_length),
-                        generator=generator)
+    ids = torch.randint(1000 if vocab_size > 2000 else 1, vocab_size, (1, prefix_length), generator=generator)
     recorder = _RecordingCache()
     layers, embeddings, _, rotary = _parts(_backbone(model, family), family)
     client = ClientPart(family, embeddings, _Stack(family, nn.ModuleList(layers), 0, rotary, {}))
@@ -236,8 +256,9 @@ def _backbone(model: nn.Module, family: str) -> nn.Module:
     return {"bert": lambda m: m, "gpt2": lambda m: m.transformer, "llama": lambda m: m.model}[family](model)
 
 
-def split(model: nn.Module, spec: SplitSpec, prefix: Mapping[int, torch.Tensor],
-          seed: int = 0) -> tuple[ClientPart, ServerPart]:
+def split(
+    model: PreTrainedModel, spec: SplitSpec, prefix: Mapping[int, torch.Tensor], seed: int = 0
+) -> tuple[ClientPart, ServerPart]:
     """Cut a Hugging Face model into a client and a server part.
 
     ``model`` is a ``BertModel``, ``GPT2LMHeadModel`` or ``LlamaForCausalLM``
@@ -262,7 +283,8 @@ def split(model: nn.Module, spec: SplitSpec, prefix: Mapping[int, torch.Tensor],
     return client, server
 
 
-def _parts(backbone: nn.Module, family: str):
+def _parts(backbone: Any, family: str) -> tuple[list[nn.Module], nn.Module, nn.Module | None, nn.Module | None]:
+    # ``backbone`` is a Hugging Face model whose submodule names depend on the family.
     if family == "bert":
         return list(backbone.encoder.layer), backbone.embeddings, None, None
     if family == "gpt2":
@@ -270,7 +292,9 @@ def _parts(backbone: nn.Module, family: str):
     return list(backbone.layers), backbone.embed_tokens, backbone.norm, backbone.rotary_emb
 
 
-def _head(model: nn.Module, backbone: nn.Module, family: str, spec: SplitSpec, seed: int):
+def _head(
+    model: PreTrainedModel, backbone: nn.Module, family: str, spec: SplitSpec, seed: int
+) -> tuple[nn.Module | None, nn.Linear]:
     hidden = model.config.hidden_size
     pooler = getattr(backbone, "pooler", None) if spec.pooling == "pooler" else None
     if spec.head == "lm":
@@ -290,8 +314,9 @@ def check_spec(spec: SplitSpec, config, family: str) -> None:
     """Fail early, naming the setting, when a spec does not fit the model."""
     layers = config.num_hidden_layers
     if not 1 <= spec.split_layer < layers:
-        raise ValueError(f"model.split-layer={spec.split_layer} must be in [1, {layers - 1}] "
-                         f"for a {layers}-layer model")
+        raise ValueError(
+            f"model.split-layer={spec.split_layer} must be in [1, {layers - 1}] for a {layers}-layer model"
+        )
     if spec.prefix_length < 0:
         raise ValueError(f"model.prefix-length={spec.prefix_length} must be >= 0")
     if spec.head not in HEADS:
@@ -306,11 +331,11 @@ def check_spec(spec: SplitSpec, config, family: str) -> None:
 
 # --- trainable state <-> numpy ------------------------------------------------------------
 
-def trainable_named(part: nn.Module) -> dict[str, nn.Parameter]:
+
+def trainable_named(part: ClientPart | ServerPart) -> dict[str, nn.Parameter]:
     """Trainable tensors of a part under their wire names (``prefix.<layer>``, ``head.*``)."""
-    named = {}
-    stack = part.stack
-    for i, param in stack.prefix.items():
+    named: dict[str, nn.Parameter] = {}
+    for i, param in part.stack.prefix.items():
         named[f"prefix.{i}"] = param
     head = getattr(part, "head", None)
     if head is not None:
@@ -320,11 +345,11 @@ def trainable_named(part: nn.Module) -> dict[str, nn.Parameter]:
     return named
 
 
-def get_state(part: nn.Module) -> dict[str, np.ndarray]:
+def get_state(part: ClientPart | ServerPart) -> dict[str, npt.NDArray[Any]]:
     return {name: p.detach().cpu().numpy().copy() for name, p in trainable_named(part).items()}
 
 
-def set_state(part: nn.Module, state: Mapping[str, np.ndarray]) -> None:
+def set_state(part: ClientPart | ServerPart, state: Mapping[str, npt.NDArray[Any]]) -> None:
     """Load the part's trainable tensors from ``state`` (extra keys are ignored)."""
     named = trainable_named(part)
     missing = [name for name in named if name not in state]

@@ -12,29 +12,32 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 
 @dataclass(frozen=True)
 class Contribution:
     """Trainable tensors and the number of samples behind them."""
 
-    arrays: Mapping[str, np.ndarray]
+    arrays: Mapping[str, npt.NDArray[Any]]
     num_examples: int
     source: str = ""  # who produced it, e.g. "client 3" or "server (centralized)", for logs
 
 
-def volume_weights(volumes: Sequence[int]) -> np.ndarray:
+def volume_weights(volumes: Sequence[int]) -> npt.NDArray[np.float64]:
     """Normalised weights ``n_i / sum(n)``; all volumes must be positive."""
-    volumes = np.asarray(volumes, dtype=np.float64)
-    if len(volumes) == 0 or (volumes <= 0).any():
-        raise ValueError(f"data volumes must be positive, got {volumes.tolist()}")
-    return volumes / volumes.sum()
+    weights = np.asarray(volumes, dtype=np.float64)
+    if len(weights) == 0 or (weights <= 0).any():
+        raise ValueError(f"data volumes must be positive, got {weights.tolist()}")
+    return weights / float(weights.sum())  # the same float64 quotient; float() gives mypy a typed scalar
 
 
-def aggregate(contributions: Sequence[Contribution],
-              fallback: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def aggregate(
+    contributions: Sequence[Contribution], fallback: Mapping[str, npt.NDArray[Any]]
+) -> dict[str, npt.NDArray[Any]]:
     """Weighted average per tensor name; names no contribution holds keep ``fallback``.
 
     Sums in float64 in the given order (callers sort contributions by a stable
@@ -46,6 +49,6 @@ def aggregate(contributions: Sequence[Contribution],
         if not holders:
             continue
         weights = volume_weights([c.num_examples for c in holders])
-        total = sum(w * np.asarray(c.arrays[name], dtype=np.float64) for w, c in zip(weights, holders))
+        total = sum(w * np.asarray(c.arrays[name], dtype=np.float64) for w, c in zip(weights, holders, strict=True))
         result[name] = total.astype(fallback[name].dtype)
     return result

@@ -130,9 +130,7 @@ def _max_affordable_power(profile: DeviceProfile, bits: float, energy_j: float) 
     return lo if lo > 0 else None
 
 
-def _golden_section_min(
-    fn: Callable[[float], float], lo: float, hi: float, tol: float = 1e-12
-) -> float:
+def _golden_section_min(fn: Callable[[float], float], lo: float, hi: float, tol: float = 1e-12) -> float:
     """Argmin of a unimodal ``fn`` on ``[lo, hi]`` to absolute precision ``tol``."""
     x1, x2 = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
     f1, f2 = fn(x1), fn(x2)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import numpy.typing as npt
 
 NPZ_NAME = "checkpoint.npz"
 PREV_NPZ_NAME = "checkpoint.prev.npz"
@@ -56,12 +57,12 @@ class Checkpoint:
     """What a checkpoint restores: the round it was taken after, the arrays, the state."""
 
     round: int
-    arrays: dict[str, np.ndarray]
+    arrays: dict[str, npt.NDArray[Any]]
     state: dict[str, Any]
 
 
 def save_checkpoint(
-    directory: Path, round: int, arrays: Mapping[str, np.ndarray], state: Mapping[str, Any]
+    directory: Path, round: int, arrays: Mapping[str, npt.NDArray[Any]], state: Mapping[str, Any]
 ) -> Path:
     """Atomically replace the checkpoint in ``directory``; returns the path of its json.
 
@@ -71,7 +72,7 @@ def save_checkpoint(
         Where the checkpoint lives; created if missing.
     round : int
         The last completed server round.
-    arrays : Mapping[str, np.ndarray]
+    arrays : Mapping[str, npt.NDArray[Any]]
         Trainable tensors by name; object arrays are refused (they would need pickling).
     state : Mapping[str, Any]
         JSON-serialisable strategy state.
@@ -165,7 +166,7 @@ def _temporary_file(directory: Path) -> Iterator[tuple[Path, IO[bytes]]]:
         raise
 
 
-def _write_npz(handle: IO[bytes], arrays: Mapping[str, np.ndarray]) -> None:
+def _write_npz(handle: IO[bytes], arrays: Mapping[str, npt.NDArray[Any]]) -> None:
     # Written member by member rather than with np.savez: any array name works (savez reserves
     # `file`), nothing is pickled, and the fixed timestamps keep the bytes reproducible.
     with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED) as archive:
@@ -175,7 +176,7 @@ def _write_npz(handle: IO[bytes], arrays: Mapping[str, np.ndarray]) -> None:
                 np.lib.format.write_array(member, array, allow_pickle=False)
 
 
-def _read_npz(path: Path, names: list[str]) -> dict[str, np.ndarray]:
+def _read_npz(path: Path, names: list[str]) -> dict[str, npt.NDArray[Any]]:
     if not names:
         return {}  # an empty zip lacks the header np.load recognises; the digest vouched for it
     try:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from strategies.devices import DeviceProfile
 
@@ -72,8 +73,7 @@ class Workload:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"unknown mode '{self.mode}'; valid modes: {list(MODES)}")
-        for name in ("client_flops", "uplink_bytes", "downlink_bytes", "server_flops",
-                     "client_memory_bytes"):
+        for name in ("client_flops", "uplink_bytes", "downlink_bytes", "server_flops", "client_memory_bytes"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"workload {name} must be >= 0, got {getattr(self, name)!r}")
 
@@ -111,9 +111,7 @@ class RoundCost:
     energy_j: float
 
 
-def uplink_rate(
-    bandwidth_hz: float, tx_power_w: float, channel_gain: float, noise_w: float
-) -> float:
+def uplink_rate(bandwidth_hz: float, tx_power_w: float, channel_gain: float, noise_w: float) -> float:
     """Shannon uplink rate ``B log2(1 + p h / noise_w)`` in bit/s."""
     # log1p keeps the rate accurate at the very low SNRs the allocator probes.
     return bandwidth_hz * math.log1p(tx_power_w * channel_gain / noise_w) / math.log(2.0)
@@ -136,9 +134,7 @@ def round_cost(
     bits = 8.0 * workload.uplink_bytes
     uplink_s = 0.0
     if bits > 0:
-        rate = uplink_rate(
-            profile.bandwidth_hz, allocation.tx_power_w, profile.channel_gain, profile.noise_w
-        )
+        rate = uplink_rate(profile.bandwidth_hz, allocation.tx_power_w, profile.channel_gain, profile.noise_w)
         uplink_s = bits / rate
     uplink_j = allocation.tx_power_w * uplink_s
     downlink_s = 8.0 * workload.downlink_bytes / profile.downlink_bps
@@ -181,14 +177,9 @@ def round_latency(costs: Sequence[RoundCost], server_s: float = 0.0, server_busy
     return max(slowest, server_busy) + server_s
 
 
-def ledger_rows(
-    server_round: int, costs: Mapping[int, RoundCost]
-) -> list[dict[str, float | int]]:
+def ledger_rows(server_round: int, costs: Mapping[int, RoundCost]) -> list[dict[str, float | int]]:
     """One JSON-serialisable row per client: round, client id and every ``RoundCost`` field."""
-    return [
-        {"round": int(server_round), "client_id": int(cid), **asdict(cost)}
-        for cid, cost in sorted(costs.items())
-    ]
+    return [{"round": int(server_round), "client_id": int(cid), **asdict(cost)} for cid, cost in sorted(costs.items())]
 
 
 @dataclass
@@ -206,12 +197,16 @@ class EnergyLedger:
         Simulated time since the start of the run, in seconds.
     """
 
-    rows: list[dict[str, float | int]] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
     clock_s: float = 0.0
 
     def record(
-        self, server_round: int, costs: Mapping[int, RoundCost], server_s: float = 0.0,
-        server_busy_s: float = 0.0, extra: Mapping[int, Mapping[str, object]] | None = None,
+        self,
+        server_round: int,
+        costs: Mapping[int, RoundCost],
+        server_s: float = 0.0,
+        server_busy_s: float = 0.0,
+        extra: Mapping[int, Mapping[str, Any]] | None = None,
     ) -> float:
         """Add one round, advance the clock by its ``round_latency`` and return that latency.
 
@@ -221,8 +216,7 @@ class EnergyLedger:
         self.clock_s += latency
         rows = ledger_rows(server_round, costs)
         extra = extra or {}
-        self.rows.extend({**row, **extra.get(int(row["client_id"]), {}), "clock_s": self.clock_s}
-                         for row in rows)
+        self.rows.extend({**row, **extra.get(int(row["client_id"]), {}), "clock_s": self.clock_s} for row in rows)
         return latency
 
     def totals(self) -> dict[int, dict[str, float]]:

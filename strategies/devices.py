@@ -38,13 +38,9 @@ PROFILE_KEYS: dict[str, ProfileKey] = {
     "energy-budget-j": ProfileKey("energy_budget_j", "J", "energy the client may spend per round"),
     "bandwidth-hz": ProfileKey("bandwidth_hz", "Hz", "uplink bandwidth B"),
     "channel-gain": ProfileKey("channel_gain", "linear", "uplink channel power gain h"),
-    "noise-w": ProfileKey(
-        "noise_w", "W", "noise power over the uplink band (N0 * B); default is -100 dBm", 1e-13
-    ),
+    "noise-w": ProfileKey("noise_w", "W", "noise power over the uplink band (N0 * B); default is -100 dBm", 1e-13),
     "max-tx-power-w": ProfileKey("max_tx_power_w", "W", "maximum uplink transmit power", 0.2),
-    "kappa": ProfileKey(
-        "kappa", "J*s^2/cycle^3", "effective switched capacitance of the CPU", 1e-28
-    ),
+    "kappa": ProfileKey("kappa", "J*s^2/cycle^3", "effective switched capacitance of the CPU", 1e-28),
     "downlink-bps": ProfileKey("downlink_bps", "bit/s", "downlink rate from the server", 50e6),
 }
 _KEY_OF_FIELD = {k.field: name for name, k in PROFILE_KEYS.items()}
@@ -170,7 +166,7 @@ def load_fleet_spec(name_or_path: str | Path) -> dict[str, Any]:
         if not path.is_file():
             available = available_fleets()
             raise ValueError(f"unknown fleet preset '{name_or_path}'; available: {available}")
-    spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    spec = _spec_dict(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
     _validate_spec(spec)
     return spec
 
@@ -184,7 +180,7 @@ def sample_fleet(spec: Mapping[str, Any], num_clients: int, seed: int) -> list[D
     bandwidth to give ``noise-w``.
     """
     if OmegaConf.is_config(spec):
-        spec = OmegaConf.to_container(spec, resolve=True)
+        spec = _spec_dict(OmegaConf.to_container(spec, resolve=True))
     _validate_spec(spec)
     tiers = spec["tiers"]
     rng = np.random.default_rng(seed)
@@ -206,6 +202,13 @@ def _sample_profile(tier: Mapping[str, Any], rng: np.random.Generator) -> Device
         density_w = 10.0 ** ((values.pop("noise-dbm-per-hz") - 30.0) / 10.0)
         values["noise-w"] = density_w * values["bandwidth-hz"]
     return from_config(values)
+
+
+def _spec_dict(container: object) -> dict[str, Any]:
+    """The fleet spec a YAML file or config holds, which must be a mapping."""
+    if not isinstance(container, dict):
+        raise ValueError(f"a fleet spec must be a mapping, got {type(container).__name__}")
+    return container
 
 
 def _validate_spec(spec: Mapping[str, Any]) -> None:

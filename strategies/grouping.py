@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from strategies.allocation import allocate
 from strategies.costmodel import MODES, Allocation, Workload, round_cost
@@ -112,12 +113,9 @@ def assign_cost(
         candidates = [m for m in modes if m in workloads[cid]]
         if not candidates:
             raise ValueError(f"client {cid} has no workload for any of the modes {modes}")
-        mode, allocation = _fastest_fitting_mode(
-            profiles[cid], workloads[cid], candidates, server_flops_per_s
-        )
+        mode, allocation = _fastest_fitting_mode(profiles[cid], workloads[cid], candidates, server_flops_per_s)
         config = group_configs[mode]
-        out.append(ModeAssignment(cid, modes.index(mode), mode, config.local_epochs,
-                                  config.batch_size, allocation))
+        out.append(ModeAssignment(cid, modes.index(mode), mode, config.local_epochs, config.batch_size, allocation))
     return out
 
 
@@ -141,14 +139,11 @@ def _fastest_fitting_mode(
     return _fallback_mode(profile, workloads, candidates), None
 
 
-def _fallback_mode(
-    profile: DeviceProfile, workloads: Mapping[str, Workload], candidates: list[str]
-) -> str:
+def _fallback_mode(profile: DeviceProfile, workloads: Mapping[str, Workload], candidates: list[str]) -> str:
     in_memory = [m for m in candidates if workloads[m].client_memory_bytes <= profile.memory_bytes]
     full_speed = Allocation(profile.max_tx_power_w, profile.cpu_hz_max, profile.energy_budget_j)
     # Server speed does not enter client energy, so any positive value will do here.
-    return min(in_memory or candidates,
-               key=lambda m: round_cost(profile, workloads[m], full_speed, 1.0).energy_j)
+    return min(in_memory or candidates, key=lambda m: round_cost(profile, workloads[m], full_speed, 1.0).energy_j)
 
 
 def assign_kmeans(
@@ -170,26 +165,28 @@ def assign_kmeans(
     ids = sorted(profiles)
     if not 1 <= k <= len(ids):
         raise ValueError(f"k must be between 1 and the number of clients ({len(ids)}), got {k}")
-    features = np.log([[p.capability, p.snr, p.energy_budget_j, p.memory_bytes]
-                       for p in (profiles[cid] for cid in ids)])
+    features = np.log(
+        [[p.capability, p.snr, p.energy_budget_j, p.memory_bytes] for p in (profiles[cid] for cid in ids)]
+    )
     std = features.std(axis=0)
     # A feature every client shares carries no information; scaling by 1 keeps it at zero.
     features = (features - features.mean(axis=0)) / np.where(std > 0, std, 1.0)
     labels, centroids = kmeans(features, k, seed)
     rank_of_cluster = np.argsort(np.argsort(centroids[:, 0], kind="stable"), kind="stable")
     return [
-        _assignment(cid, int(rank_of_cluster[label]),
-                    group_configs_by_rank[rank_of_cluster[label]], profiles, workloads)
+        _assignment(
+            cid, int(rank_of_cluster[label]), group_configs_by_rank[rank_of_cluster[label]], profiles, workloads
+        )
         for cid, label in zip(ids, labels, strict=True)
     ]
 
 
-def kmeans(points: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def kmeans(points: npt.NDArray[np.float64], k: int, seed: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]:
     """Lloyd's k-means with seeded k-means++ initialisation.
 
     Parameters
     ----------
-    points : np.ndarray
+    points : npt.NDArray[np.float64]
         Shape (n, d).
     k : int
         Number of clusters, 1 <= k <= n.
@@ -198,20 +195,20 @@ def kmeans(points: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarra
 
     Returns
     -------
-    tuple[np.ndarray, np.ndarray]
+    tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]
         Labels of shape (n,) and centroids of shape (k, d). A cluster that loses all its points
         keeps its previous centroid.
     """
     rng = np.random.default_rng(seed)
     n = len(points)
-    centroids = [points[rng.integers(n)]]
+    chosen = [points[rng.integers(n)]]
     for _ in range(1, k):
-        dist2 = ((points[:, None, :] - np.array(centroids)[None]) ** 2).sum(-1).min(axis=1)
+        dist2 = ((points[:, None, :] - np.array(chosen)[None]) ** 2).sum(-1).min(axis=1)
         # Duplicated points can leave no distance to weight by; then any point is as good.
         probs = dist2 / dist2.sum() if dist2.sum() > 0 else np.full(n, 1.0 / n)
-        centroids.append(points[rng.choice(n, p=probs)])
-    centroids = np.array(centroids, dtype=float)
-    labels = np.full(n, -1)
+        chosen.append(points[rng.choice(n, p=probs)])
+    centroids = np.array(chosen, dtype=np.float64)
+    labels: npt.NDArray[np.intp] = np.full(n, -1, dtype=np.intp)
     for _ in range(_KMEANS_MAX_ITER):
         dist2 = ((points[:, None, :] - centroids[None]) ** 2).sum(-1)  # (n, k)
         new_labels = dist2.argmin(axis=1)
@@ -235,5 +232,4 @@ def _assignment(
     allocation = None
     if workloads is not None and config.mode in workloads.get(cid, {}):
         allocation = allocate(profiles[cid], workloads[cid][config.mode])
-    return ModeAssignment(cid, group, config.mode, config.local_epochs, config.batch_size,
-                          allocation, threshold)
+    return ModeAssignment(cid, group, config.mode, config.local_epochs, config.batch_size, allocation, threshold)

@@ -184,6 +184,7 @@ def affordable_rows(profile: DeviceProfile, shape: ModelShape, plan: RoundPlan, 
     Uploading fewer rows never costs more, so feasibility is monotone in the row count and a
     bisection finds the largest feasible one.
     """
+
     def fits(rows: int) -> bool:
         return allocate(profile, upload_workload(shape, plan, rows)) is not None
 
@@ -196,4 +197,3 @@ def affordable_rows(profile: DeviceProfile, shape: ModelShape, plan: RoundPlan, 
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return lo
-

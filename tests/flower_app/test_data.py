@@ -3,8 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from flower_app.data import (batch_plan, load_dataset, partition, rotten_tomatoes, synthetic,
-                             train_test_split)
+from flower_app.data import batch_plan, load_dataset, partition, rotten_tomatoes, synthetic, train_test_split
 
 
 def test_rotten_tomatoes_loads_offline_without_plot_rows_or_duplicates():
@@ -36,7 +35,7 @@ def test_dirichlet_is_seeded_and_skews_labels():
     again = partition(labels, 5, "dirichlet", alpha=0.1, seed=3)
 
     # Assert
-    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
     assert sorted(np.concatenate(first).tolist()) == list(range(1000))
     shares = [labels[p].mean() for p in first]
     assert max(shares) - min(shares) > 0.5  # alpha=0.1: strongly skewed
@@ -83,4 +82,4 @@ def test_batch_plan_is_seeded_and_reshuffles_each_pass():
     plan = batch_plan(10, steps=4, batch_size=4, seed=7)
     assert [len(b) for b in plan] == [4, 4, 4, 4]
     assert sorted(np.concatenate(plan[:2]).tolist() + plan[2][:2].tolist()) == list(range(10))
-    assert all(np.array_equal(a, b) for a, b in zip(plan, batch_plan(10, 4, 4, seed=7)))
+    assert all(np.array_equal(a, b) for a, b in zip(plan, batch_plan(10, 4, 4, seed=7), strict=True))

@@ -16,8 +16,14 @@ A_PER_W, BANDWIDTH = 10.0, 1e6
 
 def _profile(energy_budget_j):
     return DeviceProfile(
-        cpu_hz_max=2e9, cycles_per_flop=1.0, memory_bytes=1e9, energy_budget_j=energy_budget_j,
-        bandwidth_hz=BANDWIDTH, channel_gain=1e-10, noise_w=1e-11, max_tx_power_w=1.0,
+        cpu_hz_max=2e9,
+        cycles_per_flop=1.0,
+        memory_bytes=1e9,
+        energy_budget_j=energy_budget_j,
+        bandwidth_hz=BANDWIDTH,
+        channel_gain=1e-10,
+        noise_w=1e-11,
+        max_tx_power_w=1.0,
         kappa=1e-28,
     )
 
@@ -131,4 +137,3 @@ def test_mixed_workload_matches_grid_search(flops, uplink_bytes, budget):
     for scale in (0.999, 1.001):
         nearby = _latency_spending_rest_on_compute(profile, workload, allocation.tx_power_w * scale)
         assert nearby >= cost.latency_s * (1 - 1e-12)
-

@@ -76,9 +76,7 @@ def _crash_on_json(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "replace", replace)
 
 
-def test_crash_between_npz_and_json_resumes_previous_round(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_crash_between_npz_and_json_resumes_previous_round(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare
     save_checkpoint(tmp_path, 1, _arrays(seed=1), {"n": 1})
     _crash_on_json(monkeypatch)
@@ -95,9 +93,7 @@ def test_crash_between_npz_and_json_resumes_previous_round(
     _assert_arrays_equal(loaded.arrays, _arrays(seed=1))
 
 
-def test_save_after_crash_clears_leftovers_and_commits(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_save_after_crash_clears_leftovers_and_commits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare: a killed save leaves its temporary json behind
     save_checkpoint(tmp_path, 1, _arrays(seed=1), {})
     _crash_on_json(monkeypatch)
@@ -116,9 +112,7 @@ def test_save_after_crash_clears_leftovers_and_commits(
     _assert_arrays_equal(loaded.arrays, _arrays(seed=3))
 
 
-def test_two_crashes_in_a_row_still_resume_the_committed_round(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_two_crashes_in_a_row_still_resume_the_committed_round(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare: round 2 and round 3 both die before their json is written
     save_checkpoint(tmp_path, 1, _arrays(seed=1), {"n": 1})
     _crash_on_json(monkeypatch)
@@ -134,9 +128,7 @@ def test_two_crashes_in_a_row_still_resume_the_committed_round(
     _assert_arrays_equal(loaded.arrays, _arrays(seed=1))
 
 
-def test_npz_without_json_is_no_checkpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_npz_without_json_is_no_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare
     _crash_on_json(monkeypatch)
 
@@ -191,4 +183,3 @@ def test_empty_arrays_round_trip(tmp_path: Path) -> None:
 
     # Assert
     assert loaded is not None and loaded.arrays == {} and loaded.round == 0
-

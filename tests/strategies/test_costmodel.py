@@ -20,16 +20,29 @@ from strategies.devices import DeviceProfile
 def _profile():
     # SNR at 0.3 W: 0.3 * 1e-10 / 1e-11 = 3, so the rate is 1e6 * log2(4) = 2e6 bit/s.
     return DeviceProfile(
-        cpu_hz_max=1e9, cycles_per_flop=2.0, memory_bytes=1e9, energy_budget_j=10.0,
-        bandwidth_hz=1e6, channel_gain=1e-10, noise_w=1e-11, max_tx_power_w=0.5,
-        kappa=1e-28, downlink_bps=40e6,
+        cpu_hz_max=1e9,
+        cycles_per_flop=2.0,
+        memory_bytes=1e9,
+        energy_budget_j=10.0,
+        bandwidth_hz=1e6,
+        channel_gain=1e-10,
+        noise_w=1e-11,
+        max_tx_power_w=0.5,
+        kappa=1e-28,
+        downlink_bps=40e6,
     )
 
 
 def _cost(latency_s, server_s=0.0, energy_j=1.0):
     return RoundCost(
-        compute_s=latency_s - server_s, uplink_s=0.0, downlink_s=0.0, server_s=server_s,
-        latency_s=latency_s, compute_j=energy_j, uplink_j=0.0, energy_j=energy_j,
+        compute_s=latency_s - server_s,
+        uplink_s=0.0,
+        downlink_s=0.0,
+        server_s=server_s,
+        latency_s=latency_s,
+        compute_j=energy_j,
+        uplink_j=0.0,
+        energy_j=energy_j,
     )
 
 
@@ -45,8 +58,12 @@ def test_uplink_rate_shannon():
 def test_round_cost_hand_worked():
     # Prepare
     workload = Workload(
-        mode="split", client_flops=1e9, uplink_bytes=1e6, downlink_bytes=5e6,
-        server_flops=3e12, client_memory_bytes=1e8,
+        mode="split",
+        client_flops=1e9,
+        uplink_bytes=1e6,
+        downlink_bytes=5e6,
+        server_flops=3e12,
+        client_memory_bytes=1e8,
     )
     allocation = Allocation(tx_power_w=0.3, cpu_hz=1e9, energy_budget_j=10.0)
 

@@ -42,8 +42,14 @@ def _tier(**overrides):
 def test_capability_and_snr_db():
     # Prepare: 2 GHz at 4 cycles/FLOP; SNR = 0.2 W * 1e-10 / 2e-14 W = 1000
     profile = DeviceProfile(
-        cpu_hz_max=2e9, cycles_per_flop=4.0, memory_bytes=1e9, energy_budget_j=1.0,
-        bandwidth_hz=1e6, channel_gain=1e-10, noise_w=2e-14, max_tx_power_w=0.2,
+        cpu_hz_max=2e9,
+        cycles_per_flop=4.0,
+        memory_bytes=1e9,
+        energy_budget_j=1.0,
+        bandwidth_hz=1e6,
+        channel_gain=1e-10,
+        noise_w=2e-14,
+        max_tx_power_w=0.2,
     )
 
     # Execute / Assert
@@ -130,8 +136,12 @@ def test_sample_fleet_is_deterministic_and_converts_db():
 
 def test_sample_fleet_draws_tiers_by_weight():
     # Prepare: tiers told apart by memory, weights 3:1
-    spec = {"tiers": [_tier(name="a", weight=3.0, **{"memory-bytes": 1.0}),
-                      _tier(name="b", weight=1.0, **{"memory-bytes": 2.0})]}
+    spec = {
+        "tiers": [
+            _tier(name="a", weight=3.0, **{"memory-bytes": 1.0}),
+            _tier(name="b", weight=1.0, **{"memory-bytes": 2.0}),
+        ]
+    }
 
     # Execute
     fleet = sample_fleet(spec, num_clients=4000, seed=0)

@@ -20,13 +20,19 @@ SPLIT = GroupConfig("split", local_epochs=1, batch_size=16)
 CENTRAL = GroupConfig("centralized", local_epochs=1, batch_size=32)
 
 
-def _profile(cpu_hz_max=1e9, cycles_per_flop=1.0, memory_bytes=1e9, energy_budget_j=100.0,
-             channel_gain=1e-10):
+def _profile(cpu_hz_max=1e9, cycles_per_flop=1.0, memory_bytes=1e9, energy_budget_j=100.0, channel_gain=1e-10):
     # At full power the SNR is 0.3 * 1e-10 / 1e-11 = 3: an uplink of 2e6 bit/s.
     return DeviceProfile(
-        cpu_hz_max=cpu_hz_max, cycles_per_flop=cycles_per_flop, memory_bytes=memory_bytes,
-        energy_budget_j=energy_budget_j, bandwidth_hz=1e6, channel_gain=channel_gain,
-        noise_w=1e-11, max_tx_power_w=0.3, kappa=1e-28, downlink_bps=40e6,
+        cpu_hz_max=cpu_hz_max,
+        cycles_per_flop=cycles_per_flop,
+        memory_bytes=memory_bytes,
+        energy_budget_j=energy_budget_j,
+        bandwidth_hz=1e6,
+        channel_gain=channel_gain,
+        noise_w=1e-11,
+        max_tx_power_w=0.3,
+        kappa=1e-28,
+        downlink_bps=40e6,
     )
 
 
@@ -50,9 +56,7 @@ def test_assign_single_gives_everyone_the_same_config():
     allocated = assign_single(profiles, SPLIT, workloads={cid: WORKLOADS for cid in profiles})
 
     # Assert: sorted by id; allocation only when workloads are given, None where unaffordable
-    assert [(a.client_id, a.group, a.mode, a.batch_size) for a in plain] == [
-        (1, 0, "split", 16), (4, 0, "split", 16)
-    ]
+    assert [(a.client_id, a.group, a.mode, a.batch_size) for a in plain] == [(1, 0, "split", 16), (4, 0, "split", 16)]
     assert all(a.allocation is None for a in plain)
     assert allocated[0].allocation is None
     assert allocated[1].allocation == Allocation(0.3, 1e9, 100.0)
@@ -70,9 +74,7 @@ def test_assign_threshold_splits_on_capability():
     assignments = assign_threshold(profiles, threshold=5e8, strong=SPLIT, weak=CENTRAL)
 
     # Assert: exactly at the threshold counts as strong
-    assert [(a.group, a.mode) for a in assignments] == [
-        (0, "centralized"), (1, "split"), (1, "split")
-    ]
+    assert [(a.group, a.mode) for a in assignments] == [(0, "centralized"), (1, "split"), (1, "split")]
     assert {a.threshold for a in assignments} == {5e8}
     assert assignments[0].batch_size == 32
 
@@ -88,13 +90,14 @@ def test_assign_cost_picks_fastest_mode_that_fits():
     group_configs = {"local": LOCAL, "split": SPLIT, "centralized": CENTRAL}
 
     # Execute
-    assignments = assign_cost(
-        profiles, {cid: WORKLOADS for cid in profiles}, 1e12, group_configs
-    )
+    assignments = assign_cost(profiles, {cid: WORKLOADS for cid in profiles}, 1e12, group_configs)
 
     # Assert: client 2 gets the mode cheapest at full speed (centralized, 0.3 J), unallocated
     assert [(a.client_id, a.group, a.mode) for a in assignments] == [
-        (0, 0, "local"), (1, 1, "split"), (2, 2, "centralized"), (3, 2, "centralized")
+        (0, 0, "local"),
+        (1, 1, "split"),
+        (2, 2, "centralized"),
+        (3, 2, "centralized"),
     ]
     assert assignments[0].allocation == Allocation(0.3, 1e9, 100.0)
     assert assignments[0].local_epochs == 2
@@ -125,16 +128,12 @@ def test_kmeans_separates_two_blobs():
 
 
 def _tiered_fleet():
-    weak = dict(cpu_hz_max=5e8, cycles_per_flop=4.0, memory_bytes=5e8, energy_budget_j=5.0,
-                channel_gain=1e-12)
-    mid = dict(cpu_hz_max=1.5e9, cycles_per_flop=0.5, memory_bytes=4e9, energy_budget_j=200.0,
-               channel_gain=1e-10)
-    strong = dict(cpu_hz_max=3e9, cycles_per_flop=0.01, memory_bytes=3e10, energy_budget_j=5e3,
-                  channel_gain=1e-8)
+    weak = dict(cpu_hz_max=5e8, cycles_per_flop=4.0, memory_bytes=5e8, energy_budget_j=5.0, channel_gain=1e-12)
+    mid = dict(cpu_hz_max=1.5e9, cycles_per_flop=0.5, memory_bytes=4e9, energy_budget_j=200.0, channel_gain=1e-10)
+    strong = dict(cpu_hz_max=3e9, cycles_per_flop=0.01, memory_bytes=3e10, energy_budget_j=5e3, channel_gain=1e-8)
     # Interleaved ids with small jitter, so neither order nor ties decide the clustering.
     tiers = [strong, weak, mid, weak, strong, mid, weak, mid, strong]
-    return {cid: _profile(**dict(t, cpu_hz_max=t["cpu_hz_max"] * (1 + 0.01 * cid)))
-            for cid, t in enumerate(tiers)}
+    return {cid: _profile(**dict(t, cpu_hz_max=t["cpu_hz_max"] * (1 + 0.01 * cid))) for cid, t in enumerate(tiers)}
 
 
 @pytest.mark.parametrize("seed", [0, 1, 7])
@@ -143,13 +142,19 @@ def test_assign_kmeans_ranks_clusters_weakest_first(seed):
     profiles = _tiered_fleet()
 
     # Execute
-    assignments = assign_kmeans(profiles, k=3, seed=seed,
-                                group_configs_by_rank=[CENTRAL, SPLIT, LOCAL])
+    assignments = assign_kmeans(profiles, k=3, seed=seed, group_configs_by_rank=[CENTRAL, SPLIT, LOCAL])
 
     # Assert: weak -> centralized, mid -> split, strong -> local, whatever the seed
     assert [a.mode for a in assignments] == [
-        "local", "centralized", "split", "centralized", "local", "split", "centralized",
-        "split", "local",
+        "local",
+        "centralized",
+        "split",
+        "centralized",
+        "local",
+        "split",
+        "centralized",
+        "split",
+        "local",
     ]
     assert [a.group for a in assignments][:3] == [2, 0, 1]
 

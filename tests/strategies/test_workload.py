@@ -19,16 +19,32 @@ from strategies.workload import (
 )
 
 # A toy model: 2 layers below the split, 4 above, 100 parameters a layer, 10 tokens a sample.
-SHAPE = ModelShape(layer_params=100, client_layers=2, server_layers=4, hidden=8, embedding_params=50,
-                   client_state_bytes=64, layer_prefix_bytes=32, head_bytes=16, mean_tokens=10.0)
+SHAPE = ModelShape(
+    layer_params=100,
+    client_layers=2,
+    server_layers=4,
+    hidden=8,
+    embedding_params=50,
+    client_state_bytes=64,
+    layer_prefix_bytes=32,
+    head_bytes=16,
+    mean_tokens=10.0,
+)
 # 3 samples a round, so 30 tokens; a layer's forward over them is 2 * 100 * 30 = 6000 FLOPs.
 PLAN = RoundPlan(samples=3, batch_size=2, emulator_layers=1, activation_bytes=4)
 
 
 def _profile(energy_budget_j):
     # a = h / noise_w = 10 per watt, B = 1 MHz: one bit costs at least ln2 / 1e7 J to send.
-    return DeviceProfile(cpu_hz_max=1e9, memory_bytes=1e9, energy_budget_j=energy_budget_j,
-                         bandwidth_hz=1e6, channel_gain=1e-10, noise_w=1e-11, max_tx_power_w=1.0)
+    return DeviceProfile(
+        cpu_hz_max=1e9,
+        memory_bytes=1e9,
+        energy_budget_j=energy_budget_j,
+        bandwidth_hz=1e6,
+        channel_gain=1e-10,
+        noise_w=1e-11,
+        max_tx_power_w=1.0,
+    )
 
 
 def test_split_workload_matches_hand_count():
@@ -66,8 +82,7 @@ def test_local_workload_matches_hand_count(kept, flops, uplink):
     assert workload.uplink_bytes == pytest.approx(uplink)
     assert workload.downlink_bytes == pytest.approx(64 + kept * 32 + 16)
     assert workload.server_flops == 0.0
-    assert workload.client_memory_bytes == pytest.approx(
-        4 * (50 + (2 + kept) * 100) + 4 * 2 * 10 * 8 * 12 * (2 + kept))
+    assert workload.client_memory_bytes == pytest.approx(4 * (50 + (2 + kept) * 100) + 4 * 2 * 10 * 8 * 12 * (2 + kept))
 
 
 @pytest.mark.parametrize("kept", [0, -1, 5])
