@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import sys
 
-from flower_app import task
 from flower_app.config import load_config
 from flower_app.data import batch_plan
 from flower_app.loading import load
+from flower_app.model import get_state
+from flower_app.setup import build, client_data
+from flower_app.split_mode import forward_plan
 from strategies.records import to_record
 
 def payload_bytes(arrays) -> int:
@@ -27,19 +29,19 @@ def payload_bytes(arrays) -> int:
 
 def main(argv: list[str]) -> None:
     config = load_config(dict(a.split("=", 1) for a in argv))
-    setup = task.build(config)
-    encoded = task.client_data(config, 0, config.data.num_partitions)
+    setup = build(config)
+    encoded = client_data(config, 0, config.data.num_partitions)
     steps, batch = config.train.steps_per_round, config.train.batch_size
     plan = batch_plan(len(encoded), steps, batch, seed=config.run.seed)
 
     model, _ = load(config.model.source, seed=config.run.seed)  # a fresh copy: every frozen weight
     full = payload_bytes({k: v.detach().numpy() for k, v in model.state_dict().items()})
-    client_prefix = {k: setup.initial_state[k] for k in task.SplitServer(setup).client_keys}
+    client_prefix = get_state(setup.client)
     prefix_all = payload_bytes(setup.initial_state)
     rows = [("full-model FedAvg (all weights)", full),
             ("prefix, all layers + head (local mode)", prefix_all)]
     for dtype in ("float32", "float16"):
-        acts = task.forward_plan(setup.client, encoded, plan, setup.pad_id, dtype)
+        acts = forward_plan(setup.client, encoded, plan, setup.pad_id, dtype)
         rows.append((f"split mode, {dtype} activations + lower prefix",
                      payload_bytes(acts) + payload_bytes(client_prefix)))
 

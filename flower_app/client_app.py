@@ -1,4 +1,5 @@
-"""ClientApp: one handler per message type; the work is in flower_app.task."""
+"""ClientApp: one handler per message type; the work is in the mode modules (split_mode, local_mode,
+centralized_mode)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from flower_app import modes, task
+from flower_app.centralized_mode import upload_activations, upload_samples
 from flower_app.config import Config, load_config
 from flower_app.data import batch_plan
+from flower_app.local_mode import hold_back, train_local_round
 from flower_app.model import get_state, set_state
+from flower_app.setup import build, client_data
+from flower_app.split_mode import forward_plan, replay_plan
+from flower_app.training import torch_threads
 from strategies import wire
 from strategies.devices import PROFILE_KEYS, DeviceProfile, from_config, load_fleet_spec, sample_fleet, to_config
 from strategies.records import from_record, to_record
@@ -40,7 +45,7 @@ def _job(msg: Message, context: Context):
     """This node's config, model and data, the message's train config and requirement, and the
     ``insufficient-samples`` reply to send instead of training, if the data falls short."""
     config, partition_id, num_partitions = _node(context)
-    setup, encoded = task.build(config), task.client_data(config, partition_id, num_partitions)
+    setup, encoded = build(config), client_data(config, partition_id, num_partitions)
     cfg = msg.content.config_records[wire.CONFIG]
     requirement = requirement_from_config(cfg)
     declined = None
@@ -77,7 +82,7 @@ def node_profile(config: Config, node_config, partition_id: int, num_partitions:
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     config, partition_id, num_partitions = _node(context)
-    encoded = task.client_data(config, partition_id, num_partitions)
+    encoded = client_data(config, partition_id, num_partitions)
     profile = node_profile(config, context.node_config, partition_id, num_partitions)
     record = ConfigRecord({wire.PARTITION_ID: partition_id, wire.NUM_PARTITIONS: num_partitions,
                            wire.NUM_AVAILABLE: len(encoded), **to_config(profile)})
@@ -91,14 +96,14 @@ def split_forward(msg: Message, context: Context) -> Message:
         return declined
     set_state(setup.client, from_record(msg.content.array_records[wire.ARRAYS]))
     plan, dtype = _plan(msg, len(encoded)), str(cfg[wire.ACTIVATION_DTYPE])
-    with task.torch_threads(config.run.client_threads):
+    with torch_threads(config.run.client_threads):
         tick = time.perf_counter()
-        first = task.forward_plan(setup.client, encoded, plan[:1], setup.pad_id, dtype)
+        first = forward_plan(setup.client, encoded, plan[:1], setup.pad_id, dtype)
         # A split step costs about a forward now and a forward plus backward at replay.
         failure = check_before_training(requirement, len(encoded), 3 * (time.perf_counter() - tick), len(plan))
         if failure is not None:
             return _failure(msg, failure)
-        activations = {**first, **task.forward_plan(setup.client, encoded, plan[1:], setup.pad_id, dtype,
+        activations = {**first, **forward_plan(setup.client, encoded, plan[1:], setup.pad_id, dtype,
                                                     first_index=1)}
     metrics = MetricRecord({wire.NUM_EXAMPLES: len(np.unique(np.concatenate(plan)))})
     return Message(RecordDict({wire.ACTIVATIONS: to_record(activations), wire.METRICS: metrics}), reply_to=msg)
@@ -113,13 +118,13 @@ def _failure(msg: Message, failure) -> Message:
 @app.train("split_backward")
 def split_backward(msg: Message, context: Context) -> Message:
     config, partition_id, num_partitions = _node(context)
-    setup, encoded = task.build(config), task.client_data(config, partition_id, num_partitions)
+    setup, encoded = build(config), client_data(config, partition_id, num_partitions)
     set_state(setup.client, from_record(msg.content.array_records[wire.ARRAYS]))
     plan = _plan(msg, len(encoded))
     grads = from_record(msg.content.array_records[wire.GRADIENTS])
     cfg = msg.content.config_records[wire.CONFIG]
-    with task.torch_threads(config.run.client_threads):
-        done = task.replay_plan(setup.client, encoded, plan, [grads[wire.gradient_key(i)] for i in range(len(plan))],
+    with torch_threads(config.run.client_threads):
+        done = replay_plan(setup.client, encoded, plan, [grads[wire.gradient_key(i)] for i in range(len(plan))],
                                 float(cfg[wire.LR]), setup.pad_id, max_s=requirement_from_config(cfg).max_train_s)
     # The volume behind the update is what was replayed before the time limit.
     metrics = MetricRecord({wire.NUM_EXAMPLES: len(np.unique(np.concatenate(plan[:done]))), wire.STEPS_DONE: done})
@@ -136,12 +141,12 @@ def local(msg: Message, context: Context) -> Message:
     arrays = from_record(msg.content.array_records[wire.ARRAYS])
     # The threshold check needs samples the client did not train on: hold some back.
     held_back = int(cfg[wire.LOCAL_EVAL_SIZE]) if requirement.threshold_value is not None else 0
-    train_idx, eval_idx = task.hold_back(len(encoded), held_back, int(cfg[wire.SEED]))
+    train_idx, eval_idx = hold_back(len(encoded), held_back, int(cfg[wire.SEED]))
     volume = plan_volume(requirement, len(train_idx))
     plan = [train_idx[b] for b in batch_plan(volume, int(cfg[wire.STEPS]), int(cfg[wire.BATCH_SIZE]),
                                              int(cfg[wire.SEED]))]
-    with task.torch_threads(config.run.client_threads):
-        result = task.train_local_round(setup, arrays, int(cfg[wire.EMULATOR_LAYERS]), encoded, plan, eval_idx,
+    with torch_threads(config.run.client_threads):
+        result = train_local_round(setup, arrays, int(cfg[wire.EMULATOR_LAYERS]), encoded, plan, eval_idx,
                                         float(cfg[wire.LR]), float(cfg[wire.HEAD_LR]), requirement)
     if result.failure is not None:
         return _failure(msg, result.failure)
@@ -159,12 +164,12 @@ def upload(msg: Message, context: Context) -> Message:
         return declined
     rows = min(int(cfg[wire.UPLOAD_ROWS]), plan_volume(requirement, len(encoded)))
     chosen = np.random.default_rng(int(cfg[wire.SEED])).permutation(len(encoded))[:rows]
-    if str(cfg[wire.UPLOAD_KIND]) == "samples":
-        uploaded = modes.upload_samples(encoded, chosen, setup.pad_id)
+    if str(cfg[wire.UPLOAD_KIND]) == wire.SAMPLES:
+        uploaded = upload_samples(encoded, chosen, setup.pad_id)
     else:
         set_state(setup.client, from_record(msg.content.array_records[wire.ARRAYS]))
-        with task.torch_threads(config.run.client_threads):
-            uploaded = modes.upload_activations(setup.client, encoded, chosen, setup.pad_id,
+        with torch_threads(config.run.client_threads):
+            uploaded = upload_activations(setup.client, encoded, chosen, setup.pad_id,
                                                 str(cfg[wire.ACTIVATION_DTYPE]))
     return Message(RecordDict({wire.UPLOAD_RECORD: to_record(uploaded),
                                wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: len(chosen)})}), reply_to=msg)

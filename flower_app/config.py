@@ -19,7 +19,13 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-MODES = ("local", "split", "centralized")
+from strategies import wire
+from strategies.fleet import POLICIES, Policy
+from strategies.requirements import THRESHOLD_METRICS, TrainingRequirement
+from strategies.settings import ACTIVATION_DTYPES, SERVER_SIDES, SplitSettings
+
+# The strategy's defaults are the config's: one default per setting.
+_S, _P, _R = SplitSettings(), Policy(), TrainingRequirement()
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -30,7 +36,7 @@ def _f(default, help: str, low=None, high=None, choices=None):  # noqa: A002 - '
 @dataclass(frozen=True)
 class RunSettings:
     name: str = _f("default", "name of the run, shown in logs and the summary")
-    seed: int = _f(42, "seed of every random choice (data split, batches, prefix init)")
+    seed: int = _f(_S.seed, "seed of every random choice (data split, batches, prefix init)")
     num_rounds: int = _f(8, "federated rounds", low=1)
     run_dir: str = _f("runs/default", "run directory (relative paths are taken from the working directory)")
     resume: bool = _f(False, "continue from the run directory's checkpoint")
@@ -64,38 +70,37 @@ class DataSettings:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    steps_per_round: int = _f(10, "minibatches each client trains per round", low=1, high=10_000)
-    batch_size: int = _f(16, "samples per minibatch", low=1, high=4096)
-    lr: float = _f(0.01, "Adam learning rate of the prefix", low=1e-8, high=10.0)
-    head_lr: float = _f(0.003, "Adam learning rate of the classification head", low=0.0, high=10.0)
-    activation_dtype: str = _f("float32", "dtype of boundary activations and gradients on the wire",
-                               choices=("float32", "float16"))
-    local_epochs: int = _f(1, "local mode: passes of steps-per-round minibatches a round", low=1, high=100)
-    emulator_layers: int = _f(1, "local mode: upper layers the emulator keeps (0: all, i.e. full-model FedAvg)",
+    steps_per_round: int = _f(_S.steps, "minibatches each client trains per round", low=1, high=10_000)
+    batch_size: int = _f(_S.batch_size, "samples per minibatch", low=1, high=4096)
+    lr: float = _f(_S.lr, "Adam learning rate of the prefix", low=1e-8, high=10.0)
+    head_lr: float = _f(_S.head_lr, "Adam learning rate of a trainable head", low=0.0, high=10.0)
+    activation_dtype: str = _f(_S.activation_dtype, "dtype of boundary activations and gradients on the wire",
+                               choices=tuple(ACTIVATION_DTYPES))
+    local_epochs: int = _f(_P.local_epochs, "local mode: passes of steps-per-round minibatches a round", low=1, high=100)
+    emulator_layers: int = _f(_S.emulator_layers, "local mode: upper layers the emulator keeps (0: all, i.e. full-model FedAvg)",
                               low=0)
-    upload_kind: str = _f("activations", "centralized mode: what a client uploads once",
-                          choices=("activations", "samples"))
-    upload_rows: int = _f(0, "centralized mode: most samples a client uploads (0: one round's plan, "
+    upload_kind: str = _f(_S.upload_kind, "centralized mode: what a client uploads once",
+                          choices=wire.UPLOAD_KINDS)
+    upload_rows: int = _f(_S.upload_rows, "centralized mode: most samples a client uploads (0: one round's plan, "
                           "steps-per-round x batch-size); fewer when its energy budget cannot pay", low=0)
-    local_eval_size: int = _f(32, "local mode: held-back samples a client evaluates on (0: none)", low=0)
+    local_eval_size: int = _f(_S.local_eval_size, "local mode: held-back samples a client evaluates on (0: none)", low=0)
 
 
 @dataclass(frozen=True)
 class StrategySettings:
-    min_clients: int = _f(2, "fewest replies a round needs; fewer stops the run cleanly", low=1)
-    fraction_train: float = _f(1.0, "fraction of connected clients sampled each round", low=1e-6, high=1.0)
+    min_clients: int = _f(_S.min_clients, "fewest replies a round needs; fewer stops the run cleanly", low=1)
+    fraction_train: float = _f(_S.fraction_train, "fraction of connected clients sampled each round", low=1e-6, high=1.0)
     timeout_s: float = _f(600.0, "seconds to wait for the replies of one exchange", low=1.0)
-    server_side: str = _f("sequential", "server tensors trained through clients in turn, or a copy per client",
-                          choices=("sequential", "parallel"))
-    wait_for_nodes_s: float = _f(120.0, "seconds to wait for min-clients nodes to connect", low=0.0)
-    policy: str = _f("split", "a mode for every client, or a grouping policy",
-                     choices=("split", "local", "centralized", "threshold", "cost", "kmeans"))
-    threshold_flops: float = _f(20e9, "threshold policy: capability (FLOP/s) below which a client is weak",
+    server_side: str = _f(_S.server_side, "server tensors trained through clients in turn, or a copy per client",
+                          choices=SERVER_SIDES)
+    wait_for_nodes_s: float = _f(_S.wait_for_nodes_s, "seconds to wait for min-clients nodes to connect", low=0.0)
+    policy: str = _f(_P.name, "a mode for every client, or a grouping policy", choices=POLICIES)
+    threshold_flops: float = _f(_P.threshold_flops, "threshold policy: capability (FLOP/s) below which a client is weak",
                                 low=0.0)
-    weak_mode: str = _f("centralized", "threshold policy: mode of the weak group", choices=MODES)
-    strong_mode: str = _f("split", "threshold policy: mode of the strong group", choices=MODES)
-    kmeans_modes: str = _f("centralized,split,local", "kmeans policy: one mode per cluster, weakest first")
-    cost_modes: str = _f("local,split,centralized", "cost policy: modes a client may be given")
+    weak_mode: str = _f(_P.weak_mode, "threshold policy: mode of the weak group", choices=wire.MODES)
+    strong_mode: str = _f(_P.strong_mode, "threshold policy: mode of the strong group", choices=wire.MODES)
+    kmeans_modes: str = _f(",".join(_P.kmeans_modes), "kmeans policy: one mode per cluster, weakest first")
+    cost_modes: str = _f(",".join(_P.cost_modes), "cost policy: modes a client may be given")
 
 
 @dataclass(frozen=True)
@@ -103,19 +108,19 @@ class FleetSettings:
     """Device profiles of simulated nodes (deployed nodes report their own, see the README)."""
 
     preset: str = _f("bimodal", "fleet preset in conf/fleet/ or a YAML path")
-    server_flops: float = _f(10e12, "server compute, FLOP/s, for the simulated clock", low=1.0)
+    server_flops: float = _f(_P.server_flops, "server compute, FLOP/s, for the simulated clock", low=1.0)
 
 
 @dataclass(frozen=True)
 class RequirementSettings:
     """The training requirement sent in every train message (0 = no bound)."""
 
-    min_samples: int = _f(1, "fewest samples a client must hold to train", low=1)
+    min_samples: int = _f(_R.min_samples, "fewest samples a client must hold to train", low=1)
     target_samples: int = _f(0, "samples a client should train on (0: all it holds)", low=0)
     max_samples: int = _f(0, "most samples a client may train on (0: no cap)", low=0)
     max_train_s: float = _f(0.0, "client training time limit per round, seconds (0: none)", low=0.0)
-    threshold_metric: str = _f("accuracy", "metric of the local evaluation a client checks",
-                               choices=("accuracy", "loss"))
+    threshold_metric: str = _f(_R.threshold_metric, "metric of the local evaluation a client checks",
+                               choices=THRESHOLD_METRICS)
     threshold_value: float = _f(-1.0, "worst acceptable local result (-1: no check)", low=-1.0)
 
 
@@ -181,9 +186,9 @@ def mode_list(config: Config, key: str) -> tuple[str, ...]:
     """A comma-separated ``strategy.<key>`` as modes, each checked."""
     text = getattr(config.strategy, key.replace("-", "_"))
     modes = tuple(m.strip() for m in text.split(",") if m.strip())
-    bad = [m for m in modes if m not in MODES]
+    bad = [m for m in modes if m not in wire.MODES]
     if not modes or bad:
-        raise ValueError(f"config key 'strategy.{key}'={text!r} must list modes among {list(MODES)}")
+        raise ValueError(f"config key 'strategy.{key}'={text!r} must list modes among {list(wire.MODES)}")
     return modes
 
 
@@ -241,3 +246,56 @@ def reference() -> list[tuple[str, Any, str]]:
         for spec in dataclasses.fields(section.default_factory()):
             rows.append((f"{section.name}.{spec.name.replace('_', '-')}", spec.default, spec.metadata["help"]))
     return rows
+
+
+def requirement(config: Config) -> TrainingRequirement:
+    """The config's requirement section as the wire-level requirement (0 means no bound)."""
+    r = config.requirement
+    return TrainingRequirement(
+        min_samples=r.min_samples,
+        target_samples=r.target_samples or None,
+        max_samples=r.max_samples or None,
+        max_train_s=r.max_train_s or None,
+        threshold_metric=r.threshold_metric,
+        threshold_value=None if r.threshold_value < 0 else r.threshold_value,
+    )
+
+
+def policy(config: Config) -> Policy:
+    """The config's grouping policy (``strategy.policy`` and its settings)."""
+    s = config.strategy
+    return Policy(
+        name=s.policy,
+        threshold_flops=s.threshold_flops,
+        weak_mode=s.weak_mode,
+        strong_mode=s.strong_mode,
+        kmeans_modes=mode_list(config, "kmeans-modes"),
+        cost_modes=mode_list(config, "cost-modes"),
+        local_epochs=config.train.local_epochs,
+        batch_size=config.train.batch_size,
+        seed=config.run.seed,
+        server_flops=config.fleet.server_flops,
+    )
+
+
+def split_settings(config: Config) -> SplitSettings:
+    """The one settings object of the strategy and the server's half, from the run config."""
+    t, s = config.train, config.strategy
+    return SplitSettings(
+        seed=config.run.seed,
+        steps=t.steps_per_round,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        head_lr=t.head_lr,
+        activation_dtype=t.activation_dtype,
+        min_clients=s.min_clients,
+        fraction_train=s.fraction_train,
+        wait_for_nodes_s=s.wait_for_nodes_s,
+        server_side=s.server_side,
+        emulator_layers=t.emulator_layers,
+        upload_kind=t.upload_kind,
+        upload_rows=t.upload_rows,
+        local_eval_size=t.local_eval_size,
+        requirement=requirement(config),
+        policy=policy(config),
+    )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from strategies import wire
 from strategies.allocation import allocate
@@ -129,10 +130,10 @@ def effective_allocation(assignment: ModeAssignment, profile: DeviceProfile) -> 
     return Allocation(profile.max_tx_power_w, profile.cpu_hz_max, profile.energy_budget_j), True
 
 
-def assignment_config(assignment: ModeAssignment, policy: Policy, profile: DeviceProfile) -> dict:
+def assignment_config(assignment: ModeAssignment, policy: Policy, profile: DeviceProfile) -> dict[str, Any]:
     """The group, mode and allocation as config entries of a train message."""
     allocation, over = effective_allocation(assignment, profile)
-    config = {wire.GROUP: assignment.group, wire.MODE: assignment.mode, wire.POLICY: policy.name,
+    config: dict[str, Any] = {wire.GROUP: assignment.group, wire.MODE: assignment.mode, wire.POLICY: policy.name,
               wire.ALLOC_PREFIX + "tx-power-w": allocation.tx_power_w, wire.ALLOC_PREFIX + "cpu-hz": allocation.cpu_hz,
               wire.ALLOC_PREFIX + "energy-budget-j": allocation.energy_budget_j, wire.OVER_BUDGET: over}
     if assignment.threshold is not None:
@@ -140,7 +141,7 @@ def assignment_config(assignment: ModeAssignment, policy: Policy, profile: Devic
     return config
 
 
-def describe(assignment: ModeAssignment, profile: DeviceProfile, upload_rows: int) -> dict:
+def describe(assignment: ModeAssignment, profile: DeviceProfile, upload_rows: int) -> dict[str, Any]:
     """One client's line of ``groups.json``: what it is, where it went, what it may spend."""
     allocation, over = effective_allocation(assignment, profile)
     return {"group": assignment.group, "mode": assignment.mode, "local-epochs": assignment.local_epochs,

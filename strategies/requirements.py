@@ -26,18 +26,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import StrEnum
 
+from strategies import wire
+
 ConfigValue = int | float | str | bool | list[int]
 
-REQ_PREFIX = "req-"
-FAILURE_CAUSE_KEY = "failure-cause"
-FAILURE_NEEDED_KEY = "failure-needed"
-FAILURE_AVAILABLE_KEY = "failure-available"
-FAILURE_DETAIL_KEY = "failure-detail"
 
 THRESHOLD_METRICS = ("accuracy", "loss")
-# Ordered from the most to the least expensive for the client: `local` runs the emulator,
-# `split` only the lower layers, `centralized` uploads once and trains nothing.
-MODES_BY_CLIENT_COST = ("local", "split", "centralized")
 EXCLUDE = "exclude"
 
 
@@ -64,7 +58,9 @@ def _is_int(value: object) -> bool:
 
 
 def _is_number(value: object) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -129,7 +125,7 @@ class TrainingRequirement:
 
 
 def _req_key(field_name: str) -> str:
-    return REQ_PREFIX + field_name.replace("_", "-")
+    return wire.REQ_PREFIX + field_name.replace("_", "-")
 
 
 def requirement_to_config(req: TrainingRequirement) -> dict[str, ConfigValue]:
@@ -151,7 +147,7 @@ def requirement_from_config(config: Mapping[str, object]) -> TrainingRequirement
         On an unknown ``req-*`` key (a sender/receiver version mismatch) or an invalid value.
     """
     names = {_req_key(field.name): field.name for field in fields(TrainingRequirement)}
-    unknown = sorted(k for k in config if k.startswith(REQ_PREFIX) and k not in names)
+    unknown = sorted(k for k in config if k.startswith(wire.REQ_PREFIX) and k not in names)
     if unknown:
         raise ValueError(f"unknown requirement keys in config: {unknown}")
     kwargs = {name: config[key] for key, name in names.items() if key in config}
@@ -195,30 +191,30 @@ class Failure:
 def failure_to_config(failure: Failure) -> dict[str, ConfigValue]:
     """Flatten a failure into ``failure-*`` config entries; None numbers are left out."""
     config: dict[str, ConfigValue] = {
-        FAILURE_CAUSE_KEY: failure.cause.value,
-        FAILURE_DETAIL_KEY: failure.detail,
+        wire.FAILURE_CAUSE: failure.cause.value,
+        wire.FAILURE_DETAIL: failure.detail,
     }
     if failure.needed is not None:
-        config[FAILURE_NEEDED_KEY] = failure.needed
+        config[wire.FAILURE_NEEDED] = failure.needed
     if failure.available is not None:
-        config[FAILURE_AVAILABLE_KEY] = failure.available
+        config[wire.FAILURE_AVAILABLE] = failure.available
     return config
 
 
 def is_failure_config(config: Mapping[str, object]) -> bool:
     """Whether a reply's config reports a failure instead of a contribution."""
-    return FAILURE_CAUSE_KEY in config
+    return wire.FAILURE_CAUSE in config
 
 
 def failure_from_config(config: Mapping[str, object]) -> Failure:
     """Read a failure back; raises ValueError when the cause is missing or unknown."""
-    if FAILURE_CAUSE_KEY not in config:
-        raise ValueError(f"config has no {FAILURE_CAUSE_KEY!r} entry")
+    if wire.FAILURE_CAUSE not in config:
+        raise ValueError(f"config has no {wire.FAILURE_CAUSE!r} entry")
     return Failure(
-        cause=config[FAILURE_CAUSE_KEY],  # type: ignore[arg-type]
-        needed=config.get(FAILURE_NEEDED_KEY),  # type: ignore[arg-type]
-        available=config.get(FAILURE_AVAILABLE_KEY),  # type: ignore[arg-type]
-        detail=str(config.get(FAILURE_DETAIL_KEY, "")),
+        cause=config[wire.FAILURE_CAUSE],  # type: ignore[arg-type]
+        needed=config.get(wire.FAILURE_NEEDED),  # type: ignore[arg-type]
+        available=config.get(wire.FAILURE_AVAILABLE),  # type: ignore[arg-type]
+        detail=str(config.get(wire.FAILURE_DETAIL, "")),
     )
 
 
@@ -231,21 +227,13 @@ def plan_volume(req: TrainingRequirement, num_available_samples: int) -> int:
     return volume
 
 
-def steps_within_time(req: TrainingRequirement, est_step_s: float, steps_planned: int) -> int:
-    """How many of the planned steps fit in ``max_train_s`` at ``est_step_s`` per step."""
-    if req.max_train_s is None or est_step_s <= 0:
-        return steps_planned
-    # The epsilon keeps exact fits (0.3 s budget at 0.1 s a step) from flooring one step short.
-    return min(steps_planned, math.floor(req.max_train_s / est_step_s + 1e-9))
-
-
 def check_before_training(
     req: TrainingRequirement, num_available_samples: int, est_step_s: float, steps_planned: int
 ) -> Failure | None:
     """Fail early when the client lacks the samples or the time the requirement asks for.
 
-    Pass as ``steps_planned`` the smallest plan the client would accept (e.g. after trimming it
-    with :func:`steps_within_time`) to fail only when even that overruns ``max_train_s``.
+    ``est_step_s`` is the measured time of one step; the plan of ``steps_planned`` steps
+    fails when it would overrun ``max_train_s``.
     """
     if num_available_samples < 0 or est_step_s < 0 or steps_planned < 0:
         raise ValueError("samples, step time and steps must be non-negative")
@@ -317,7 +305,7 @@ def react_to_failures(
     current_modes : Mapping[int, str]
         This round's mode of every failed client (others are ignored).
     available_modes : Sequence[str]
-        Modes the server runs next round, a subset of ``MODES_BY_CLIENT_COST``.
+        Modes the server runs next round, a subset of ``wire.MODES``.
     strikes : Mapping[int, int]
         Consecutive transient failures per client so far; not modified.
     succeeded : Iterable[int] (default: ())
@@ -333,15 +321,15 @@ def react_to_failures(
     """
     if max_strikes < 1:
         raise ValueError(f"max_strikes must be >= 1, got {max_strikes}")
-    unknown = sorted(set(available_modes) - set(MODES_BY_CLIENT_COST))
+    unknown = sorted(set(available_modes) - set(wire.MODES))
     if unknown:
-        raise ValueError(f"unknown modes {unknown}; expected some of {MODES_BY_CLIENT_COST}")
+        raise ValueError(f"unknown modes {unknown}; expected some of {wire.MODES}")
     accepted = set(succeeded)
     new_strikes = {cid: n for cid, n in strikes.items() if cid not in accepted}
     reactions: dict[int, Reaction] = {}
     for cid, failure in failures.items():
         mode = current_modes.get(cid)
-        if mode not in MODES_BY_CLIENT_COST:
+        if mode not in wire.MODES:
             raise ValueError(f"client {cid} failed in unknown mode {mode!r}")
         next_mode = _next_mode(failure.cause, mode, available_modes)
         if failure.cause in TRANSIENT_CAUSES:
@@ -358,7 +346,7 @@ def react_to_failures(
 
 def _next_mode(cause: FailureCause, mode: str, available_modes: Sequence[str]) -> str:
     if cause == FailureCause.INSUFFICIENT_COMPUTE:
-        cheaper = MODES_BY_CLIENT_COST[MODES_BY_CLIENT_COST.index(mode) + 1 :]
+        cheaper = wire.MODES[wire.MODES.index(mode) + 1 :]
         return next((m for m in cheaper if m in available_modes), EXCLUDE)
     if cause == FailureCause.INSUFFICIENT_SAMPLES:
         usable = mode != "centralized" and "centralized" in available_modes

@@ -71,7 +71,7 @@ class RunDirectory:
         """The uploads by partition id, written beside the checkpoint and swapped in whole."""
         flat = {f"{pid}/{name}": array for pid, arrays in pool.items() for name, array in arrays.items()}
         tmp = self.path / "pool.tmp.npz"
-        np.savez(tmp, **flat)
+        np.savez(tmp, **flat)  # type: ignore[arg-type]  # numpy's stub reserves the name allow_pickle
         tmp.replace(self.path / "pool.npz")
 
     def load_pool(self) -> dict[int, dict[str, np.ndarray]]:

@@ -5,11 +5,12 @@ the strategy can drop a bad reply, log why, and carry on. :func:`judge` combines
 """
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from strategies import wire
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def validate_num_examples(value: object, ceiling: int | None) -> list[str]:
         count would let one client outweigh all the others.
     """
     is_float = isinstance(value, (float, np.floating))
-    integral_float = is_float and math.isfinite(value) and float(value).is_integer()
+    integral_float = is_float and math.isfinite(float(value)) and float(value).is_integer()  # type: ignore[arg-type]
     # bool is an int subclass; True is a wiring bug, not one example.
     if isinstance(value, bool) or not (isinstance(value, (int, np.integer)) or integral_float):
         return [f"num-examples must be an integer, got {value!r} ({type(value).__name__})"]
@@ -149,39 +150,17 @@ def judge(
     return Verdict(ok=not reasons, reasons=tuple(reasons))
 
 
-_LABEL_KEY = re.compile(r"label\.([0-9]+)")
-
-
-def validate_upload(arrays: Mapping[str, np.ndarray], kind: str, hidden: int, max_rows: int,
-                    num_examples: object) -> list[str]:
+def validate_upload(
+    arrays: Mapping[str, np.ndarray], kind: str, hidden: int, max_rows: int, num_examples: object
+) -> list[str]:
     """Problems with a centralized client's upload: chunk layout, shapes, values and row count.
 
-    An upload is chunks ``i = 0..n-1`` of ``ids.i`` (token ids, kind ``samples``) or ``act.i``
-    (``(rows, T, hidden)`` activations, kind ``activations``), each with ``mask.i`` and
-    ``label.i``. Its rows must be no more than the client was asked for, and as many as it claims.
+    An upload is a chunked record (:func:`strategies.wire.decode_chunks`) of token ids
+    (kind ``samples``) or ``(rows, T, hidden)`` activations (kind ``activations``). Its rows
+    must be no more than the client was asked for, and as many as it claims.
     """
-    if kind not in ("samples", "activations"):
-        raise ValueError(f"upload kind {kind!r} must be 'samples' or 'activations'")
-    input_prefix = "ids" if kind == "samples" else "act"
-    chunks = sorted(int(m.group(1)) for m in map(_LABEL_KEY.fullmatch, arrays) if m)
-    expected = {f"{p}.{i}" for i in range(len(chunks)) for p in (input_prefix, "mask", "label")}
-    if not chunks or chunks != list(range(len(chunks))) or set(arrays) != expected:
-        return [f"upload of {kind}: arrays {sorted(arrays)[:6]} are not chunks {input_prefix}/mask/label.0..n-1"]
-    problems, rows = [], 0
-    for i in chunks:
-        inputs, mask, label = (np.asarray(arrays[f"{p}.{i}"]) for p in (input_prefix, "mask", "label"))
-        want_ndim = 3 if kind == "activations" else 2
-        if inputs.ndim != want_ndim or mask.shape != inputs.shape[:2] or label.shape != inputs.shape[:1]:
-            problems.append(f"chunk {i}: shapes {inputs.shape}, mask {mask.shape}, label {label.shape}")
-        elif not all(np.issubdtype(a.dtype, np.integer) for a in ((mask, label) if kind == "activations"
-                                                                    else (inputs, mask, label))):
-            problems.append(f"chunk {i}: dtypes {inputs.dtype}, mask {mask.dtype}, label {label.dtype}; "
-                            "ids, masks and labels must be integers")
-        elif kind == "activations" and inputs.shape[2] != hidden:
-            problems.append(f"chunk {i}: hidden size {inputs.shape[2]}, expected {hidden}")
-        elif np.issubdtype(inputs.dtype, np.inexact) and not np.isfinite(inputs).all():
-            problems.append(f"chunk {i}: {int((~np.isfinite(inputs)).sum())} non-finite values")
-        rows += len(label)
+    chunks, problems = wire.decode_chunks(arrays, kind, hidden=hidden)
+    rows = wire.chunk_rows(chunks)
     if rows > max_rows:
         problems.append(f"{rows} rows uploaded, at most {max_rows} were asked for")
     problems += validate_num_examples(num_examples, rows) if not problems else []

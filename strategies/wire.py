@@ -1,8 +1,30 @@
-"""Names that cross the wire: message types, record names, config and metric keys.
+"""Everything that crosses the wire: message types, record names, keys, and the chunk layout.
 
-Both the ServerApp side (strategies) and the ClientApp side (flower_app)
-import them from here, so a rename happens in one place.
+The ServerApp side (:mod:`strategies`) and the ClientApp side (:mod:`flower_app`) both
+import these names, so a rename happens here and nowhere else. The per-minibatch
+records (a split forward reply, a centralized upload, the boundary gradients) share
+one layout, written by :func:`encode_chunks` and read back, checked, by
+:func:`decode_chunks`:
+
+=============  ==========================  ===============================================
+array          shape                       what
+=============  ==========================  ===============================================
+``act.i``      ``(B_i, T_i, hidden)``      boundary activations of chunk ``i`` (float)
+``ids.i``      ``(B_i, T_i)``              token ids of chunk ``i`` (integer; uploads only)
+``mask.i``     ``(B_i, T_i)``              attention mask, right-padded (integer)
+``label.i``    ``(B_i,)``                  class labels (integer)
+``grad.i``     ``(B_i, T_i, hidden)``      boundary gradient of minibatch ``i`` (float)
+=============  ==========================  ===============================================
 """
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
 
 # Message types (Flower routes "<category>.<action>" to the matching handler).
 QUERY = "query"
@@ -13,14 +35,29 @@ UPLOAD = "train.upload"
 LOCAL = "train.local"
 EVALUATE = "evaluate"
 
+# Training modes, ordered from the most to the least expensive for the client: `local` runs
+# the emulator, `split` only the lower layers, `centralized` uploads once and trains nothing.
+LOCAL_MODE, SPLIT_MODE, CENTRALIZED_MODE = "local", "split", "centralized"
+MODES = (LOCAL_MODE, SPLIT_MODE, CENTRALIZED_MODE)
+# The first message of a client's round, by its mode.
+FIRST_MESSAGE = {SPLIT_MODE: SPLIT_FORWARD, LOCAL_MODE: LOCAL, CENTRALIZED_MODE: UPLOAD}
+
+# What a centralized client uploads once: token ids of its samples, or lower-layer activations.
+SAMPLES, ACTIVATIONS_KIND = "samples", "activations"
+UPLOAD_KINDS = (ACTIVATIONS_KIND, SAMPLES)
+
 # Record names inside a message's RecordDict.
-ARRAYS = "arrays"            # trainable tensors (global prefix down, updated prefix up)
+ARRAYS = "arrays"  # trainable tensors (global prefix down, updated prefix up)
 ACTIVATIONS = "activations"  # boundary activations, masks and labels of a batch plan
-GRADIENTS = "gradients"      # boundary gradients, one per planned minibatch
+GRADIENTS = "gradients"  # boundary gradients, one per planned minibatch
 CONFIG = "config"
 METRICS = "metrics"
-PROFILE = "profile"          # what a client reports about itself in a query reply
-UPLOAD_RECORD = "upload"     # centralized mode: a client's samples or activations, in chunks
+PROFILE = "profile"  # what a client reports about itself in a query reply
+UPLOAD_RECORD = "upload"  # centralized mode: a client's samples or activations, in chunks
+
+# Names of trainable tensors: ``prefix.<layer>`` (key/values of one attention layer), ``head.*``.
+PREFIX = "prefix."
+HEAD = "head."
 
 # Config keys (server -> client).
 SERVER_ROUND = "server-round"
@@ -32,29 +69,62 @@ MODE = "mode"
 GROUP = "group"
 ACTIVATION_DTYPE = "activation-dtype"
 HEAD_LR = "head-lr"
-EMULATOR_LAYERS = "emulator-layers"    # local mode: upper layers the emulator keeps (0: all)
-LOCAL_EVAL_SIZE = "local-eval-size"    # local mode: held-back samples for the threshold check
-UPLOAD_KIND = "upload-kind"            # centralized mode: "activations" or "samples"
-UPLOAD_ROWS = "upload-rows"            # centralized mode: samples to upload (fits the energy budget)
+EMULATOR_LAYERS = "emulator-layers"  # local mode: upper layers the emulator keeps (0: all)
+LOCAL_EVAL_SIZE = "local-eval-size"  # local mode: held-back samples for the threshold check
+UPLOAD_KIND = "upload-kind"  # centralized mode: "activations" or "samples"
+UPLOAD_ROWS = "upload-rows"  # centralized mode: samples to upload (fits the energy budget)
 POLICY = "policy"
-THRESHOLD_FLOPS = "threshold-flops"    # the capability threshold of a threshold policy, FLOP/s
-ALLOC_PREFIX = "alloc-"                # alloc-tx-power-w, alloc-cpu-hz, alloc-energy-budget-j
-OVER_BUDGET = "alloc-over-budget"      # the mode does not fit the energy budget: run at full speed
+THRESHOLD_FLOPS = "threshold-flops"  # the capability threshold of a threshold policy, FLOP/s
+ALLOC_PREFIX = "alloc-"  # alloc-tx-power-w, alloc-cpu-hz, alloc-energy-budget-j
+OVER_BUDGET = "alloc-over-budget"  # the mode does not fit the energy budget: run at full speed
+REQ_PREFIX = "req-"  # the training requirement, one key per field (req-min-samples, ...)
+
+# Failure keys (client -> server, in the config record of a reply that carries no tensors).
+FAILURE_CAUSE = "failure-cause"
+FAILURE_NEEDED = "failure-needed"
+FAILURE_AVAILABLE = "failure-available"
+FAILURE_DETAIL = "failure-detail"
 
 # Profile / metric keys (client -> server).
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
-NUM_EXAMPLES = "num-examples"      # data volume behind a contribution: the aggregation weight
-NUM_AVAILABLE = "num-available"    # samples a client holds (the ceiling for num-examples)
+NUM_EXAMPLES = "num-examples"  # data volume behind a contribution: the aggregation weight
+NUM_AVAILABLE = "num-available"  # samples a client holds (the ceiling for num-examples)
 TRAIN_LOSS = "train-loss"
 LOSS = "loss"
 ACCURACY = "accuracy"
-STEPS_DONE = "steps-done"          # minibatches trained before the time limit
-LOCAL_PREFIX = "local-"            # local-accuracy, local-loss: the client's own evaluation
+STEPS_DONE = "steps-done"  # minibatches trained before the time limit
+LOCAL_PREFIX = "local-"  # local-accuracy, local-loss: the client's own evaluation
 
-# Array name patterns in an activations / gradients record (i: minibatch index).
+
+def as_int(value: object) -> int:
+    """A count read off the wire: an int, or a float with an integral value; anything else raises."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"expected an integer, got {value!r} ({type(value).__name__})")
+    if not float(value).is_integer():
+        raise ValueError(f"expected an integer, got {value!r}")
+    return int(value)
+
+
+def is_prefix(name: str) -> bool:
+    return name.startswith(PREFIX)
+
+
+def is_head(name: str) -> bool:
+    return name.startswith(HEAD)
+
+
+def prefix_key(layer: int) -> str:
+    return f"{PREFIX}{layer}"
+
+
+# Array name patterns in a chunked record (i: chunk or minibatch index).
 def activation_key(i: int) -> str:
     return f"act.{i}"
+
+
+def ids_key(i: int) -> str:
+    return f"ids.{i}"
 
 
 def mask_key(i: int) -> str:
@@ -67,3 +137,104 @@ def label_key(i: int) -> str:
 
 def gradient_key(i: int) -> str:
     return f"grad.{i}"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One minibatch (or upload chunk) of a chunked record.
+
+    ``inputs`` is ``(B, T, hidden)`` activations or ``(B, T)`` token ids; ``mask`` is
+    ``(B, T)`` and ``label`` ``(B,)``.
+    """
+
+    inputs: npt.NDArray[np.generic]
+    mask: npt.NDArray[np.generic]
+    label: npt.NDArray[np.generic]
+
+
+def _input_key(kind: str, i: int) -> str:
+    if kind not in UPLOAD_KINDS:
+        raise ValueError(f"chunk kind {kind!r} must be one of {list(UPLOAD_KINDS)}")
+    return ids_key(i) if kind == SAMPLES else activation_key(i)
+
+
+def encode_chunks(chunks: Sequence[Chunk], kind: str, first_index: int = 0) -> dict[str, npt.NDArray[np.generic]]:
+    """The arrays of a chunked record: ``act.i`` or ``ids.i``, ``mask.i``, ``label.i``."""
+    out: dict[str, npt.NDArray[np.generic]] = {}
+    for i, chunk in enumerate(chunks, start=first_index):
+        out[_input_key(kind, i)] = chunk.inputs
+        out[mask_key(i)] = chunk.mask
+        out[label_key(i)] = chunk.label
+    return out
+
+
+_LABEL_KEY = re.compile(r"label\.([0-9]+)")
+
+
+def decode_chunks(
+    arrays: Mapping[str, npt.NDArray[np.generic]],
+    kind: str,
+    *,
+    count: int | None = None,
+    hidden: int | None = None,
+) -> tuple[list[Chunk], list[str]]:
+    """Read a chunked record back and list what is wrong with it (empty: valid).
+
+    Parameters
+    ----------
+    arrays : Mapping[str, ndarray]
+        The record's arrays by name.
+    kind : str
+        ``"activations"`` (``act.i``) or ``"samples"`` (``ids.i``).
+    count : int | None (default: None)
+        The number of chunks the record must hold (a forward reply: one per planned
+        minibatch); None accepts any number from one.
+    hidden : int | None (default: None)
+        The hidden size activations must have; None only requires it to be the same in
+        every chunk.
+
+    Chunks must be numbered ``0..n-1`` with nothing else in the record; masks and labels
+    (and token ids) must be integers, activations finite.
+    """
+    prefix = _input_key(kind, 0).split(".")[0]
+    found = sorted(int(m.group(1)) for m in map(_LABEL_KEY.fullmatch, arrays) if m)
+    n = len(found) if count is None else count
+    expected = {key for i in range(n) for key in (_input_key(kind, i), mask_key(i), label_key(i))}
+    if n == 0 or set(arrays) != expected:
+        missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
+        return [], [
+            f"record of {kind}: arrays are not chunks {prefix}/mask/label.0..{max(n - 1, 0)} "
+            f"(missing {missing[:3]}, unexpected {extra[:3]})"
+        ]
+    chunks: list[Chunk] = []
+    problems: list[str] = []
+    width = hidden
+    for i in range(n):
+        chunk = Chunk(*(np.asarray(arrays[key]) for key in (_input_key(kind, i), mask_key(i), label_key(i))))
+        problem = _chunk_problem(chunk, kind, width)
+        if problem:
+            problems.append(f"chunk {i}: {problem}")
+        elif kind == ACTIVATIONS_KIND:
+            width = chunk.inputs.shape[2]
+        chunks.append(chunk)
+    return chunks, problems
+
+
+def _chunk_problem(chunk: Chunk, kind: str, hidden: int | None) -> str:
+    inputs, mask, label = chunk.inputs, chunk.mask, chunk.label
+    want_ndim = 3 if kind == ACTIVATIONS_KIND else 2
+    if inputs.ndim != want_ndim or mask.shape != inputs.shape[:2] or label.shape != inputs.shape[:1]:
+        return f"shapes {inputs.shape}, mask {mask.shape}, label {label.shape}"
+    integers = (mask, label) if kind == ACTIVATIONS_KIND else (inputs, mask, label)
+    if not all(np.issubdtype(a.dtype, np.integer) for a in integers):
+        return f"dtypes {inputs.dtype}, mask {mask.dtype}, label {label.dtype}; ids, masks and labels must be integers"
+    if kind == ACTIVATIONS_KIND and hidden is not None and inputs.shape[2] != hidden:
+        return f"hidden size {inputs.shape[2]}, expected {hidden}"
+    if np.issubdtype(inputs.dtype, np.inexact) and not np.isfinite(inputs).all():
+        return f"{int((~np.isfinite(inputs)).sum())} non-finite values"
+    return ""
+
+
+def chunk_rows(chunks: Sequence[Chunk]) -> int:
+    """Samples in a chunked record."""
+    return sum(len(chunk.label) for chunk in chunks)

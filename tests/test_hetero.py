@@ -114,9 +114,9 @@ def test_a_local_result_below_the_threshold_stays_out_of_the_average(tmp_path):
     assert all("performance-below-threshold" in record["dropped"][p] for p in local)
     # Only local clients train the lower prefix here (the pool holds fixed activations): it must not move
     initial = np.load(run_dir.path / "checkpoint.npz")  # round 1's checkpoint
-    from flower_app import task
     from flower_app.config import load_config
-    start = task.build(load_config({"config": "test"})).initial_state
+    from flower_app.setup import build
+    start = build(load_config({"config": "test"})).initial_state
     for key in [k for k in start if k in ("prefix.0", "prefix.1")]:
         assert np.array_equal(initial[key], start[key]), key
 
@@ -141,17 +141,18 @@ def test_a_client_over_the_time_limit_moves_to_a_cheaper_mode(tmp_path):
 
 def test_split_replay_stops_at_the_time_limit():
     # Prepare
-    from flower_app import task
     from flower_app.config import load_config
     from flower_app.data import batch_plan
+    from flower_app.setup import build, client_data
+    from flower_app.split_mode import replay_plan
 
     config = load_config({"config": "test"})
-    setup, encoded = task.build(config), task.client_data(config, 0, 4)
+    setup, encoded = build(config), client_data(config, 0, 4)
     plan = batch_plan(len(encoded), 5, 8, seed=0)
     grads = [np.zeros((8, max(len(encoded.ids[i]) for i in p), 64), np.float32) for p in plan]
 
     # Execute
-    done = task.replay_plan(setup.client, encoded, plan, grads, 0.01, setup.pad_id, max_s=1e-9)
+    done = replay_plan(setup.client, encoded, plan, grads, 0.01, setup.pad_id, max_s=1e-9)
 
     # Assert: the first step always runs, none starts after the limit
     assert done == 1

@@ -5,12 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flower_app import modes
+from flower_app import centralized_mode, local_mode
 from flower_app.data import batch_plan, collate, encode, synthetic
 from flower_app.emulator import build_emulator
 from flower_app.loading import build_random
 from flower_app.model import SplitSpec, get_state, initial_prefix, set_state, split
-from flower_app.task import class_logits
+from flower_app.training import class_logits
 from strategies import wire
 
 PAD_ID = 0  # "[PAD]" of loading.tiny_tokenizer
@@ -50,7 +50,7 @@ def test_train_local_lowers_the_loss_and_moves_only_the_prefix(family, lr):
     plan = batch_plan(len(encoded), steps=15, batch_size=16, seed=0)
 
     # Execute
-    mean_loss, steps = modes.train_local(client, emulator, encoded, plan, lr, lr, PAD_ID, spec, verbalizer)
+    mean_loss, steps = local_mode.train_local(client, emulator, encoded, plan, lr, lr, PAD_ID, spec, verbalizer)
 
     # Assert
     after = _loss(client, emulator, spec, verbalizer, encoded)
@@ -68,14 +68,14 @@ def test_upload_samples_chunks_rows_by_length_and_keeps_labels():
     indices = np.arange(3, 20)  # 17 samples: chunks of 8, 8, 1
 
     # Execute
-    uploaded = modes.upload_samples(encoded, indices, PAD_ID, chunk_size=8)
+    uploaded = centralized_mode.upload_samples(encoded, indices, PAD_ID, chunk_size=8)
 
     # Assert
-    chunks = modes.upload_chunks(encoded, indices, chunk_size=8)
+    chunks = centralized_mode.upload_chunks(encoded, indices, chunk_size=8)
     assert [len(c) for c in chunks] == [8, 8, 1]
     assert sorted(np.concatenate(chunks).tolist()) == indices.tolist()
     assert sorted(uploaded) == sorted(f"{k}.{i}" for k in ("ids", "mask", "label") for i in range(3))
-    assert modes.uploaded_rows(uploaded) == 17
+    assert wire.chunk_rows(wire.decode_chunks(uploaded, 'samples')[0]) == 17
     for i, chunk in enumerate(chunks):
         ids, mask, labels = uploaded[f"ids.{i}"], uploaded[wire.mask_key(i)], uploaded[wire.label_key(i)]
         width = max(len(encoded.ids[j]) for j in chunk)
@@ -95,10 +95,10 @@ def test_upload_activations_equal_the_client_forward_of_each_chunk(dtype):
     # Prepare
     _, client, _, _, _, encoded = _setup("gpt2", samples=20)
     indices = np.arange(20)
-    samples = modes.upload_samples(encoded, indices, PAD_ID, chunk_size=8)
+    samples = centralized_mode.upload_samples(encoded, indices, PAD_ID, chunk_size=8)
 
     # Execute
-    uploaded = modes.upload_activations(client, encoded, indices, PAD_ID, dtype, chunk_size=8)
+    uploaded = centralized_mode.upload_activations(client, encoded, indices, PAD_ID, dtype, chunk_size=8)
 
     # Assert
     assert sorted(uploaded) == sorted(f"{k}.{i}" for k in ("act", "mask", "label") for i in range(3))
@@ -112,13 +112,6 @@ def test_upload_activations_equal_the_client_forward_of_each_chunk(dtype):
         assert torch.equal(torch.as_tensor(act), expected)
         assert np.array_equal(uploaded[wire.mask_key(i)], samples[wire.mask_key(i)])
         assert np.array_equal(uploaded[wire.label_key(i)], samples[wire.label_key(i)])
-    assert modes.upload_bytes(uploaded) == sum(a.nbytes for a in uploaded.values())
-
-
-def test_upload_bytes_sums_payload_sizes():
-    arrays = {"act.0": np.zeros((2, 3, 4), np.float16), "mask.0": np.ones((2, 3), np.int8),
-              "label.0": np.zeros(2, np.int64)}
-    assert modes.upload_bytes(arrays) == 2 * 3 * 4 * 2 + 2 * 3 + 2 * 8
 
 
 @pytest.mark.parametrize("kind", ["samples", "activations"])
@@ -127,13 +120,13 @@ def test_first_centralized_step_sees_the_uploaded_rows_as_the_client_would(kind)
     _, client, server, spec, verbalizer, encoded = _setup("gpt2", samples=20)
     indices = np.arange(20)
     if kind == "samples":
-        uploaded = modes.upload_samples(encoded, indices, PAD_ID, chunk_size=8)
+        uploaded = centralized_mode.upload_samples(encoded, indices, PAD_ID, chunk_size=8)
     else:
-        uploaded = modes.upload_activations(client, encoded, indices, PAD_ID, "float32", chunk_size=8)
+        uploaded = centralized_mode.upload_activations(client, encoded, indices, PAD_ID, "float32", chunk_size=8)
     expected = _loss(client, server, spec, verbalizer, encoded)
 
     # Execute: the loss of step 1 is computed before its update
-    _, loss = modes.train_centralized(client, server, uploaded, kind, steps=1, batch_size=20, lr=0.01,
+    _, loss, _ = centralized_mode.train_centralized(client, server, _chunks(uploaded, kind), kind, steps=1, batch_size=20, lr=0.01,
                                       head_lr=0.01, seed=0, spec=spec, verbalizer_ids=verbalizer)
 
     # Assert
@@ -143,11 +136,11 @@ def test_first_centralized_step_sees_the_uploaded_rows_as_the_client_would(kind)
 def test_train_centralized_on_activations_trains_only_the_server_side():
     # Prepare
     _, client, server, spec, verbalizer, encoded = _setup("bert")
-    uploaded = modes.upload_activations(client, encoded, np.arange(32), PAD_ID, "float16", chunk_size=8)
+    uploaded = centralized_mode.upload_activations(client, encoded, np.arange(32), PAD_ID, "float16", chunk_size=8)
     client_before, server_before = get_state(client), get_state(server)
 
     # Execute
-    state, loss = modes.train_centralized(client, server, uploaded, "activations", steps=3, batch_size=8,
+    state, loss, _ = centralized_mode.train_centralized(client, server, _chunks(uploaded, "activations"), "activations", steps=3, batch_size=8,
                                           lr=0.02, head_lr=0.02, seed=0, spec=spec, verbalizer_ids=verbalizer)
 
     # Assert
@@ -160,17 +153,17 @@ def test_train_centralized_on_activations_trains_only_the_server_side():
 def test_train_centralized_on_samples_trains_both_sides_and_is_seeded():
     # Prepare
     _, client, server, spec, verbalizer, encoded = _setup("bert")
-    uploaded = modes.upload_samples(encoded, np.arange(32), PAD_ID, chunk_size=8)
+    uploaded = centralized_mode.upload_samples(encoded, np.arange(32), PAD_ID, chunk_size=8)
     start = {**get_state(client), **get_state(server)}
 
     def run(seed):
         set_state(client, start)
         set_state(server, start)
-        return modes.train_centralized(client, server, uploaded, "samples", steps=3, batch_size=8, lr=0.02,
+        return centralized_mode.train_centralized(client, server, _chunks(uploaded, "samples"), "samples", steps=3, batch_size=8, lr=0.02,
                                        head_lr=0.02, seed=seed, spec=spec, verbalizer_ids=verbalizer)
 
     # Execute
-    (first, loss), (again, loss_again), (other, _) = run(0), run(0), run(1)
+    (first, loss, _), (again, loss_again, _), (other, _, _) = run(0), run(0), run(1)
 
     # Assert
     assert sorted(first) == sorted(start)  # prefix.0..3 and the head
@@ -179,15 +172,15 @@ def test_train_centralized_on_samples_trains_both_sides_and_is_seeded():
     assert not all(np.array_equal(first[k], other[k]) for k in first)
 
 
-def test_train_centralized_rejects_an_unknown_kind_or_an_incomplete_upload():
+def test_train_centralized_rejects_an_unknown_kind_and_a_mislabelled_upload():
     _, client, server, spec, _, encoded = _setup("bert", samples=16)
-    uploaded = modes.upload_samples(encoded, np.arange(16), PAD_ID, chunk_size=8)
+    uploaded = centralized_mode.upload_samples(encoded, np.arange(16), PAD_ID, chunk_size=8)
     kwargs = {"steps": 1, "batch_size": 4, "lr": 0.01, "head_lr": 0.01, "seed": 0, "spec": spec,
               "verbalizer_ids": None}
     with pytest.raises(ValueError, match="gradients"):
-        modes.train_centralized(client, server, uploaded, "gradients", **kwargs)
-    with pytest.raises(KeyError, match="act.0"):
-        modes.train_centralized(client, server, uploaded, "activations", **kwargs)
+        centralized_mode.train_centralized(client, server, _chunks(uploaded, "samples"), "gradients", **kwargs)
+    _, problems = wire.decode_chunks(uploaded, "activations")
+    assert problems and "act.0" in problems[0]
 
 
 def test_train_local_stops_when_told_after_at_least_one_step():
@@ -198,7 +191,7 @@ def test_train_local_stops_when_told_after_at_least_one_step():
 
     # Execute: a limit no step fits in still takes the first step (there is no result otherwise)
     seen = []
-    _, steps = modes.train_local(client, emulator, encoded, plan, 0.01, 0.01, PAD_ID, spec, verbalizer,
+    _, steps = local_mode.train_local(client, emulator, encoded, plan, 0.01, 0.01, PAD_ID, spec, verbalizer,
                                  stop=lambda done, elapsed: seen.append((done, elapsed)) or elapsed >= 1e-9)
 
     # Assert
@@ -206,16 +199,7 @@ def test_train_local_stops_when_told_after_at_least_one_step():
     assert len(seen) == 1 and seen[0][0] == 1 and seen[0][1] > 0
 
 
-def test_merge_uploads_renumbers_chunks_and_keeps_every_row():
-    # Prepare
-    *_, encoded = _setup("bert", layers=4)
-    first = modes.upload_samples(encoded, np.arange(20), PAD_ID, chunk_size=8)    # 3 chunks
-    second = modes.upload_samples(encoded, np.arange(20, 30), PAD_ID, chunk_size=8)  # 2 chunks
-
-    # Execute
-    merged = modes.merge_uploads([first, second])
-
-    # Assert
-    assert modes.uploaded_rows(merged) == 30
-    assert np.array_equal(merged["label.3"], second["label.0"])
-    assert np.array_equal(merged[modes.ids_key(4)], second[modes.ids_key(1)])
+def _chunks(uploaded, kind):
+    chunks, problems = wire.decode_chunks(uploaded, kind)
+    assert problems == []
+    return chunks

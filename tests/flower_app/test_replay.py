@@ -3,11 +3,12 @@
 import numpy as np
 import torch
 
-from flower_app import task
-from flower_app.config import load_config
+from flower_app.server_model import SplitServer
+from flower_app.setup import build, client_data
+from flower_app.split_mode import forward_chunks, replay_plan, replay_step
+from flower_app.config import load_config, split_settings
 from flower_app.data import batch_plan, collate
 from flower_app.model import get_state, set_state
-from strategies import wire
 
 
 def _loss_after(setup, server, encoded, plan, client_state, server_state):
@@ -18,7 +19,7 @@ def _loss_after(setup, server, encoded, plan, client_state, server_state):
     with torch.no_grad():
         for indices in plan:
             ids, mask, labels = collate(encoded, indices, setup.pad_id)
-            losses.append(server._loss(setup.server(setup.client(ids, mask), mask), mask, labels).item())
+            losses.append(server.loss(setup.server(setup.client(ids, mask), mask), mask, labels).item())
     return float(np.mean(losses))
 
 
@@ -29,29 +30,26 @@ def _per_step(setup, server, encoded, plan, state):
                                  lr=setup.config.train.lr)
     server_state = {k: state[k] for k in server.server_keys}
     for indices in plan:
-        acts = task.forward_plan(setup.client, encoded, [indices], setup.pad_id, "float32")
-        batch = {"act": acts[wire.activation_key(0)], "mask": acts[wire.mask_key(0)],
-                 "label": acts[wire.label_key(0)]}
-        server_state, grads, _ = server.train_split(server_state, [batch])
-        task.replay_plan_step(setup.client, encoded, indices, grads[0], optimizer, setup.pad_id)
+        batches = forward_chunks(setup.client, encoded, [indices], setup.pad_id, "float32")
+        server_state, grads, _ = server.train_split(server_state, batches)
+        replay_step(setup.client, encoded, indices, grads[0], optimizer, setup.pad_id)
     return get_state(setup.client), server_state
 
 
 def _planned(setup, server, encoded, plan, state):
     set_state(setup.client, state)
-    acts = task.forward_plan(setup.client, encoded, plan, setup.pad_id, "float32")
-    batches = [{"act": acts[wire.activation_key(i)], "mask": acts[wire.mask_key(i)],
-                "label": acts[wire.label_key(i)]} for i in range(len(plan))]
+    batches = forward_chunks(setup.client, encoded, plan, setup.pad_id, "float32")
     server_state, grads, _ = server.train_split({k: state[k] for k in server.server_keys}, batches)
-    task.replay_plan(setup.client, encoded, plan, grads, setup.config.train.lr, setup.pad_id)
+    replay_plan(setup.client, encoded, plan, grads, setup.config.train.lr, setup.pad_id)
     return get_state(setup.client), server_state
 
 
 def _compare(steps):
     """Relative gap between the two client updates, and the loss each reaches."""
     config = load_config({"config": "test"})
-    setup, server = task.build(config), task.SplitServer(task.build(config))
-    encoded = task.client_data(config, 0, 4)
+    setup = build(config)
+    server = SplitServer(setup, split_settings(config))
+    encoded = client_data(config, 0, 4)
     plan = batch_plan(len(encoded), steps, 16, seed=3)
     start = server.initial_state()
     (reference, ref_server), (planned, plan_server) = (_per_step(setup, server, encoded, plan, start),

@@ -20,7 +20,6 @@ from strategies.requirements import (
     react_to_failures,
     requirement_from_config,
     requirement_to_config,
-    steps_within_time,
 )
 
 ALL_MODES = ("local", "split", "centralized")
@@ -198,25 +197,6 @@ def test_plan_volume(kwargs: dict, available: int, expected: int) -> None:
 
     # Assert
     assert volume == expected
-
-
-@pytest.mark.parametrize(
-    ("max_train_s", "est_step_s", "planned", "expected"),
-    [
-        (10.0, 3.0, 8, 3),  # floor(10 / 3)
-        (0.3, 0.1, 8, 3),  # exact fit despite 0.3 / 0.1 == 2.999...
-        (100.0, 1.0, 8, 8),  # the plan fits
-        (None, 5.0, 8, 8),  # no budget
-    ],
-)
-def test_steps_within_time(
-    max_train_s: float | None, est_step_s: float, planned: int, expected: int
-) -> None:
-    # Execute
-    steps = steps_within_time(TrainingRequirement(max_train_s=max_train_s), est_step_s, planned)
-
-    # Assert
-    assert steps == expected
 
 
 @pytest.mark.parametrize(

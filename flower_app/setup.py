@@ -1,0 +1,86 @@
+"""Setting up a job: the split model and the data for a config, cached per process.
+
+:func:`build` loads the model (verified offline weights, a local folder, or a random
+tiny model), splits it, and loads and splits the dataset; :func:`client_data` is the
+encoded partition one client holds, :func:`test_data` the server's held-out split.
+Ray actors and the in-process grid serve many nodes from one process, hence the caches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from flower_app import data as data_mod
+from flower_app.config import Config
+from flower_app.loading import load, set_offline_env
+from flower_app.model import ClientPart, ServerPart, SplitSpec, detect_family, get_state, initial_prefix, split
+
+
+@dataclass
+class Setup:
+    """Everything one process needs for a config."""
+
+    config: Config
+    spec: SplitSpec
+    client: ClientPart
+    server: ServerPart
+    tokenizer: Any
+    pad_id: int
+    verbalizer_ids: tuple[int, ...] | None
+    pool: data_mod.TextDataset
+    test: data_mod.TextDataset
+    initial_state: dict[str, np.ndarray]
+
+
+@lru_cache(maxsize=2)
+def build(config: Config) -> Setup:
+    set_offline_env()
+    m = config.model
+    model, tokenizer = load(
+        m.source, seed=config.run.seed, gguf_file=m.gguf_file or None, allow_download=m.allow_download
+    )
+    dataset = data_mod.load_dataset(
+        config.data.source, config.data.text_column, config.data.label_column, seed=config.run.seed
+    )
+    spec = SplitSpec(m.split_layer, m.prefix_length, m.head, m.pooling, num_labels=len(dataset.label_names))
+    family = detect_family(model.config)
+    prefix = initial_prefix(model, family, m.prefix_length, config.run.seed, model.config.vocab_size)
+    client, server = split(model, spec, prefix, seed=config.run.seed)
+    pool, test = data_mod.train_test_split(dataset, config.data.test_size, config.run.seed)
+    verbalizer = _verbalizer_ids(tokenizer, m.verbalizer, dataset.label_names) if m.head == "lm" else None
+    state = {**get_state(client), **get_state(server)}
+    return Setup(config, spec, client, server, tokenizer, tokenizer.pad_token_id, verbalizer, pool, test, state)
+
+
+def _verbalizer_ids(tokenizer: Any, words: str, label_names: Sequence[str]) -> tuple[int, ...]:
+    """First token of each label word: the LM logits that act as class scores."""
+    chosen = [w.strip() for w in words.split(",")] if words else list(label_names)
+    if len(chosen) != len(label_names):
+        raise ValueError(f"model.verbalizer has {len(chosen)} words for {len(label_names)} labels")
+    ids = tuple(tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in chosen)
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"model.verbalizer words {chosen} share a first token; choose distinct words")
+    return ids
+
+
+@lru_cache(maxsize=64)
+def client_data(config: Config, partition_id: int, num_partitions: int) -> data_mod.Encoded:
+    """The encoded partition a client holds (seeded: same on every machine)."""
+    setup = build(config)
+    parts = data_mod.partition(
+        setup.pool.labels, num_partitions, config.data.partitioner, config.data.alpha, config.run.seed
+    )
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id {partition_id} is outside [0, {num_partitions})")
+    return data_mod.encode(setup.tokenizer, setup.pool.subset(parts[partition_id]), config.model.max_length)
+
+
+@lru_cache(maxsize=2)
+def test_data(config: Config) -> data_mod.Encoded:
+    setup = build(config)
+    return data_mod.encode(setup.tokenizer, setup.test, config.model.max_length)

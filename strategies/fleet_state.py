@@ -1,0 +1,199 @@
+"""What the server knows of its fleet across rounds: clients, modes, workloads, strikes, pool.
+
+Clients are keyed by partition id wherever the state must survive a restart (Flower
+node ids do not); :class:`FleetState` keeps the node id only to address messages.
+Everything a resumed run needs is in :meth:`FleetState.dump`; the centralized pool is
+saved beside it by the run directory (it is large).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from logging import WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import Message
+from flwr.common.logger import log
+
+from strategies import fleet, wire
+from strategies.costmodel import Workload
+from strategies.devices import PROFILE_KEYS, DeviceProfile, from_config
+from strategies.grouping import ModeAssignment
+from strategies.requirements import Failure, react_to_failures
+from strategies.settings import SplitSettings
+from strategies.workload import ModelShape
+
+Pool = dict[int, dict[str, np.ndarray]]  # centralized uploads by partition id
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """What a client told the server in its ``query`` reply."""
+
+    node_id: int
+    partition_id: int
+    num_available: int
+    profile: DeviceProfile
+
+
+def client_info(reply: Message) -> ClientInfo:
+    """A query reply as a :class:`ClientInfo`; raises on a malformed reply."""
+    profile = reply.content.config_records[wire.PROFILE]
+    device = from_config({k: profile[k] for k in PROFILE_KEYS if k in profile})
+    return ClientInfo(
+        reply.metadata.src_node_id,
+        wire.as_int(profile[wire.PARTITION_ID]),
+        wire.as_int(profile[wire.NUM_AVAILABLE]),
+        device,
+    )
+
+
+def round_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """Seed of one client's batch plan in one round, independent of node ids and reply order."""
+    return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0] % (2**31))
+
+
+def sample(clients: Sequence[ClientInfo], server_round: int, settings: SplitSettings) -> list[ClientInfo]:
+    """This round's clients in partition order: all, or a seeded ``fraction_train`` of them."""
+    known = sorted(clients, key=lambda c: c.partition_id)
+    count = max(settings.min_clients, int(np.ceil(settings.fraction_train * len(known))))
+    if count >= len(known):
+        return known
+    rng = np.random.default_rng([settings.seed, server_round])
+    chosen = rng.choice(len(known), size=count, replace=False)
+    return [known[i] for i in sorted(chosen)]
+
+
+@dataclass
+class FleetState:
+    """The fleet as the server sees it between rounds.
+
+    ``clients`` by node id; ``assignments``, ``workloads``, ``upload_rows``, ``strikes``,
+    ``excluded`` and ``pool`` by partition id.
+    """
+
+    clients: dict[int, ClientInfo] = field(default_factory=dict)
+    assignments: dict[int, ModeAssignment] = field(default_factory=dict)
+    workloads: dict[int, dict[str, Workload]] = field(default_factory=dict)
+    upload_rows: dict[int, int] = field(default_factory=dict)
+    strikes: dict[int, int] = field(default_factory=dict)
+    excluded: set[int] = field(default_factory=set)
+    pool: Pool = field(default_factory=dict)
+    restored_modes: dict[int, str] = field(default_factory=dict)  # modes changed by failures before a restart
+
+    def dump(self) -> dict[str, Any]:
+        """What a checkpoint keeps (JSON: int keys become strings)."""
+        return {
+            "strikes": self.strikes,
+            "excluded": sorted(self.excluded),
+            "modes": {str(p): a.mode for p, a in self.assignments.items()},
+        }
+
+    def restore(self, state: Mapping[str, Any], pool: Pool) -> None:
+        """The fleet state of a checkpoint, and the pool saved beside it."""
+        self.strikes = {int(k): int(v) for k, v in state.get("strikes", {}).items()}
+        self.excluded = {int(p) for p in state.get("excluded", [])}
+        self.restored_modes = {int(k): str(v) for k, v in state.get("modes", {}).items()}
+        self.pool = pool
+
+    def info(self, partition_id: int) -> ClientInfo:
+        return next(c for c in self.clients.values() if c.partition_id == partition_id)
+
+    def mode_of(self, node: int) -> str:
+        return self.assignments[self.clients[node].partition_id].mode
+
+    def active(self) -> list[ClientInfo]:
+        """Known clients that are not excluded, in partition order."""
+        return sorted(
+            (c for c in self.clients.values() if c.partition_id not in self.excluded), key=lambda c: c.partition_id
+        )
+
+    def steps_of(self, info: ClientInfo, settings: SplitSettings) -> int:
+        """Minibatches a client trains this round (a local group: times its local epochs)."""
+        return settings.steps * self.assignments[info.partition_id].local_epochs
+
+    def plan(self, settings: SplitSettings, shape: ModelShape) -> None:
+        """Group the fleet, give each client a mode, an allocation and an upload size."""
+        infos = {c.partition_id: c for c in self.clients.values()}
+        profiles = {p: c.profile for p, c in infos.items()}
+        policy = settings.fleet_policy
+        self.workloads, self.upload_rows = fleet.fleet_workloads(
+            policy,
+            shape,
+            profiles,
+            {p: c.num_available for p, c in infos.items()},
+            settings.steps,
+            settings.emulator_layers,
+            settings.activation_bytes,
+            settings.upload_kind,
+            settings.upload_rows,
+        )
+        self.assignments = fleet.assign(policy, profiles, self.workloads)
+        for pid, mode in self.restored_modes.items():
+            if pid in self.assignments and self.assignments[pid].mode != mode:
+                self.move(pid, mode, settings)
+
+    def move(self, partition_id: int, mode: str, settings: SplitSettings) -> None:
+        """The client keeps its group in another mode, with that mode's allocation."""
+        self.assignments[partition_id] = fleet.reassign(
+            self.assignments[partition_id],
+            mode,
+            settings.fleet_policy,
+            self.info(partition_id).profile,
+            self.workloads[partition_id],
+        )
+
+    def react(self, failures: Mapping[int, Failure], succeeded: Sequence[int], settings: SplitSettings) -> bool:
+        """Apply the failure policy to this round's failures (by node id); whether a mode changed.
+
+        Insufficient compute moves a client to a cheaper mode, insufficient samples to
+        centralized training; with no such mode left the client is excluded, and so is
+        one whose transient faults reach ``max_strikes`` rounds in a row.
+        """
+        by_partition = {self.clients[n].partition_id: f for n, f in failures.items() if n in self.clients}
+        modes = {p: self.assignments[p].mode for p in by_partition}
+        reactions, self.strikes = react_to_failures(
+            by_partition,
+            modes,
+            settings.fleet_policy.modes,
+            self.strikes,
+            succeeded=succeeded,
+            max_strikes=settings.max_strikes,
+        )
+        changed = False
+        for partition_id, reaction in sorted(reactions.items()):
+            if reaction.excluded:
+                self.excluded.add(partition_id)
+                log(WARNING, "client %d excluded from later rounds (%s)", partition_id, reaction.cause)
+            elif reaction.mode != modes[partition_id]:
+                self.move(partition_id, reaction.mode, settings)
+                changed = True
+                log(
+                    WARNING,
+                    "client %d moves from %s to %s mode (%s)",
+                    partition_id,
+                    modes[partition_id],
+                    reaction.mode,
+                    reaction.cause,
+                )
+        return changed
+
+    def groups(self, settings: SplitSettings) -> dict[str, Any]:
+        """``groups.json``: the policy and, per client, group, mode, profile and allocation."""
+        policy = settings.fleet_policy
+        infos = {c.partition_id: c for c in self.clients.values()}
+        return {
+            "policy": policy.name,
+            "modes": list(policy.modes),
+            "threshold-flops": policy.threshold_flops if policy.name == "threshold" else None,
+            "clients": {
+                str(p): fleet.describe(a, infos[p].profile, self.upload_rows[p])
+                for p, a in sorted(self.assignments.items())
+            },
+        }
+
+    def mode_counts(self, assignments: Mapping[int, ModeAssignment] | None = None) -> dict[str, int]:
+        chosen = self.assignments if assignments is None else assignments
+        return {m: sum(a.mode == m for a in chosen.values()) for m in wire.MODES}

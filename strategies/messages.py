@@ -1,0 +1,166 @@
+"""Building the messages of a round, exchanging them, and sorting the replies.
+
+A round has at most two exchanges. The first sends each sampled client the message of
+its mode (:data:`strategies.wire.FIRST_MESSAGE`); the second sends the split clients
+their boundary gradients. Every train message carries the same plan config: the
+round's seed for that client, the training settings, the requirement, and the
+client's group, mode and allocation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from strategies import fleet, wire
+from strategies.fleet_state import ClientInfo, FleetState, round_seed
+from strategies.records import content_bytes, to_record
+from strategies.requirements import FailureCause, failure_from_config, is_failure_config, requirement_to_config
+from strategies.round_state import RoundState
+from strategies.settings import SplitSettings
+
+
+def plan_config(
+    settings: SplitSettings, fleet_state: FleetState, info: ClientInfo, server_round: int, extra: ConfigRecord
+) -> ConfigRecord:
+    """The config of one client's train message this round (``extra``: the caller's own keys)."""
+    assignment = fleet_state.assignments[info.partition_id]
+    return ConfigRecord(
+        {
+            **dict(extra),
+            **requirement_to_config(settings.requirement),
+            wire.SERVER_ROUND: server_round,
+            wire.SEED: round_seed(settings.seed, server_round, info.partition_id),
+            wire.STEPS: fleet_state.steps_of(info, settings),
+            wire.BATCH_SIZE: settings.batch_size,
+            wire.LR: settings.lr,
+            wire.HEAD_LR: settings.head_lr,
+            wire.ACTIVATION_DTYPE: settings.activation_dtype,
+            wire.EMULATOR_LAYERS: settings.emulator_layers,
+            wire.LOCAL_EVAL_SIZE: settings.local_eval_size,
+            wire.UPLOAD_KIND: settings.upload_kind,
+            wire.UPLOAD_ROWS: fleet_state.upload_rows.get(info.partition_id, 0),
+            **fleet.assignment_config(assignment, settings.fleet_policy, info.profile),
+        }
+    )
+
+
+def message(info: ClientInfo, message_type: str, server_round: int, records: Mapping[str, Any]) -> Message:
+    return Message(RecordDict(dict(records)), info.node_id, message_type, group_id=str(server_round))
+
+
+def first_messages(
+    settings: SplitSettings,
+    fleet_state: FleetState,
+    sampled: Sequence[ClientInfo],
+    server_round: int,
+    arrays: ArrayRecord,
+    config: ConfigRecord,
+    keys_by_mode: Mapping[str, Sequence[str]],
+) -> list[Message]:
+    """The first message of each sampled client's round, by its mode.
+
+    ``split``: ``train.split_forward`` with the lower prefix; ``local``: ``train.local``
+    with the lower prefix and the emulator's tensors; ``centralized``: ``train.upload``
+    until the client has uploaded, then nothing (the server trains on its upload).
+    ``keys_by_mode`` names the tensors each mode's message carries.
+    """
+    messages = []
+    for info in sampled:
+        mode = fleet_state.assignments[info.partition_id].mode
+        if mode == wire.CENTRALIZED_MODE and info.partition_id in fleet_state.pool:
+            continue
+        records = {
+            wire.ARRAYS: ArrayRecord({k: arrays[k] for k in keys_by_mode[mode]}),
+            wire.CONFIG: plan_config(settings, fleet_state, info, server_round, config),
+        }
+        messages.append(message(info, wire.FIRST_MESSAGE[mode], server_round, records))
+    return messages
+
+
+def backward_messages(
+    settings: SplitSettings,
+    fleet_state: FleetState,
+    client_part: Mapping[str, np.ndarray],
+    gradients: Mapping[int, Sequence[np.ndarray]],
+    server_round: int,
+    config: ConfigRecord,
+) -> list[Message]:
+    """``train.split_backward`` for each split client: its gradients and the lower prefix to replay."""
+    client_record = to_record(client_part)
+    messages = []
+    for node, grads in gradients.items():
+        info = fleet_state.clients[node]
+        records = {
+            wire.ARRAYS: client_record,
+            wire.GRADIENTS: to_record({wire.gradient_key(i): g for i, g in enumerate(grads)}),
+            wire.CONFIG: plan_config(settings, fleet_state, info, server_round, config),
+        }
+        messages.append(message(info, wire.SPLIT_BACKWARD, server_round, records))
+    return messages
+
+
+@dataclass
+class Exchange:
+    """What came back from one exchange: good replies, failures and bytes sent, by node id."""
+
+    replies: dict[int, Message] = field(default_factory=dict)
+    failures: dict[int, tuple[FailureCause, str]] = field(default_factory=dict)
+    bytes_down: dict[int, int] = field(default_factory=dict)
+
+
+def exchange(grid: Grid, messages: Iterable[Message], timeout: float) -> Exchange:
+    """Send, wait up to ``timeout`` seconds, and sort the replies.
+
+    An error reply is a ``client-error``; a node that did not answer in time a ``timeout``.
+    """
+    sent = {m.metadata.dst_node_id: m for m in messages}
+    result = Exchange(bytes_down={node: content_bytes(m) for node, m in sent.items()})
+    if not sent:
+        return result
+    for reply in grid.send_and_receive(list(sent.values()), timeout=timeout):
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            result.failures[node] = (FailureCause.CLIENT_ERROR, f"error reply: {reply.error.reason}")
+        else:
+            result.replies[node] = reply
+    for node in sent:
+        if node not in result.replies and node not in result.failures:
+            result.failures[node] = (FailureCause.TIMEOUT, f"no reply within {timeout:.0f} s")
+    return result
+
+
+def exchange_in_round(grid: Grid, messages: Iterable[Message], timeout: float, rnd: RoundState) -> dict[int, Message]:
+    """:func:`exchange`, with its failures and bytes entered into the round; the good replies."""
+    result = exchange(grid, messages, timeout)
+    for node, (cause, why) in result.failures.items():
+        rnd.drop(node, cause, why)
+    for node, sent in result.bytes_down.items():
+        rnd.bytes_down[node] = rnd.bytes_down.get(node, 0) + sent
+    return result.replies
+
+
+def answers(
+    replies: Mapping[int, Message], fleet_state: FleetState, rnd: RoundState
+) -> Iterator[tuple[ClientInfo, Message]]:
+    """Replies that carry work, in partition order; a failure reply is recorded, not yielded."""
+    for info in sorted((fleet_state.clients[n] for n in replies), key=lambda c: c.partition_id):
+        reply = replies[info.node_id]
+        config = reply.content.config_records.get(wire.CONFIG)
+        if config is None or not is_failure_config(config):
+            yield info, reply
+            continue
+        try:
+            rnd.failures[info.node_id] = failure_from_config(dict(config))
+        except ValueError as err:
+            rnd.drop(info.node_id, FailureCause.INVALID_REPLY, f"unreadable failure reply: {err}")
+
+
+def reason(err: Exception) -> str:
+    """An exception as one line for the log and the record."""
+    return f"{type(err).__name__}: {err}"

@@ -1,0 +1,187 @@
+"""A finished round's simulated cost and its record; the run's summary.
+
+:func:`simulate` prices each working client's round with the cost model
+(:mod:`strategies.costmodel`): FLOPs from the workload of its mode, scaled by the
+steps it reports having taken, and the bytes its messages really carried.
+:func:`round_record` is the round's line of ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+from flwr.common.logger import log
+
+from strategies import fleet, wire
+from strategies.costmodel import EnergyLedger, RoundCost, Workload, round_cost
+from strategies.fleet_state import FleetState
+from strategies.records import content_bytes
+from strategies.requirements import FailureCause, count_causes
+from strategies.round_state import RoundState
+from strategies.settings import SplitSettings
+from strategies.workload import ModelShape, pool_server_flops
+
+# A client that declined before training spent no compute on the round's plan.
+DECLINED = (FailureCause.INSUFFICIENT_SAMPLES, FailureCause.INSUFFICIENT_COMPUTE)
+
+
+def bytes_up(rnd: RoundState) -> dict[int, int]:
+    """Tensor payload each node sent this round (both exchanges), by node id."""
+    up = {n: content_bytes(r) for n, r in rnd.first.items()}
+    for n, r in rnd.backward.items():
+        up[n] = up.get(n, 0) + content_bytes(r)
+    return up
+
+
+def simulate(
+    rnd: RoundState,
+    fleet_state: FleetState,
+    settings: SplitSettings,
+    shape: ModelShape,
+    ledger: EnergyLedger,
+) -> tuple[dict[str, Any], dict[int, RoundCost]]:
+    """Each working client's simulated time and energy this round, and the round's figures.
+
+    Returns the round's simulated figures (``sim-latency-s``, ``sim-clock-s``,
+    ``sim-pool-s``, ``energy-j``, ``over-budget``) and each client's cost by partition id.
+    """
+    policy = settings.fleet_policy
+    up = bytes_up(rnd)
+    costs: dict[int, RoundCost] = {}
+    extra: dict[int, dict[str, Any]] = {}
+    # Partition order: float sums must not depend on the order replies arrived in.
+    for node in sorted(rnd.first, key=lambda n: fleet_state.clients[n].partition_id):
+        info = fleet_state.clients[node]
+        assignment = rnd.assignments[info.partition_id]
+        mode = assignment.mode
+        planned = fleet_state.workloads[info.partition_id][mode]
+        steps = settings.steps * assignment.local_epochs
+        done = rnd.steps_done.get(node, steps) / steps
+        failure = rnd.failures.get(node)
+        declined = failure is not None and failure.cause in DECLINED
+        if declined:
+            done = 0.0  # it declined before training (its one measured step is not counted)
+        client_share = done if mode != wire.CENTRALIZED_MODE or declined else 1.0
+        observed = Workload(
+            mode,
+            planned.client_flops * client_share,
+            up[node],
+            rnd.bytes_down.get(node, 0),
+            0.0 if mode == wire.CENTRALIZED_MODE else planned.server_flops * done,
+            planned.client_memory_bytes,
+        )
+        allocation, over = fleet.effective_allocation(assignment, info.profile)
+        costs[info.partition_id] = round_cost(info.profile, observed, allocation, policy.server_flops)
+        extra[info.partition_id] = {
+            "mode": mode,
+            "group": assignment.group,
+            "over-budget": over,
+            "energy-budget-j": info.profile.energy_budget_j,
+        }
+    pool_s = pool_server_flops(shape, rnd.pool_samples, settings.upload_kind) / policy.server_flops
+    latency = ledger.record(rnd.server_round, costs, server_busy_s=pool_s, extra=extra)
+    figures = {
+        "sim-latency-s": latency,
+        "sim-clock-s": ledger.clock_s,
+        "sim-pool-s": pool_s,
+        "energy-j": sum(c.energy_j for c in costs.values()),
+        "over-budget": sum(e["over-budget"] for e in extra.values()),
+    }
+    return figures, costs
+
+
+def round_record(
+    rnd: RoundState,
+    fleet_state: FleetState,
+    sim: Mapping[str, Any],
+    costs: Mapping[int, RoundCost],
+    evaluation: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The round's line of ``metrics.jsonl`` (``evaluation``: the global model's metrics, if evaluated)."""
+    up, down = bytes_up(rnd), rnd.bytes_down
+    clients = {}
+    for n in sorted(set(up) | set(down)):
+        if n not in fleet_state.clients:
+            continue
+        pid = fleet_state.clients[n].partition_id
+        entry = {
+            "bytes-up": up.get(n, 0),
+            "bytes-down": down.get(n, 0),
+            "mode": rnd.assignments[pid].mode,
+            "group": rnd.assignments[pid].group,
+            "train-loss": rnd.split.losses.get(n),
+        }
+        if pid in costs:
+            entry.update({"sim-latency-s": costs[pid].latency_s, "energy-j": costs[pid].energy_j})
+        clients[str(pid)] = entry
+    every_loss = list(rnd.split.losses.values()) + list(rnd.local_losses.values())
+    if rnd.pool_samples and rnd.pool_loss is not None:
+        every_loss.append(rnd.pool_loss)
+    record = {
+        "round": rnd.server_round,
+        "train-loss": float(np.mean(every_loss)) if every_loss else None,
+        "bytes-up": sum(up.values()),
+        "bytes-down": sum(down.values()),
+        "clients": clients,
+        "dropped": {client_name(n, fleet_state): why for n, why in rnd.dropped().items()},
+        "failures": count_causes(rnd.failures.values()),
+        "excluded": sorted(fleet_state.excluded),
+        "modes": fleet_state.mode_counts(rnd.assignments),
+        "pool-rows": sum(len(a) for upload in fleet_state.pool.values() for k, a in upload.items() if k.startswith("label.")),
+        **sim,
+        "wall-s": round(time.time() - rnd.started, 3),
+    }
+    for key, value in (evaluation or {}).items():
+        record[key if key == wire.ACCURACY else f"eval-{key}"] = value
+    return record
+
+
+def client_name(node: int, fleet_state: FleetState) -> str:
+    """A node as the records name it: its partition id (a node unknown to the fleet by its node id)."""
+    info = fleet_state.clients.get(node)
+    return str(info.partition_id) if info is not None else str(node)
+
+
+def log_dropped(server_round: int, dropped: Mapping[str, str]) -> None:
+    for name, why in sorted(dropped.items()):
+        log(WARNING, "round %d: client %s dropped: %s", server_round, name, why)
+
+
+def log_round(record: Mapping[str, Any], num_rounds: int) -> None:
+    log_dropped(record["round"], record["dropped"])
+    log(
+        INFO,
+        "[round %d/%d] train-loss %.4f  accuracy %s  up %.2f MB  down %.2f MB  %d dropped  %.1f s  "
+        "(simulated %.1f s, %.1f J)",
+        record["round"],
+        num_rounds,
+        record["train-loss"] or float("nan"),
+        f"{record['accuracy']:.4f}" if "accuracy" in record else "-",
+        record["bytes-up"] / 1e6,
+        record["bytes-down"] / 1e6,
+        len(record["dropped"]),
+        record["wall-s"],
+        record["sim-latency-s"],
+        record["energy-j"],
+    )
+
+
+def run_summary(status: str, history: Sequence[Mapping[str, Any]], wall_s: float, policy: str) -> dict[str, Any]:
+    """``summary.json``: status, rounds, final accuracy, total bytes, simulated time and energy."""
+    evaluated = [r for r in history if "accuracy" in r]
+    return {
+        "status": status,
+        "rounds": len(history),
+        "wall-s": round(wall_s, 3),
+        "final-accuracy": evaluated[-1]["accuracy"] if evaluated else None,
+        "final-eval-loss": evaluated[-1]["eval-loss"] if evaluated else None,
+        "bytes-up": sum(r["bytes-up"] for r in history),
+        "bytes-down": sum(r["bytes-down"] for r in history),
+        "sim-clock-s": history[-1].get("sim-clock-s") if history else None,
+        "energy-j": sum(r.get("energy-j", 0.0) for r in history),
+        "policy": policy,
+    }

@@ -1,0 +1,175 @@
+"""What each mode asks of the server in a round, and the contributions it yields.
+
+- ``split``: :func:`train_split_side` trains the server's tensors on each client's
+  boundary activations and keeps one boundary gradient per minibatch;
+  :func:`server_contributions` turns what it trained into contributions.
+- ``split`` and ``local``: :func:`collect_prefixes` validates the prefixes clients send back.
+- ``centralized``: :func:`receive_uploads` checks uploads into the pool, and
+  :func:`train_pool` trains on the pool of this round's centralized clients.
+
+Every function records a dropped reply in the round state with its reason and goes on:
+one client's bad reply never ends the round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from flwr.app import Message
+
+from strategies import wire
+from strategies.aggregation import Contribution
+from strategies.fleet_state import FleetState, round_seed
+from strategies.interfaces import ServerModel
+from strategies.messages import answers, reason
+from strategies.records import from_record
+from strategies.requirements import FailureCause
+from strategies.round_state import RoundState, SplitOutcome
+from strategies.settings import SplitSettings
+from strategies.validation import ArraySpec, judge, validate_upload
+
+POOL_ID = 2**31 - 1  # seeds the server's pool training apart from every partition
+
+
+def train_split_side(
+    model: ServerModel,
+    settings: SplitSettings,
+    hidden: int,
+    state: Mapping[str, np.ndarray],
+    fleet_state: FleetState,
+    forward: Mapping[int, Message],
+    rnd: RoundState,
+) -> SplitOutcome:
+    """Step through each split client's minibatches in partition order.
+
+    ``sequential``: one copy of the server's tensors goes through every client in turn;
+    ``parallel``: each client's steps start from the round's global tensors. Activations
+    must have the model's ``hidden`` size and one chunk per planned minibatch.
+    """
+    outcome = SplitOutcome(sequential={k: state[k] for k in model.server_keys})
+    for info, reply in answers(forward, fleet_state, rnd):
+        start = outcome.sequential if settings.server_side == "sequential" else {
+            k: state[k] for k in model.server_keys
+        }
+        try:
+            arrays = from_record(reply.content.array_records[wire.ACTIVATIONS])
+            chunks, problems = wire.decode_chunks(
+                arrays, wire.ACTIVATIONS_KIND, count=fleet_state.steps_of(info, settings), hidden=hidden
+            )
+            if problems:
+                raise ValueError("; ".join(problems))
+            volume = wire.as_int(reply.content.metric_records[wire.METRICS][wire.NUM_EXAMPLES])
+            trained, grads, loss = model.train_split(start, chunks)
+        except Exception as err:  # one client's bad activations must not end the round
+            rnd.drop(info.node_id, FailureCause.INVALID_REPLY, f"forward reply rejected: {reason(err)}")
+            continue
+        outcome.gradients[info.node_id] = grads
+        outcome.server_parts[info.node_id] = Contribution(trained, volume, f"server half of client {info.partition_id}")
+        outcome.losses[info.node_id] = loss
+        if settings.server_side == "sequential":
+            outcome.sequential = trained
+    return outcome
+
+
+def server_contributions(
+    settings: SplitSettings, accepted: Mapping[int, Contribution], outcome: SplitOutcome
+) -> list[Contribution]:
+    """The server's tensors of split training as contributions: one sequential result, or one per client.
+
+    A sequential server has already taken the steps of a client whose backward reply
+    was then rejected; its activations had passed validation, so the steps stand, and
+    the result carries the volume of the accepted clients.
+    """
+    if not accepted:
+        return []
+    if settings.server_side == "parallel":
+        return [outcome.server_parts[node] for node in accepted]
+    volume = sum(c.num_examples for c in accepted.values())
+    return [Contribution(outcome.sequential, volume, "server (sequential split)")]
+
+
+def collect_prefixes(
+    replies: Mapping[int, Message],
+    mode: str,
+    expected: Mapping[str, ArraySpec],
+    fleet_state: FleetState,
+    settings: SplitSettings,
+    rnd: RoundState,
+) -> dict[int, Contribution]:
+    """Validated prefix contributions of split (backward) or local replies, by node id."""
+    contributions = {}
+    for info, reply in answers(replies, fleet_state, rnd):
+        planned = fleet_state.steps_of(info, settings)
+        try:
+            arrays = from_record(reply.content.array_records[wire.ARRAYS])
+            metrics = reply.content.metric_records[wire.METRICS]
+            volume = metrics[wire.NUM_EXAMPLES]
+            rnd.steps_done[info.node_id] = wire.as_int(metrics.get(wire.STEPS_DONE, planned))
+        except Exception as err:
+            rnd.drop(info.node_id, FailureCause.INVALID_REPLY, f"{mode} reply rejected: {reason(err)}")
+            continue
+        verdict = judge(arrays, expected, volume, min(info.num_available, planned * settings.batch_size))
+        if not verdict.ok:
+            rnd.drop(info.node_id, FailureCause.INVALID_REPLY, f"{mode} reply rejected: " + "; ".join(verdict.reasons))
+            continue
+        contributions[info.node_id] = Contribution(arrays, wire.as_int(volume), f"client {info.partition_id} ({mode})")
+        loss = metrics.get(wire.TRAIN_LOSS)
+        if mode == wire.LOCAL_MODE and isinstance(loss, (int, float)) and np.isfinite(loss):
+            rnd.local_losses[info.node_id] = float(loss)
+    return contributions
+
+
+def receive_uploads(
+    replies: Mapping[int, Message], fleet_state: FleetState, settings: SplitSettings, hidden: int, rnd: RoundState
+) -> bool:
+    """Validate centralized clients' uploads into the pool; whether any arrived."""
+    arrived = False
+    for info, reply in answers(replies, fleet_state, rnd):
+        try:
+            arrays = from_record(reply.content.array_records[wire.UPLOAD_RECORD])
+            claimed = reply.content.metric_records[wire.METRICS][wire.NUM_EXAMPLES]
+            problems = validate_upload(
+                arrays, settings.upload_kind, hidden, fleet_state.upload_rows[info.partition_id], claimed
+            )
+        except Exception as err:
+            problems = [reason(err)]
+        if problems:
+            rnd.drop(info.node_id, FailureCause.INVALID_REPLY, "upload rejected: " + "; ".join(problems))
+            continue
+        fleet_state.pool[info.partition_id] = arrays
+        arrived = True
+    return arrived
+
+
+def train_pool(
+    model: ServerModel,
+    settings: SplitSettings,
+    state: Mapping[str, np.ndarray],
+    fleet_state: FleetState,
+    rnd: RoundState,
+) -> Contribution | None:
+    """Train on the uploads of the sampled centralized clients: ``steps`` minibatches each."""
+    rnd.pool_members = [
+        c.partition_id
+        for c in rnd.sampled
+        if c.partition_id in fleet_state.pool
+        and fleet_state.assignments[c.partition_id].mode == wire.CENTRALIZED_MODE
+        and c.node_id not in rnd.failures
+    ]
+    if not rnd.pool_members:
+        return None
+    steps = settings.steps * len(rnd.pool_members)
+    uploads = [_chunks(fleet_state.pool[p], settings.upload_kind) for p in rnd.pool_members]
+    tensors, loss, volume = model.train_pool(
+        state, [c for chunks in uploads for c in chunks], steps, round_seed(settings.seed, rnd.server_round, POOL_ID)
+    )
+    rnd.pool_samples, rnd.pool_loss = steps * settings.batch_size, loss
+    return Contribution(tensors, volume, f"server (centralized pool of {len(rnd.pool_members)})")
+
+
+def _chunks(upload: Mapping[str, np.ndarray], kind: str) -> Sequence[wire.Chunk]:
+    chunks, problems = wire.decode_chunks(upload, kind)
+    if problems:  # checked on arrival (or saved after that check): a broken pool file
+        raise ValueError("; ".join(problems))
+    return chunks

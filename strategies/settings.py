@@ -1,0 +1,115 @@
+"""The strategy's settings: one frozen object, one default per setting.
+
+:class:`SplitSettings` is built once (from the run config by
+``flower_app.config.split_settings``, or by hand in a user's own ServerApp) and handed
+to :class:`strategies.split_strategy.SplitPrefixStrategy` and to the server's half of
+the model. The defaults here are the project's defaults: ``flower_app.config`` takes
+its own field defaults from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from strategies import wire
+from strategies.fleet import Policy
+from strategies.requirements import TrainingRequirement
+
+SERVER_SIDES = ("sequential", "parallel")
+ACTIVATION_DTYPES = {"float32": 4, "float16": 2}  # wire dtype -> bytes per value
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """How the fleet trains, round after round.
+
+    Parameters
+    ----------
+    seed : int (default: 42)
+        Seed of the batch plans, the client sampling and the pool training (combined
+        with round and partition id).
+    steps : int (default: 10)
+        Minibatches each client trains per round (a local-mode group: times its local epochs).
+    batch_size : int (default: 16)
+        Samples per minibatch.
+    lr : float (default: 0.01)
+        Adam learning rate of the prefix, on both sides of the split.
+    head_lr : float (default: 0.01)
+        Adam learning rate of a trainable head (server side, emulator, pool).
+    activation_dtype : str (default: "float32")
+        Dtype of boundary activations and gradients on the wire ("float32" or "float16").
+    min_clients : int (default: 2)
+        Fewest valid contributions a round needs; fewer stops the run cleanly.
+    fraction_train : float (default: 1.0)
+        Fraction of known clients sampled each round (at least ``min_clients``).
+    wait_for_nodes_s : float (default: 120)
+        Seconds to wait at start for ``min_clients`` nodes to connect.
+    server_side : str (default: "sequential")
+        ``"sequential"``: one copy of the server's tensors trains through the clients in
+        partition order; ``"parallel"``: a copy per client, averaged.
+    max_strikes : int (default: 3)
+        Consecutive errors, timeouts or invalid replies after which a client is excluded.
+    emulator_layers : int (default: 1)
+        Upper layers a local-mode emulator keeps (0: all, the real model).
+    upload_kind : str (default: "activations")
+        What a centralized client uploads: ``"activations"`` or ``"samples"``.
+    upload_rows : int (default: 0)
+        Most samples a centralized client uploads (0: one round's plan, ``steps * batch_size``).
+    local_eval_size : int (default: 32)
+        Samples a local-mode client holds back to check the performance threshold.
+    requirement : TrainingRequirement (default: no bounds)
+        Sent in every train message; clients that cannot meet it reply with a failure cause.
+    policy : Policy | None (default: None)
+        How clients get their group and mode; None: everyone in split mode. Its
+        ``batch_size`` and ``seed`` must be this object's.
+    """
+
+    seed: int = 42
+    steps: int = 10
+    batch_size: int = 16
+    lr: float = 0.01
+    head_lr: float = 0.01
+    activation_dtype: str = "float32"
+    min_clients: int = 2
+    fraction_train: float = 1.0
+    wait_for_nodes_s: float = 120.0
+    server_side: str = "sequential"
+    max_strikes: int = 3
+    emulator_layers: int = 1
+    upload_kind: str = wire.ACTIVATIONS_KIND
+    upload_rows: int = 0
+    local_eval_size: int = 32
+    requirement: TrainingRequirement = field(default_factory=TrainingRequirement)
+    policy: Policy | None = None
+
+    def __post_init__(self) -> None:
+        for name, value, choices in (
+            ("server_side", self.server_side, SERVER_SIDES),
+            ("upload_kind", self.upload_kind, wire.UPLOAD_KINDS),
+            ("activation_dtype", self.activation_dtype, tuple(ACTIVATION_DTYPES)),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name}={value!r} must be one of {list(choices)}")
+        for name in ("steps", "batch_size", "min_clients", "max_strikes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be at least 1")
+        if not 0.0 < self.fraction_train <= 1.0:
+            raise ValueError(f"fraction_train={self.fraction_train!r} must be in (0, 1]")
+        if self.policy is None:
+            object.__setattr__(self, "policy", Policy(batch_size=self.batch_size, seed=self.seed))
+        elif (self.policy.batch_size, self.policy.seed) != (self.batch_size, self.seed):
+            raise ValueError(
+                f"policy batch_size/seed {self.policy.batch_size}/{self.policy.seed} differ from the settings' "
+                f"{self.batch_size}/{self.seed}"
+            )
+
+    @property
+    def fleet_policy(self) -> Policy:
+        """The policy (never None after construction)."""
+        assert self.policy is not None  # set in __post_init__
+        return self.policy
+
+    @property
+    def activation_bytes(self) -> int:
+        """Bytes per boundary value on the wire."""
+        return ACTIVATION_DTYPES[self.activation_dtype]
