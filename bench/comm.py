@@ -24,8 +24,10 @@ from flower_app.setup import build, client_data
 from flower_app.split_mode import forward_plan
 from strategies.records import to_record
 
+
 def payload_bytes(arrays) -> int:
     return sum(len(array.data) for array in to_record(arrays).values())
+
 
 def main(argv: list[str]) -> None:
     config = load_config(dict(a.split("=", 1) for a in argv))
@@ -38,21 +40,25 @@ def main(argv: list[str]) -> None:
     full = payload_bytes({k: v.detach().numpy() for k, v in model.state_dict().items()})
     client_prefix = get_state(setup.client)
     prefix_all = payload_bytes(setup.initial_state)
-    rows = [("full-model FedAvg (all weights)", full),
-            ("prefix, all layers + head (local mode)", prefix_all)]
+    rows = [("full-model FedAvg (all weights)", full), ("prefix, all layers + head (local mode)", prefix_all)]
     for dtype in ("float32", "float16"):
         acts = forward_plan(setup.client, encoded, plan, setup.pad_id, dtype)
-        rows.append((f"split mode, {dtype} activations + lower prefix",
-                     payload_bytes(acts) + payload_bytes(client_prefix)))
+        rows.append(
+            (f"split mode, {dtype} activations + lower prefix", payload_bytes(acts) + payload_bytes(client_prefix))
+        )
 
-    print(f"model {config.model.source}: {sum(v.size for v in setup.initial_state.values()):,} trainable "
-          f"of {sum(p.numel() for p in model.parameters()):,} weights; split after layer "
-          f"{config.model.split_layer}; {steps} minibatches x {batch} samples per round")
+    print(
+        f"model {config.model.source}: {sum(v.size for v in setup.initial_state.values()):,} trainable "
+        f"of {sum(p.numel() for p in model.parameters()):,} weights; split after layer "
+        f"{config.model.split_layer}; {steps} minibatches x {batch} samples per round"
+    )
     print(f"{'scheme':<48}{'uplink / client / round':>24}{'vs full FedAvg':>16}")
     for name, size in rows:
         print(f"{name:<48}{size / 1e6:>20.3f} MB{size / full:>16.5f}")
-    print(f"full FedAvg / prefix upload = {full / prefix_all:,.0f}x; "
-          f"full FedAvg / split float32 = {full / rows[2][1]:,.1f}x")
+    print(
+        f"full FedAvg / prefix upload = {full / prefix_all:,.0f}x; "
+        f"full FedAvg / split float32 = {full / rows[2][1]:,.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -59,27 +59,40 @@ def run_row(name: str, overrides: dict, base: dict, nodes: int, out: Path) -> di
     modes = {}
     for client in groups["clients"].values():
         modes[client["mode"]] = modes.get(client["mode"], 0) + 1
-    return {"name": name, "status": summary["status"], "rounds": rounds, "final": summary["final-accuracy"],
-            "bytes-up": summary["bytes-up"], "energy-j": summary["energy-j"], "wall-s": wall,
-            "sim-clock-s": summary["sim-clock-s"], "modes": modes,
-            "over-budget": sum(r.get("over-budget", 0) for r in rounds)}
+    return {
+        "name": name,
+        "status": summary["status"],
+        "rounds": rounds,
+        "final": summary["final-accuracy"],
+        "bytes-up": summary["bytes-up"],
+        "energy-j": summary["energy-j"],
+        "wall-s": wall,
+        "sim-clock-s": summary["sim-clock-s"],
+        "modes": modes,
+        "over-budget": sum(r.get("over-budget", 0) for r in rounds),
+    }
 
 
 def table(rows: list[dict], target: float) -> str:
-    head = (f"{'run':<18} {'modes':<22} {'sim s to ' + format(target, '.2f'):>13} {'final acc':>9} "
-            f"{'uplink MB':>10} {'energy J':>10} {'over-budget':>11} {'sim s total':>11} {'wall s':>7}")
+    head = (
+        f"{'run':<18} {'modes':<22} {'sim s to ' + format(target, '.2f'):>13} {'final acc':>9} "
+        f"{'uplink MB':>10} {'energy J':>10} {'over-budget':>11} {'sim s total':>11} {'wall s':>7}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         reach = time_to_target(r["rounds"], target)
         modes = ",".join(f"{m[:5]} {n}" for m, n in sorted(r["modes"].items()))
-        lines.append(f"{r['name']:<18} {modes:<22} {(f'{reach:.1f}' if reach is not None else 'never'):>13} "
-                     f"{r['final']:>9.4f} {r['bytes-up'] / 1e6:>10.2f} {r['energy-j']:>10.1f} "
-                     f"{r['over-budget']:>11d} {r['sim-clock-s']:>11.1f} {r['wall-s']:>7.1f}")
+        lines.append(
+            f"{r['name']:<18} {modes:<22} {(f'{reach:.1f}' if reach is not None else 'never'):>13} "
+            f"{r['final']:>9.4f} {r['bytes-up'] / 1e6:>10.2f} {r['energy-j']:>10.1f} "
+            f"{r['over-budget']:>11d} {r['sim-clock-s']:>11.1f} {r['wall-s']:>7.1f}"
+        )
     return "\n".join(lines)
 
 
 def verdict(rows: list[dict], target: float) -> str:
     """Best policy against best single mode: speed-up to the target and accuracy gap."""
+
     def best(names):
         reached = [(time_to_target(r["rounds"], target), r) for r in rows if r["name"] in names]
         reached = [(t, r) for t, r in reached if t is not None]
@@ -91,9 +104,11 @@ def verdict(rows: list[dict], target: float) -> str:
         return f"no grouping policy reached accuracy {target}"
     if single is None:
         return f"no single mode reached accuracy {target}; best policy {policy['name']} did at {t_policy:.1f} s"
-    return (f"best single mode: {single['name']} reaches {target} at {t_single:.1f} s (final {single['final']:.4f}); "
-            f"best policy: {policy['name']} at {t_policy:.1f} s (final {policy['final']:.4f}); "
-            f"speed-up {t_single / t_policy:.2f}x, final accuracy {100 * (policy['final'] - single['final']):+.1f} points")
+    return (
+        f"best single mode: {single['name']} reaches {target} at {t_single:.1f} s (final {single['final']:.4f}); "
+        f"best policy: {policy['name']} at {t_policy:.1f} s (final {policy['final']:.4f}); "
+        f"speed-up {t_single / t_policy:.2f}x, final accuracy {100 * (policy['final'] - single['final']):+.1f} points"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -116,14 +131,25 @@ def main(argv: list[str] | None = None) -> None:
     rows = [run_row(name, ROWS[name], base, args.nodes, out) for name in chosen]
     print()
     config = load_config(base)
-    print(f"{args.nodes} clients, {args.rounds} rounds, model {config.model.source}, fleet preset "
-          f"{config.fleet.preset}, seed {config.run.seed}, overrides {' '.join(args.overrides) or '(none)'}")
+    print(
+        f"{args.nodes} clients, {args.rounds} rounds, model {config.model.source}, fleet preset "
+        f"{config.fleet.preset}, seed {config.run.seed}, overrides {' '.join(args.overrides) or '(none)'}"
+    )
     print(table(rows, args.target))
     print(verdict(rows, args.target))
-    (out / "hetero.json").write_text(json.dumps(
-        [{k: v for k, v in r.items() if k != "rounds"} | {"accuracy": [x.get("accuracy") for x in r["rounds"]],
-                                                          "sim-clock-s-by-round": [x["sim-clock-s"] for x in r["rounds"]]}
-         for r in rows], indent=2))
+    (out / "hetero.json").write_text(
+        json.dumps(
+            [
+                {k: v for k, v in r.items() if k != "rounds"}
+                | {
+                    "accuracy": [x.get("accuracy") for x in r["rounds"]],
+                    "sim-clock-s-by-round": [x["sim-clock-s"] for x in r["rounds"]],
+                }
+                for r in rows
+            ],
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ from strategies import wire
 CHUNK_SIZE = 16
 
 
-def upload_chunks(encoded: data_mod.Encoded, indices: Sequence[int], chunk_size: int = CHUNK_SIZE) -> list[np.ndarray]:
+def upload_chunks(
+    encoded: data_mod.Encoded, indices: Sequence[int] | np.ndarray, chunk_size: int = CHUNK_SIZE
+) -> list[np.ndarray]:
     """Split the uploaded samples into chunks of ``chunk_size``, sorted by length.
 
     Each chunk is padded to its longest row; similar lengths side by side pad little,
@@ -39,7 +41,7 @@ def upload_chunks(encoded: data_mod.Encoded, indices: Sequence[int], chunk_size:
 
 
 def upload_samples(
-    encoded: data_mod.Encoded, indices: Sequence[int], pad_id: int, chunk_size: int = CHUNK_SIZE
+    encoded: data_mod.Encoded, indices: Sequence[int] | np.ndarray, pad_id: int, chunk_size: int = CHUNK_SIZE
 ) -> dict[str, np.ndarray]:
     """Token ids, masks and labels of the samples, per chunk (``ids.i``, ``mask.i``, ``label.i``)."""
     chunks = []
@@ -53,7 +55,7 @@ def upload_samples(
 def upload_activations(
     client: ClientPart,
     encoded: data_mod.Encoded,
-    indices: Sequence[int],
+    indices: Sequence[int] | np.ndarray,
     pad_id: int,
     dtype: str,
     chunk_size: int = CHUNK_SIZE,
@@ -93,7 +95,8 @@ def train_centralized(
     rows, row_labels = _rows(chunks)
     parts: list[ClientPart | ServerPart] = [client, server] if kind == wire.SAMPLES else [server]
     optimizer = adam(parts, lr, head_lr)
-    losses, drawn = [], set()
+    losses: list[float] = []
+    drawn: set[int] = set()
     for indices in data_mod.batch_plan(len(rows), steps, batch_size, seed):
         inputs, mask = _pad([rows[j] for j in indices])  # (B, T) ids or (B, T, H) activations
         labels = torch.as_tensor(row_labels[indices], dtype=torch.long)  # (B,)

@@ -74,29 +74,42 @@ class TrainSettings:
     batch_size: int = _f(_S.batch_size, "samples per minibatch", low=1, high=4096)
     lr: float = _f(_S.lr, "Adam learning rate of the prefix", low=1e-8, high=10.0)
     head_lr: float = _f(_S.head_lr, "Adam learning rate of a trainable head", low=0.0, high=10.0)
-    activation_dtype: str = _f(_S.activation_dtype, "dtype of boundary activations and gradients on the wire",
-                               choices=tuple(ACTIVATION_DTYPES))
-    local_epochs: int = _f(_P.local_epochs, "local mode: passes of steps-per-round minibatches a round", low=1, high=100)
-    emulator_layers: int = _f(_S.emulator_layers, "local mode: upper layers the emulator keeps (0: all, i.e. full-model FedAvg)",
-                              low=0)
-    upload_kind: str = _f(_S.upload_kind, "centralized mode: what a client uploads once",
-                          choices=wire.UPLOAD_KINDS)
-    upload_rows: int = _f(_S.upload_rows, "centralized mode: most samples a client uploads (0: one round's plan, "
-                          "steps-per-round x batch-size); fewer when its energy budget cannot pay", low=0)
-    local_eval_size: int = _f(_S.local_eval_size, "local mode: held-back samples a client evaluates on (0: none)", low=0)
+    activation_dtype: str = _f(
+        _S.activation_dtype, "dtype of boundary activations and gradients on the wire", choices=tuple(ACTIVATION_DTYPES)
+    )
+    local_epochs: int = _f(
+        _P.local_epochs, "local mode: passes of steps-per-round minibatches a round", low=1, high=100
+    )
+    emulator_layers: int = _f(
+        _S.emulator_layers, "local mode: upper layers the emulator keeps (0: all, i.e. full-model FedAvg)", low=0
+    )
+    upload_kind: str = _f(_S.upload_kind, "centralized mode: what a client uploads once", choices=wire.UPLOAD_KINDS)
+    upload_rows: int = _f(
+        _S.upload_rows,
+        "centralized mode: most samples a client uploads (0: one round's plan, "
+        "steps-per-round x batch-size); fewer when its energy budget cannot pay",
+        low=0,
+    )
+    local_eval_size: int = _f(
+        _S.local_eval_size, "local mode: held-back samples a client evaluates on (0: none)", low=0
+    )
 
 
 @dataclass(frozen=True)
 class StrategySettings:
     min_clients: int = _f(_S.min_clients, "fewest replies a round needs; fewer stops the run cleanly", low=1)
-    fraction_train: float = _f(_S.fraction_train, "fraction of connected clients sampled each round", low=1e-6, high=1.0)
+    fraction_train: float = _f(
+        _S.fraction_train, "fraction of connected clients sampled each round", low=1e-6, high=1.0
+    )
     timeout_s: float = _f(600.0, "seconds to wait for the replies of one exchange", low=1.0)
-    server_side: str = _f(_S.server_side, "server tensors trained through clients in turn, or a copy per client",
-                          choices=SERVER_SIDES)
+    server_side: str = _f(
+        _S.server_side, "server tensors trained through clients in turn, or a copy per client", choices=SERVER_SIDES
+    )
     wait_for_nodes_s: float = _f(_S.wait_for_nodes_s, "seconds to wait for min-clients nodes to connect", low=0.0)
     policy: str = _f(_P.name, "a mode for every client, or a grouping policy", choices=POLICIES)
-    threshold_flops: float = _f(_P.threshold_flops, "threshold policy: capability (FLOP/s) below which a client is weak",
-                                low=0.0)
+    threshold_flops: float = _f(
+        _P.threshold_flops, "threshold policy: capability (FLOP/s) below which a client is weak", low=0.0
+    )
     weak_mode: str = _f(_P.weak_mode, "threshold policy: mode of the weak group", choices=wire.MODES)
     strong_mode: str = _f(_P.strong_mode, "threshold policy: mode of the strong group", choices=wire.MODES)
     kmeans_modes: str = _f(",".join(_P.kmeans_modes), "kmeans policy: one mode per cluster, weakest first")
@@ -119,8 +132,9 @@ class RequirementSettings:
     target_samples: int = _f(0, "samples a client should train on (0: all it holds)", low=0)
     max_samples: int = _f(0, "most samples a client may train on (0: no cap)", low=0)
     max_train_s: float = _f(0.0, "client training time limit per round, seconds (0: none)", low=0.0)
-    threshold_metric: str = _f(_R.threshold_metric, "metric of the local evaluation a client checks",
-                               choices=THRESHOLD_METRICS)
+    threshold_metric: str = _f(
+        _R.threshold_metric, "metric of the local evaluation a client checks", choices=THRESHOLD_METRICS
+    )
     threshold_value: float = _f(-1.0, "worst acceptable local result (-1: no check)", low=-1.0)
 
 
@@ -149,7 +163,10 @@ def load_config(run_config: Mapping[str, Any] | None = None) -> Config:
     name = str(overrides.pop("config", "base"))
     base = OmegaConf.load(_yaml_path(name))
     merged = OmegaConf.merge(base, OmegaConf.from_dotlist([f"{k}={_dot(v)}" for k, v in overrides.items()]))
-    return from_dict(OmegaConf.to_container(merged, resolve=True))
+    tree = OmegaConf.to_container(merged, resolve=True)
+    if not isinstance(tree, dict):
+        raise ValueError(f"config '{name}' must be a mapping of sections, got {type(tree).__name__}")
+    return from_dict({str(k): v for k, v in tree.items()})
 
 
 def _dot(value: Any) -> str:
@@ -212,7 +229,7 @@ def _field(cls, key: str, prefix: str) -> dataclasses.Field:
 
 
 def _check(name: str, spec: dataclasses.Field, value: Any):
-    kind = {"int": int, "float": float, "bool": bool, "str": str}[spec.type]
+    kind = {"int": int, "float": float, "bool": bool, "str": str}[str(spec.type)]
     if kind is bool and isinstance(value, str) and value.lower() in ("true", "false"):
         value = value.lower() == "true"  # from a command line
     if kind is bool and not isinstance(value, bool):
@@ -235,15 +252,17 @@ def _check(name: str, spec: dataclasses.Field, value: Any):
 
 def to_dict(config: Config) -> dict[str, dict[str, Any]]:
     """The resolved config with kebab-case keys (written to the run directory)."""
-    return {s.name: {k.replace("_", "-"): v for k, v in dataclasses.asdict(getattr(config, s.name)).items()}
-            for s in dataclasses.fields(config)}
+    return {
+        s.name: {k.replace("_", "-"): v for k, v in dataclasses.asdict(getattr(config, s.name)).items()}
+        for s in dataclasses.fields(config)
+    }
 
 
 def reference() -> list[tuple[str, Any, str]]:
     """``(key, default, help)`` of every setting, for the README and ``--help`` output."""
     rows = []
     for section in dataclasses.fields(Config):
-        for spec in dataclasses.fields(section.default_factory()):
+        for spec in dataclasses.fields(getattr(Config(), section.name)):
             rows.append((f"{section.name}.{spec.name.replace('_', '-')}", spec.default, spec.metadata["help"]))
     return rows
 

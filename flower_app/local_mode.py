@@ -129,7 +129,7 @@ def evaluate_local(
     client: ClientPart,
     emulator: ServerPart,
     encoded: data_mod.Encoded,
-    indices: Sequence[int],
+    indices: np.ndarray,
     pad_id: int,
     spec: SplitSpec,
     verbalizer_ids: tuple[int, ...] | None,

@@ -39,14 +39,23 @@ class InProcessGrid(Grid):
         Optional hook to inject crashes, delays and bad replies (tests).
     """
 
-    def __init__(self, client_app: ClientApp, num_nodes: int, run_config: Mapping[str, Any],
-                 fault: Fault | None = None, run_id: int = 1):
+    def __init__(
+        self,
+        client_app: ClientApp,
+        num_nodes: int,
+        run_config: Mapping[str, Any],
+        fault: Fault | None = None,
+        run_id: int = 1,
+    ):
         self.client_app, self.fault = client_app, fault
         self._run = Run.create_empty(run_id=run_id)
         self.node_ids = [1000 + i for i in range(num_nodes)]
-        self.contexts = {node: Context(run_id, node, {"partition-id": i, "num-partitions": num_nodes},
-                                       RecordDict(), dict(run_config))
-                         for i, node in enumerate(self.node_ids)}
+        self.contexts = {
+            node: Context(
+                run_id, node, {"partition-id": i, "num-partitions": num_nodes}, RecordDict(), dict(run_config)
+            )
+            for i, node in enumerate(self.node_ids)
+        }
         self._replies: dict[str, Message] = {}
         self.elapsed: dict[str, float] = {}
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SUPERLINK_NODE_ID
@@ -58,8 +67,9 @@ class InProcessGrid(Grid):
     def run(self) -> Run:
         return self._run
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:

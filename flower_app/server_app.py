@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from logging import INFO
 from typing import Any
 
-from flwr.app import ArrayRecord, Context
+from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import OmegaConf
@@ -43,8 +43,13 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
     else:
         run_dir.start_fresh()
     run_dir.write_config(OmegaConf.to_yaml(to_dict(config)))
-    log(INFO, "run directory: %s (%d trainable tensors, %d values)", run_dir.path.resolve(),
-        len(initial), sum(v.size for v in initial.values()))
+    log(
+        INFO,
+        "run directory: %s (%d trainable tensors, %d values)",
+        run_dir.path.resolve(),
+        len(initial),
+        sum(v.size for v in initial.values()),
+    )
     strategy.start(
         grid=grid,
         initial_arrays=to_record(initial),

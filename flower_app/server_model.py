@@ -121,7 +121,7 @@ class SplitServer:
         def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
             if server_round % every and server_round != num_rounds:
                 return None
-            return MetricRecord(self.evaluate(from_record(arrays)))
+            return MetricRecord({k: v for k, v in self.evaluate(from_record(arrays)).items()})
 
         return evaluate
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+
 from flower_app.model import ClientPart, ServerPart, SplitSpec, trainable_named
 from strategies import wire
 

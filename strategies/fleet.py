@@ -23,8 +23,7 @@ from strategies.allocation import allocate
 from strategies.costmodel import MODES, Allocation, Workload
 from strategies.devices import DeviceProfile
 from strategies.grouping import GroupConfig, ModeAssignment, assign_cost, assign_kmeans, assign_single, assign_threshold
-from strategies.workload import (ModelShape, RoundPlan, affordable_rows, local_workload, split_workload,
-                                 upload_workload)
+from strategies.workload import ModelShape, RoundPlan, affordable_rows, local_workload, split_workload, upload_workload
 
 POLICIES = (*MODES, "threshold", "cost", "kmeans")
 
@@ -54,8 +53,11 @@ class Policy:
     @property
     def modes(self) -> tuple[str, ...]:
         """Modes the policy may give a client (a failed client may move among them)."""
-        chosen = {"threshold": (self.weak_mode, self.strong_mode), "kmeans": self.kmeans_modes,
-                  "cost": self.cost_modes}.get(self.name, (self.name,))
+        chosen = {
+            "threshold": (self.weak_mode, self.strong_mode),
+            "kmeans": self.kmeans_modes,
+            "cost": self.cost_modes,
+        }.get(self.name, (self.name,))
         return tuple(m for m in MODES if m in chosen)
 
     def group_config(self, mode: str) -> GroupConfig:
@@ -63,17 +65,31 @@ class Policy:
         return GroupConfig(mode, self.local_epochs if mode == "local" else 1, self.batch_size)
 
 
-def round_plan(policy: Policy, mode: str, steps: int, emulator_layers: int, activation_bytes: int,
-               upload_kind: str) -> RoundPlan:
+def round_plan(
+    policy: Policy, mode: str, steps: int, emulator_layers: int, activation_bytes: int, upload_kind: str
+) -> RoundPlan:
     """What one round of ``mode`` processes, for the workload model."""
     epochs = policy.group_config(mode).local_epochs
-    return RoundPlan(samples=steps * epochs * policy.batch_size, batch_size=policy.batch_size,
-                     emulator_layers=emulator_layers, activation_bytes=activation_bytes, upload_kind=upload_kind)
+    return RoundPlan(
+        samples=steps * epochs * policy.batch_size,
+        batch_size=policy.batch_size,
+        emulator_layers=emulator_layers,
+        activation_bytes=activation_bytes,
+        upload_kind=upload_kind,
+    )
 
 
-def fleet_workloads(policy: Policy, shape: ModelShape, profiles: Mapping[int, DeviceProfile],
-                    available: Mapping[int, int], steps: int, emulator_layers: int, activation_bytes: int,
-                    upload_kind: str, upload_cap: int = 0) -> tuple[dict[int, dict[str, Workload]], dict[int, int]]:
+def fleet_workloads(
+    policy: Policy,
+    shape: ModelShape,
+    profiles: Mapping[int, DeviceProfile],
+    available: Mapping[int, int],
+    steps: int,
+    emulator_layers: int,
+    activation_bytes: int,
+    upload_kind: str,
+    upload_cap: int = 0,
+) -> tuple[dict[int, dict[str, Workload]], dict[int, int]]:
     """Each client's workload in every mode, and the rows it would upload in centralized mode.
 
     A centralized client uploads up to ``upload_cap`` samples (0: one round's plan), fewer
@@ -88,39 +104,56 @@ def fleet_workloads(policy: Policy, shape: ModelShape, profiles: Mapping[int, De
         plans = {m: round_plan(policy, m, steps, kept, activation_bytes, upload_kind) for m in MODES}
         cap = min(available[cid], upload_cap or plans["centralized"].samples)
         rows[cid] = affordable_rows(profile, shape, plans["centralized"], cap) or cap
-        workloads[cid] = {"local": local_workload(shape, plans["local"]),
-                          "split": split_workload(shape, plans["split"]),
-                          "centralized": upload_workload(shape, plans["centralized"], rows[cid])}
+        workloads[cid] = {
+            "local": local_workload(shape, plans["local"]),
+            "split": split_workload(shape, plans["split"]),
+            "centralized": upload_workload(shape, plans["centralized"], rows[cid]),
+        }
     return workloads, rows
 
 
-def assign(policy: Policy, profiles: Mapping[int, DeviceProfile],
-           workloads: Mapping[int, Mapping[str, Workload]]) -> dict[int, ModeAssignment]:
+def assign(
+    policy: Policy, profiles: Mapping[int, DeviceProfile], workloads: Mapping[int, Mapping[str, Workload]]
+) -> dict[int, ModeAssignment]:
     """Every client's group, mode, training config and allocation under ``policy``."""
     if policy.name in MODES:
         out = assign_single(profiles, policy.group_config(policy.name), workloads)
     elif policy.name == "threshold":
-        out = assign_threshold(profiles, policy.threshold_flops, policy.group_config(policy.strong_mode),
-                               policy.group_config(policy.weak_mode), workloads)
+        out = assign_threshold(
+            profiles,
+            policy.threshold_flops,
+            policy.group_config(policy.strong_mode),
+            policy.group_config(policy.weak_mode),
+            workloads,
+        )
     elif policy.name == "cost":
         configs = {m: policy.group_config(m) for m in policy.cost_modes}
         out = assign_cost(profiles, workloads, policy.server_flops, configs)
     else:
         k = len(policy.kmeans_modes)
         if k > len(profiles):
-            raise ValueError(f"strategy.kmeans-modes names {k} clusters for {len(profiles)} clients; "
-                             "name at most one mode per client")
-        out = assign_kmeans(profiles, k, policy.seed, [policy.group_config(m) for m in policy.kmeans_modes],
-                            workloads)
+            raise ValueError(
+                f"strategy.kmeans-modes names {k} clusters for {len(profiles)} clients; "
+                "name at most one mode per client"
+            )
+        out = assign_kmeans(profiles, k, policy.seed, [policy.group_config(m) for m in policy.kmeans_modes], workloads)
     return {a.client_id: a for a in out}
 
 
-def reassign(assignment: ModeAssignment, mode: str, policy: Policy, profile: DeviceProfile,
-             workloads: Mapping[str, Workload]) -> ModeAssignment:
+def reassign(
+    assignment: ModeAssignment, mode: str, policy: Policy, profile: DeviceProfile, workloads: Mapping[str, Workload]
+) -> ModeAssignment:
     """The same client and group in another mode (after a failure), with that mode's allocation."""
     config = policy.group_config(mode)
-    return ModeAssignment(assignment.client_id, assignment.group, mode, config.local_epochs, config.batch_size,
-                          allocate(profile, workloads[mode]), assignment.threshold)
+    return ModeAssignment(
+        assignment.client_id,
+        assignment.group,
+        mode,
+        config.local_epochs,
+        config.batch_size,
+        allocate(profile, workloads[mode]),
+        assignment.threshold,
+    )
 
 
 def effective_allocation(assignment: ModeAssignment, profile: DeviceProfile) -> tuple[Allocation, bool]:
@@ -133,9 +166,15 @@ def effective_allocation(assignment: ModeAssignment, profile: DeviceProfile) -> 
 def assignment_config(assignment: ModeAssignment, policy: Policy, profile: DeviceProfile) -> dict[str, Any]:
     """The group, mode and allocation as config entries of a train message."""
     allocation, over = effective_allocation(assignment, profile)
-    config: dict[str, Any] = {wire.GROUP: assignment.group, wire.MODE: assignment.mode, wire.POLICY: policy.name,
-              wire.ALLOC_PREFIX + "tx-power-w": allocation.tx_power_w, wire.ALLOC_PREFIX + "cpu-hz": allocation.cpu_hz,
-              wire.ALLOC_PREFIX + "energy-budget-j": allocation.energy_budget_j, wire.OVER_BUDGET: over}
+    config: dict[str, Any] = {
+        wire.GROUP: assignment.group,
+        wire.MODE: assignment.mode,
+        wire.POLICY: policy.name,
+        wire.ALLOC_PREFIX + "tx-power-w": allocation.tx_power_w,
+        wire.ALLOC_PREFIX + "cpu-hz": allocation.cpu_hz,
+        wire.ALLOC_PREFIX + "energy-budget-j": allocation.energy_budget_j,
+        wire.OVER_BUDGET: over,
+    }
     if assignment.threshold is not None:
         config[wire.THRESHOLD_FLOPS] = assignment.threshold
     return config
@@ -144,8 +183,16 @@ def assignment_config(assignment: ModeAssignment, policy: Policy, profile: Devic
 def describe(assignment: ModeAssignment, profile: DeviceProfile, upload_rows: int) -> dict[str, Any]:
     """One client's line of ``groups.json``: what it is, where it went, what it may spend."""
     allocation, over = effective_allocation(assignment, profile)
-    return {"group": assignment.group, "mode": assignment.mode, "local-epochs": assignment.local_epochs,
-            "capability-flops": profile.capability, "snr-db": round(profile.snr_db, 2),
-            "memory-bytes": profile.memory_bytes, "energy-budget-j": profile.energy_budget_j,
-            "tx-power-w": allocation.tx_power_w, "cpu-hz": allocation.cpu_hz, "over-budget": over,
-            "upload-rows": upload_rows if assignment.mode == "centralized" else 0}
+    return {
+        "group": assignment.group,
+        "mode": assignment.mode,
+        "local-epochs": assignment.local_epochs,
+        "capability-flops": profile.capability,
+        "snr-db": round(profile.snr_db, 2),
+        "memory-bytes": profile.memory_bytes,
+        "energy-budget-j": profile.energy_budget_j,
+        "tx-power-w": allocation.tx_power_w,
+        "cpu-hz": allocation.cpu_hz,
+        "over-budget": over,
+        "upload-rows": upload_rows if assignment.mode == "centralized" else 0,
+    }

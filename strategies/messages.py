@@ -30,21 +30,24 @@ def plan_config(
 ) -> ConfigRecord:
     """The config of one client's train message this round (``extra``: the caller's own keys)."""
     assignment = fleet_state.assignments[info.partition_id]
+    plan = wire.TrainPlan(
+        server_round=server_round,
+        seed=round_seed(settings.seed, server_round, info.partition_id),
+        steps=fleet_state.steps_of(info, settings),
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        head_lr=settings.head_lr,
+        activation_dtype=settings.activation_dtype,
+        emulator_layers=settings.emulator_layers,
+        local_eval_size=settings.local_eval_size,
+        upload_kind=settings.upload_kind,
+        upload_rows=fleet_state.upload_rows.get(info.partition_id, 0),
+    )
     return ConfigRecord(
         {
             **dict(extra),
             **requirement_to_config(settings.requirement),
-            wire.SERVER_ROUND: server_round,
-            wire.SEED: round_seed(settings.seed, server_round, info.partition_id),
-            wire.STEPS: fleet_state.steps_of(info, settings),
-            wire.BATCH_SIZE: settings.batch_size,
-            wire.LR: settings.lr,
-            wire.HEAD_LR: settings.head_lr,
-            wire.ACTIVATION_DTYPE: settings.activation_dtype,
-            wire.EMULATOR_LAYERS: settings.emulator_layers,
-            wire.LOCAL_EVAL_SIZE: settings.local_eval_size,
-            wire.UPLOAD_KIND: settings.upload_kind,
-            wire.UPLOAD_ROWS: fleet_state.upload_rows.get(info.partition_id, 0),
+            **plan.to_config(),
             **fleet.assignment_config(assignment, settings.fleet_policy, info.profile),
         }
     )

@@ -20,5 +20,4 @@ def content_bytes(message: Message) -> int:
     """Bytes of tensor payload in a message (what dominates the link; configs are tiny)."""
     if message.has_error():
         return 0
-    return sum(len(array.data) for record in message.content.array_records.values()
-               for array in record.values())
+    return sum(len(array.data) for record in message.content.array_records.values() for array in record.values())

@@ -47,9 +47,7 @@ class FailureCause(StrEnum):
 
 
 # Causes that say nothing about the client's means, only that this round went wrong.
-TRANSIENT_CAUSES = frozenset(
-    {FailureCause.CLIENT_ERROR, FailureCause.INVALID_REPLY, FailureCause.TIMEOUT}
-)
+TRANSIENT_CAUSES = frozenset({FailureCause.CLIENT_ERROR, FailureCause.INVALID_REPLY, FailureCause.TIMEOUT})
 
 
 def _is_int(value: object) -> bool:
@@ -101,9 +99,7 @@ class TrainingRequirement:
             if not all(_is_int(i) and i >= 0 for i in layers) or len(set(layers)) != len(layers):
                 raise ValueError(f"train_layers must be distinct indices >= 0, got {layers!r}")
             object.__setattr__(self, "train_layers", tuple(layers))
-        if self.max_train_s is not None and not (
-            _is_number(self.max_train_s) and self.max_train_s > 0
-        ):
+        if self.max_train_s is not None and not (_is_number(self.max_train_s) and self.max_train_s > 0):
             raise ValueError(f"max_train_s must be positive seconds, got {self.max_train_s!r}")
         for name in ("target_samples", "min_samples", "max_samples"):
             value = getattr(self, name)

@@ -131,7 +131,9 @@ def round_record(
         "failures": count_causes(rnd.failures.values()),
         "excluded": sorted(fleet_state.excluded),
         "modes": fleet_state.mode_counts(rnd.assignments),
-        "pool-rows": sum(len(a) for upload in fleet_state.pool.values() for k, a in upload.items() if k.startswith("label.")),
+        "pool-rows": sum(
+            len(a) for upload in fleet_state.pool.values() for k, a in upload.items() if k.startswith("label.")
+        ),
         **sim,
         "wall-s": round(time.time() - rnd.started, 3),
     }

@@ -34,8 +34,16 @@ class RunDirectory:
 
     def start_fresh(self) -> None:
         """Forget a previous run in this directory (its metrics would mix with ours)."""
-        for name in ("metrics.jsonl", "summary.json", "checkpoint.json", "checkpoint.npz",
-                     "checkpoint.prev.npz", "groups.json", "ledger.jsonl", "pool.npz"):
+        for name in (
+            "metrics.jsonl",
+            "summary.json",
+            "checkpoint.json",
+            "checkpoint.npz",
+            "checkpoint.prev.npz",
+            "groups.json",
+            "ledger.jsonl",
+            "pool.npz",
+        ):
             (self.path / name).unlink(missing_ok=True)
 
     def log_round(self, record: Mapping[str, Any]) -> None:
@@ -85,8 +93,7 @@ class RunDirectory:
                 pool.setdefault(int(pid), {})[name] = data[key]
         return pool
 
-    def checkpoint(self, server_round: int, arrays: Mapping[str, np.ndarray],
-                   state: Mapping[str, Any]) -> None:
+    def checkpoint(self, server_round: int, arrays: Mapping[str, np.ndarray], state: Mapping[str, Any]) -> None:
         save_checkpoint(self.path, server_round, arrays, state)
 
     def load(self) -> Checkpoint | None:

@@ -49,9 +49,7 @@ def train_split_side(
     """
     outcome = SplitOutcome(sequential={k: state[k] for k in model.server_keys})
     for info, reply in answers(forward, fleet_state, rnd):
-        start = outcome.sequential if settings.server_side == "sequential" else {
-            k: state[k] for k in model.server_keys
-        }
+        start = outcome.sequential if settings.server_side == "sequential" else {k: state[k] for k in model.server_keys}
         try:
             arrays = from_record(reply.content.array_records[wire.ACTIVATIONS])
             chunks, problems = wire.decode_chunks(

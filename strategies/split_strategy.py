@@ -155,7 +155,11 @@ class SplitPrefixStrategy(Strategy):
         self.state = from_record(initial_arrays)
         result.arrays = initial_arrays
         if evaluate_fn is not None:
-            _store(result.evaluate_metrics_serverapp, self.first_round - 1, evaluate_fn(self.first_round - 1, initial_arrays))
+            _store(
+                result.evaluate_metrics_serverapp,
+                self.first_round - 1,
+                evaluate_fn(self.first_round - 1, initial_arrays),
+            )
         self._discover(grid, timeout)
         self.fleet.plan(self.settings, self.shape)
         self._write_groups()
@@ -163,7 +167,9 @@ class SplitPrefixStrategy(Strategy):
         for server_round in range(self.first_round, num_rounds + 1):
             outcome = self.run_round(grid, self.state, server_round, num_rounds, timeout, train_config, evaluate_fn)
             if outcome is None:
-                self.status = f"stopped at round {server_round}: fewer than {self.settings.min_clients} valid contributions"
+                self.status = (
+                    f"stopped at round {server_round}: fewer than {self.settings.min_clients} valid contributions"
+                )
                 log(ERROR, "%s; the checkpoint of round %d is kept", self.status, server_round - 1)
                 break
             self.state, record = outcome
@@ -197,9 +203,7 @@ class SplitPrefixStrategy(Strategy):
             self.server_model, s, self.shape.hidden, state, fleet, by_mode[wire.SPLIT_MODE], rnd
         )
         local = self._collect(by_mode[wire.LOCAL_MODE], wire.LOCAL_MODE, state, rnd)
-        uploaded = server_modes.receive_uploads(
-            by_mode[wire.CENTRALIZED_MODE], fleet, s, self.shape.hidden, rnd
-        )
+        uploaded = server_modes.receive_uploads(by_mode[wire.CENTRALIZED_MODE], fleet, s, self.shape.hidden, rnd)
         pool_part = server_modes.train_pool(self.server_model, s, state, fleet, rnd)
         if rnd.split.gradients:
             client_part = {k: state[k] for k in self.server_model.client_keys}
@@ -303,8 +307,12 @@ class SplitPrefixStrategy(Strategy):
             time.sleep(1.0)
             nodes = list(grid.get_node_ids())
         if len(nodes) < need:
-            raise RuntimeError(f"only {len(nodes)} nodes connected after {wait_s:.0f} s; strategy.min-clients is {need}")
-        queries = [Message(RecordDict({wire.CONFIG: ConfigRecord({})}), node, wire.QUERY, group_id="0") for node in nodes]
+            raise RuntimeError(
+                f"only {len(nodes)} nodes connected after {wait_s:.0f} s; strategy.min-clients is {need}"
+            )
+        queries = [
+            Message(RecordDict({wire.CONFIG: ConfigRecord({})}), node, wire.QUERY, group_id="0") for node in nodes
+        ]
         answered = msgs.exchange(grid, queries, timeout)
         for node, (cause, why) in answered.failures.items():
             log(WARNING, "node %d: no query reply (%s: %s)", node, cause, why)
@@ -322,7 +330,12 @@ class SplitPrefixStrategy(Strategy):
         if self.run_dir is not None:
             self.run_dir.write_groups(self.fleet.groups(self.settings))
         counts = self.fleet.mode_counts()
-        log(INFO, "policy %s: %s", self.settings.fleet_policy.name, ", ".join(f"{n} {m}" for m, n in counts.items() if n))
+        log(
+            INFO,
+            "policy %s: %s",
+            self.settings.fleet_policy.name,
+            ", ".join(f"{n} {m}" for m, n in counts.items() if n),
+        )
 
     def _finish(self, wall_s: float) -> None:
         history = self.run_dir.rounds() if self.run_dir is not None else []  # a resumed run reports earlier rounds too
@@ -346,4 +359,3 @@ def _metric_record(record: Mapping[str, Any], exclude: tuple[str, ...]) -> Metri
             if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith(exclude)
         }
     )
-

@@ -38,9 +38,7 @@ def spec_of(arrays: Mapping[str, np.ndarray]) -> dict[str, ArraySpec]:
     return {name: ArraySpec(a.shape, a.dtype.name) for name, a in arrays.items()}
 
 
-def validate_arrays(
-    arrays: Mapping[str, object], expected: Mapping[str, ArraySpec]
-) -> list[str]:
+def validate_arrays(arrays: Mapping[str, object], expected: Mapping[str, ArraySpec]) -> list[str]:
     """Problems with a reply's arrays: missing or extra names, shape, dtype, NaN/Inf values."""
     problems = [f"missing array {name!r}" for name in sorted(set(expected) - set(arrays))]
     problems += [f"unexpected array {name!r}" for name in sorted(set(arrays) - set(expected))]

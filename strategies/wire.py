@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -59,20 +60,9 @@ UPLOAD_RECORD = "upload"  # centralized mode: a client's samples or activations,
 PREFIX = "prefix."
 HEAD = "head."
 
-# Config keys (server -> client).
-SERVER_ROUND = "server-round"
-SEED = "seed"
-STEPS = "steps"
-BATCH_SIZE = "batch-size"
-LR = "lr"
+# Config keys (server -> client), beside the plan's (:class:`TrainPlan`).
 MODE = "mode"
 GROUP = "group"
-ACTIVATION_DTYPE = "activation-dtype"
-HEAD_LR = "head-lr"
-EMULATOR_LAYERS = "emulator-layers"  # local mode: upper layers the emulator keeps (0: all)
-LOCAL_EVAL_SIZE = "local-eval-size"  # local mode: held-back samples for the threshold check
-UPLOAD_KIND = "upload-kind"  # centralized mode: "activations" or "samples"
-UPLOAD_ROWS = "upload-rows"  # centralized mode: samples to upload (fits the energy budget)
 POLICY = "policy"
 THRESHOLD_FLOPS = "threshold-flops"  # the capability threshold of a threshold policy, FLOP/s
 ALLOC_PREFIX = "alloc-"  # alloc-tx-power-w, alloc-cpu-hz, alloc-energy-budget-j
@@ -95,6 +85,61 @@ LOSS = "loss"
 ACCURACY = "accuracy"
 STEPS_DONE = "steps-done"  # minibatches trained before the time limit
 LOCAL_PREFIX = "local-"  # local-accuracy, local-loss: the client's own evaluation
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """What every train message tells a client about its round (beside its requirement and group).
+
+    Parameters
+    ----------
+    server_round : int
+        The round, from 1.
+    seed : int
+        Seed of this client's batch plan in this round (both sides of the split draw it).
+    steps, batch_size : int
+        Minibatches to train and samples per minibatch.
+    lr, head_lr : float
+        Adam learning rates of the prefix and of a trainable head.
+    activation_dtype : str
+        Dtype of boundary activations and gradients on the wire.
+    emulator_layers, local_eval_size : int
+        Local mode: upper layers the emulator keeps (0: all); samples held back for the threshold check.
+    upload_kind : str
+        Centralized mode: ``"activations"`` or ``"samples"``.
+    upload_rows : int
+        Centralized mode: samples to upload.
+    """
+
+    server_round: int
+    seed: int
+    steps: int
+    batch_size: int
+    lr: float
+    head_lr: float
+    activation_dtype: str
+    emulator_layers: int
+    local_eval_size: int
+    upload_kind: str
+    upload_rows: int
+
+    def to_config(self) -> dict[str, Any]:
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object]) -> TrainPlan:
+        """Read the plan of a train message; a missing or mistyped key raises, naming it."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = f.name.replace("_", "-")
+            if key not in config:
+                raise KeyError(f"train message config has no {key!r}")
+            value = config[key]
+            try:
+                values[f.name] = str(value) if f.type == "str" else float(value) if f.type == "float" else as_int(value)  # type: ignore[arg-type]
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"train message config {key!r}: {err}") from err
+        return cls(**values)
 
 
 def as_int(value: object) -> int:

@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from flower_app.runner import run_inprocess
@@ -21,8 +20,13 @@ def test_run_leaves_a_complete_run_directory(tmp_path):
 
     # Assert
     assert summary["status"] == "completed" and summary["rounds"] == 4
-    assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "metrics.jsonl", "checkpoint.json",
-                                                   "checkpoint.npz", "summary.json"}
+    assert {p.name for p in run_dir.iterdir()} >= {
+        "config.yaml",
+        "metrics.jsonl",
+        "checkpoint.json",
+        "checkpoint.npz",
+        "summary.json",
+    }
     assert [r["round"] for r in rounds] == [1, 2, 3, 4]
     first = rounds[0]
     assert set(first["clients"]) == {"0", "1", "2", "3"}

@@ -17,6 +17,7 @@ TIMEOUT_S = 1.5
 
 def _bad_reply(kind):
     """Replace the tensors or the volume of a good backward reply."""
+
     def corrupt(reply):
         arrays = from_record(reply.content.array_records[wire.ARRAYS])
         volume = reply.content.metric_records[wire.METRICS][wire.NUM_EXAMPLES]
@@ -29,9 +30,11 @@ def _bad_reply(kind):
             del arrays[name]
         elif kind == "inflated":
             volume = 1_000_000_000
-        reply.content = RecordDict({wire.ARRAYS: to_record(arrays),
-                                    wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: volume})})
+        reply.content = RecordDict(
+            {wire.ARRAYS: to_record(arrays), wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: volume})}
+        )
         return reply
+
     return corrupt
 
 
@@ -40,6 +43,7 @@ FAULTS = ["crash", "timeout", "vanish", "nan", "shape", "missing", "inflated"]
 
 def faulty_fleet(log):
     """30% of the nodes misbehave each round, each in one of the ways above."""
+
     def fault(index, message, call):
         server_round = int(message.metadata.group_id)
         if message.metadata.message_type == wire.QUERY or server_round == 0:
@@ -59,6 +63,7 @@ def faulty_fleet(log):
         if kind == "vanish":
             return None
         return _bad_reply(kind)(call()) if backward else call()
+
     return fault
 
 
@@ -74,8 +79,9 @@ def test_thirty_percent_faulty_clients_lose_no_round(tmp_path):
 
     # Execute
     clean = run_inprocess({**config, "run.run-dir": str(tmp_path / "clean")}, num_nodes=NODES)
-    faulty = run_inprocess({**config, "run.run-dir": str(tmp_path / "faulty")}, num_nodes=NODES,
-                           fault=faulty_fleet(injected))
+    faulty = run_inprocess(
+        {**config, "run.run-dir": str(tmp_path / "faulty")}, num_nodes=NODES, fault=faulty_fleet(injected)
+    )
 
     # Assert: every round completed, with exactly the injected clients dropped, for a reason
     rounds = _rounds(tmp_path / "faulty")
@@ -84,8 +90,7 @@ def test_thirty_percent_faulty_clients_lose_no_round(tmp_path):
         expected = {str(i) for r, i, _ in injected if r == record["round"]}
         assert set(record["dropped"]) == expected, record["dropped"]
     reasons = " | ".join(why for r in rounds for why in r["dropped"].values())
-    for needle in ("device rebooted", "no reply within", "NaN", "shape", "missing",
-                   "1000000000"):
+    for needle in ("device rebooted", "no reply within", "NaN", "shape", "missing", "1000000000"):
         assert needle in reasons
     assert np.isfinite([r["eval-loss"] for r in rounds]).all()
     assert abs(faulty["final-accuracy"] - clean["final-accuracy"]) <= 0.02
@@ -107,8 +112,7 @@ def test_resume_after_a_kill_ends_with_the_same_metrics(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_inprocess({**config, "run.run-dir": str(tmp_path / "resumed")}, num_nodes=4, fault=kill)
     assert [r["round"] for r in _rounds(tmp_path / "resumed")] == [1, 2]
-    resumed = run_inprocess({**config, "run.run-dir": str(tmp_path / "resumed"), "run.resume": True},
-                            num_nodes=4)
+    resumed = run_inprocess({**config, "run.run-dir": str(tmp_path / "resumed"), "run.resume": True}, num_nodes=4)
 
     # Assert
     strip = lambda rs: [{k: v for k, v in r.items() if k != "wall-s"} for r in rs]  # noqa: E731

@@ -19,13 +19,23 @@ def test_flwr_run_and_inprocess_runner_agree(tmp_path):
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "FLWR_PORT": "39191"}
 
     # Execute
-    done = subprocess.run([str(ROOT / "scripts" / "flwr_run.sh"), "4", f"config='test' run.run-dir='{ray_dir}'"],
-                          env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "flwr_run.sh"), "4", f"config='test' run.run-dir='{ray_dir}'"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     run_inprocess({"config": "test", "run.run-dir": str(local_dir)}, num_nodes=4)
 
     # Assert
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    read = lambda d: [{k: v for k, v in json.loads(line).items() if k != "wall-s"}  # noqa: E731
-                      for line in (d / "metrics.jsonl").read_text().splitlines()]
+
+    def read(d):
+        return [
+            {k: v for k, v in json.loads(line).items() if k != "wall-s"}
+            for line in (d / "metrics.jsonl").read_text().splitlines()
+        ]
+
     assert len(read(ray_dir)) == 4
     assert read(ray_dir) == read(local_dir)

@@ -16,9 +16,14 @@ from strategies.fleet import Policy
 from strategies.rundir import RunDirectory
 
 NODES = 6
-POLICY_MODES = {"split": {"split"}, "local": {"local"}, "centralized": {"centralized"},
-                "threshold": {"centralized", "split"}, "cost": {"local", "split", "centralized"},
-                "kmeans": {"local", "split", "centralized"}}
+POLICY_MODES = {
+    "split": {"split"},
+    "local": {"local"},
+    "centralized": {"centralized"},
+    "threshold": {"centralized", "split"},
+    "cost": {"local", "split", "centralized"},
+    "kmeans": {"local", "split", "centralized"},
+}
 
 
 def _run(tmp_path, name, fault=None, **overrides):
@@ -67,6 +72,7 @@ def test_threshold_policy_trains_weak_clients_centrally():
     # Execute
     import tempfile
     from pathlib import Path
+
     with tempfile.TemporaryDirectory() as tmp:
         _, run_dir = _run(Path(tmp), "threshold", **{"strategy.policy": "threshold"})
         clients = _groups(run_dir)["clients"]
@@ -100,8 +106,13 @@ def test_every_train_message_tells_group_mode_threshold_and_allocation(tmp_path)
 
 def test_a_local_result_below_the_threshold_stays_out_of_the_average(tmp_path):
     # Prepare: strong clients train locally and must reach a loss no model reaches
-    overrides = {"strategy.policy": "threshold", "strategy.strong-mode": "local", "run.num-rounds": 1,
-                 "requirement.threshold-metric": "loss", "requirement.threshold-value": 1e-6}
+    overrides = {
+        "strategy.policy": "threshold",
+        "strategy.strong-mode": "local",
+        "run.num-rounds": 1,
+        "requirement.threshold-metric": "loss",
+        "requirement.threshold-value": 1e-6,
+    }
 
     # Execute
     summary, run_dir = _run(tmp_path, "below", **overrides)
@@ -116,6 +127,7 @@ def test_a_local_result_below_the_threshold_stays_out_of_the_average(tmp_path):
     initial = np.load(run_dir.path / "checkpoint.npz")  # round 1's checkpoint
     from flower_app.config import load_config
     from flower_app.setup import build
+
     start = build(load_config({"config": "test"})).initial_state
     for key in [k for k in start if k in ("prefix.0", "prefix.1")]:
         assert np.array_equal(initial[key], start[key]), key
@@ -123,8 +135,12 @@ def test_a_local_result_below_the_threshold_stays_out_of_the_average(tmp_path):
 
 def test_a_client_over_the_time_limit_moves_to_a_cheaper_mode(tmp_path):
     # Prepare: no local plan fits in a nanosecond
-    overrides = {"strategy.policy": "threshold", "strategy.strong-mode": "local", "run.num-rounds": 2,
-                 "requirement.max-train-s": 1e-9}
+    overrides = {
+        "strategy.policy": "threshold",
+        "strategy.strong-mode": "local",
+        "run.num-rounds": 2,
+        "requirement.max-train-s": 1e-9,
+    }
 
     # Execute
     summary, run_dir = _run(tmp_path, "slow", **overrides)

@@ -30,8 +30,11 @@ def test_notebook_is_committed_without_outputs(path):
 
     # Assert
     nbformat.validate(notebook)
-    dirty = [i for i, cell in enumerate(notebook.cells) if cell.cell_type == "code"
-             and (cell.outputs or cell.execution_count is not None)]
+    dirty = [
+        i
+        for i, cell in enumerate(notebook.cells)
+        if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None)
+    ]
     assert not dirty, f"{path.name}: code cells {dirty} have outputs or an execution count"
 
 
@@ -45,8 +48,7 @@ def test_notebook_runs_without_errors(path, monkeypatch, tmp_path):
     monkeypatch.setenv("NOTEBOOK_QUICK", "1")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("TMPDIR", str(tmp_path))
-    client = NotebookClient(notebook, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(ROOT)}})
+    client = NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
 
     # Execute: a cell error raises CellExecutionError with the cell and its traceback
     client.execute()

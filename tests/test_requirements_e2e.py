@@ -11,8 +11,14 @@ def _rounds(run_dir):
 
 def test_clients_with_too_few_samples_fail_with_their_figures_and_are_excluded(tmp_path):
     # Prepare: 6 clients; Dirichlet skew leaves some holding fewer samples than required
-    config = {"config": "test", "run.num-rounds": 2, "run.run-dir": str(tmp_path),
-              "data.partitioner": "dirichlet", "data.alpha": 0.3, "requirement.min-samples": 30}
+    config = {
+        "config": "test",
+        "run.num-rounds": 2,
+        "run.run-dir": str(tmp_path),
+        "data.partitioner": "dirichlet",
+        "data.alpha": 0.3,
+        "requirement.min-samples": 30,
+    }
 
     # Execute
     summary = run_inprocess(config, num_nodes=6)
@@ -24,7 +30,7 @@ def test_clients_with_too_few_samples_fail_with_their_figures_and_are_excluded(t
     assert 0 < short < 6
     reasons = [why for why in first["dropped"].values() if why.startswith("insufficient-samples")]
     assert len(reasons) == short and all("at least 30 needed" in why for why in reasons)
-    assert len(first["excluded"]) == short                       # the policy: no samples, no split
+    assert len(first["excluded"]) == short  # the policy: no samples, no split
     assert set(second["clients"]).isdisjoint(first["excluded"])  # not asked again
     assert second["failures"]["insufficient-samples"] == 0
 

@@ -17,15 +17,18 @@ def test_yaml_defaults_and_overrides_merge():
     assert config.train.batch_size == 16
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"train.lrr": 0.1}, "unknown config key 'train.lrr' (did you mean 'train.lr'?)"),  # misspelt key
-    ({"trian.lr": 0.1}, "unknown config key 'trian'"),                                 # misspelt section
-    ({"train.lr": -1.0}, "'train.lr'=-1.0 is below its minimum"),                       # out of range
-    ({"model.head": "mlp"}, "'model.head'='mlp' must be one of"),                       # not a choice
-    ({"run.num-rounds": 2.5}, "'run.num-rounds' must be an integer"),                  # wrong type
-    ({"run.resume": "maybe"}, "'run.resume' must be true or false"),                   # wrong bool
-    ({"config": "nope"}, "config 'nope' not found"),                                   # unknown YAML
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"train.lrr": 0.1}, "unknown config key 'train.lrr' (did you mean 'train.lr'?)"),  # misspelt key
+        ({"trian.lr": 0.1}, "unknown config key 'trian'"),  # misspelt section
+        ({"train.lr": -1.0}, "'train.lr'=-1.0 is below its minimum"),  # out of range
+        ({"model.head": "mlp"}, "'model.head'='mlp' must be one of"),  # not a choice
+        ({"run.num-rounds": 2.5}, "'run.num-rounds' must be an integer"),  # wrong type
+        ({"run.resume": "maybe"}, "'run.resume' must be true or false"),  # wrong bool
+        ({"config": "nope"}, "config 'nope' not found"),  # unknown YAML
+    ],
+)
 def test_bad_config_names_the_problem(overrides, message):
     with pytest.raises(ValueError) as err:
         load_config(overrides)
@@ -38,8 +41,7 @@ def test_pyproject_lists_every_setting_so_flwr_can_override_it():
     table = pyproject["tool"]["flwr"]["app"]["config"]
 
     # Execute
-    declared = {f"{section}.{key}" for section, keys in table.items() if isinstance(keys, dict)
-                for key in keys}
+    declared = {f"{section}.{key}" for section, keys in table.items() if isinstance(keys, dict) for key in keys}
 
     # Assert
     assert declared == {key for key, _, _ in reference()}
@@ -49,5 +51,7 @@ def test_pyproject_lists_every_setting_so_flwr_can_override_it():
 
 def test_resolved_config_round_trips():
     config = load_config({"config": "test"})
-    assert load_config({"config": "test", **{f"{s}.{k}": v for s, kv in to_dict(config).items()
-                                            for k, v in kv.items()}}) == config
+    assert (
+        load_config({"config": "test", **{f"{s}.{k}": v for s, kv in to_dict(config).items() for k, v in kv.items()}})
+        == config
+    )

@@ -14,8 +14,7 @@ FAMILIES = ["bert", "gpt2", "llama"]
 
 def _spec(family: str, prefix_length: int, pooling: str | None = None) -> SplitSpec:
     if family == "bert":
-        return SplitSpec(split_layer=2, prefix_length=prefix_length, head="classifier",
-                         pooling=pooling or "mean")
+        return SplitSpec(split_layer=2, prefix_length=prefix_length, head="classifier", pooling=pooling or "mean")
     return SplitSpec(split_layer=2, prefix_length=prefix_length, head="lm", pooling="last")
 
 
@@ -80,8 +79,7 @@ def test_prefix_equals_hf_forward_with_prefilled_cache(family):
 
     # Execute
     logits = server(client(ids, mask), mask)
-    out = reference(input_ids=ids, attention_mask=full_mask,
-                    past_key_values=_cache_from(prefix, reference.config, 3))
+    out = reference(input_ids=ids, attention_mask=full_mask, past_key_values=_cache_from(prefix, reference.config, 3))
 
     # Assert
     if family == "bert":
@@ -97,13 +95,13 @@ def test_prefix_equals_peft_prefix_tuning(family):
     peft = pytest.importorskip("peft")
     model, _ = build_random(family, seed=0)
     task = peft.TaskType.FEATURE_EXTRACTION if family == "bert" else peft.TaskType.CAUSAL_LM
-    peft_model = peft.get_peft_model(copy.deepcopy(model),
-                                     peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=4))
+    peft_model = peft.get_peft_model(
+        copy.deepcopy(model), peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=4)
+    )
     with torch.no_grad():  # PEFT starts from N(0, 1); move it so the test sees real values
         peft_model.prompt_encoder.default.embedding.weight.mul_(0.5).add_(0.1)
     cache = peft_model.get_prompt(batch_size=1)
-    prefix = {i: torch.stack([layer.keys[0], layer.values[0]]).detach()
-              for i, layer in enumerate(cache.layers)}
+    prefix = {i: torch.stack([layer.keys[0], layer.values[0]]).detach() for i, layer in enumerate(cache.layers)}
     client, server = split(model, _spec(family, 4), prefix)
     ids, mask = _batch()
 
@@ -141,8 +139,7 @@ def test_boundary_gradients_equal_one_unsplit_graph(family):
     _loss(family, server(sent, mask), mask).backward()
     boundary.backward(sent.grad)
     # ... and one graph through the unsplit HF model
-    out = reference(input_ids=ids, attention_mask=full_mask,
-                    past_key_values=_cache_from(leaves, reference.config, 3))
+    out = reference(input_ids=ids, attention_mask=full_mask, past_key_values=_cache_from(leaves, reference.config, 3))
     if family == "bert":
         unsplit = server.head(pool(out.last_hidden_state, mask, "mean", None))
     else:
@@ -176,8 +173,7 @@ def test_frozen_weights_bit_identical_after_a_step(family):
     for name, param in model.named_parameters():
         assert param.grad is None, name
         assert torch.equal(param, frozen[name]), name
-    assert not all(torch.equal(torch.as_tensor(v), torch.as_tensor(get_state(client)[k]))
-                   for k, v in before.items())
+    assert not all(torch.equal(torch.as_tensor(v), torch.as_tensor(get_state(client)[k])) for k, v in before.items())
 
 
 def test_state_round_trip_and_shape_check():

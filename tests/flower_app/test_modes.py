@@ -23,8 +23,7 @@ def _setup(family: str, layers: int = 4, samples: int = 48):
         spec, verbalizer = SplitSpec(split_layer=2, prefix_length=4, head="classifier", pooling="mean"), None
     else:
         spec = SplitSpec(split_layer=2, prefix_length=4, head="lm", pooling="last")
-        verbalizer = tuple(tokenizer(" " + w, add_special_tokens=False)["input_ids"][0]
-                           for w in ("bad", "good"))
+        verbalizer = tuple(tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in ("bad", "good"))
     prefix = initial_prefix(model, family, prefix_length=4, seed=1, vocab_size=512)
     client, server = split(model, spec, prefix)
     encoded = encode(tokenizer, synthetic(samples, seed=0), max_length=16)
@@ -75,14 +74,14 @@ def test_upload_samples_chunks_rows_by_length_and_keeps_labels():
     assert [len(c) for c in chunks] == [8, 8, 1]
     assert sorted(np.concatenate(chunks).tolist()) == indices.tolist()
     assert sorted(uploaded) == sorted(f"{k}.{i}" for k in ("ids", "mask", "label") for i in range(3))
-    assert wire.chunk_rows(wire.decode_chunks(uploaded, 'samples')[0]) == 17
+    assert wire.chunk_rows(wire.decode_chunks(uploaded, "samples")[0]) == 17
     for i, chunk in enumerate(chunks):
         ids, mask, labels = uploaded[f"ids.{i}"], uploaded[wire.mask_key(i)], uploaded[wire.label_key(i)]
         width = max(len(encoded.ids[j]) for j in chunk)
         assert ids.shape == mask.shape == (len(chunk), width)
         assert (ids.dtype, mask.dtype, labels.dtype) == (np.int32, np.int8, np.int64)
         assert labels.tolist() == encoded.labels[chunk].tolist()
-        for row, row_mask, j in zip(ids, mask, chunk):
+        for row, row_mask, j in zip(ids, mask, chunk, strict=False):
             length = len(encoded.ids[j])
             assert row[:length].tolist() == list(encoded.ids[j])
             assert row_mask.sum() == length and (row[length:] == PAD_ID).all()
@@ -126,8 +125,19 @@ def test_first_centralized_step_sees_the_uploaded_rows_as_the_client_would(kind)
     expected = _loss(client, server, spec, verbalizer, encoded)
 
     # Execute: the loss of step 1 is computed before its update
-    _, loss, _ = centralized_mode.train_centralized(client, server, _chunks(uploaded, kind), kind, steps=1, batch_size=20, lr=0.01,
-                                      head_lr=0.01, seed=0, spec=spec, verbalizer_ids=verbalizer)
+    _, loss, _ = centralized_mode.train_centralized(
+        client,
+        server,
+        _chunks(uploaded, kind),
+        kind,
+        steps=1,
+        batch_size=20,
+        lr=0.01,
+        head_lr=0.01,
+        seed=0,
+        spec=spec,
+        verbalizer_ids=verbalizer,
+    )
 
     # Assert
     assert loss == pytest.approx(expected, abs=1e-5)
@@ -140,8 +150,19 @@ def test_train_centralized_on_activations_trains_only_the_server_side():
     client_before, server_before = get_state(client), get_state(server)
 
     # Execute
-    state, loss, _ = centralized_mode.train_centralized(client, server, _chunks(uploaded, "activations"), "activations", steps=3, batch_size=8,
-                                          lr=0.02, head_lr=0.02, seed=0, spec=spec, verbalizer_ids=verbalizer)
+    state, loss, _ = centralized_mode.train_centralized(
+        client,
+        server,
+        _chunks(uploaded, "activations"),
+        "activations",
+        steps=3,
+        batch_size=8,
+        lr=0.02,
+        head_lr=0.02,
+        seed=0,
+        spec=spec,
+        verbalizer_ids=verbalizer,
+    )
 
     # Assert
     assert sorted(state) == sorted(server_before) == ["head.bias", "head.weight", "prefix.2", "prefix.3"]
@@ -159,8 +180,19 @@ def test_train_centralized_on_samples_trains_both_sides_and_is_seeded():
     def run(seed):
         set_state(client, start)
         set_state(server, start)
-        return centralized_mode.train_centralized(client, server, _chunks(uploaded, "samples"), "samples", steps=3, batch_size=8, lr=0.02,
-                                       head_lr=0.02, seed=seed, spec=spec, verbalizer_ids=verbalizer)
+        return centralized_mode.train_centralized(
+            client,
+            server,
+            _chunks(uploaded, "samples"),
+            "samples",
+            steps=3,
+            batch_size=8,
+            lr=0.02,
+            head_lr=0.02,
+            seed=seed,
+            spec=spec,
+            verbalizer_ids=verbalizer,
+        )
 
     # Execute
     (first, loss, _), (again, loss_again, _), (other, _, _) = run(0), run(0), run(1)
@@ -175,8 +207,7 @@ def test_train_centralized_on_samples_trains_both_sides_and_is_seeded():
 def test_train_centralized_rejects_an_unknown_kind_and_a_mislabelled_upload():
     _, client, server, spec, _, encoded = _setup("bert", samples=16)
     uploaded = centralized_mode.upload_samples(encoded, np.arange(16), PAD_ID, chunk_size=8)
-    kwargs = {"steps": 1, "batch_size": 4, "lr": 0.01, "head_lr": 0.01, "seed": 0, "spec": spec,
-              "verbalizer_ids": None}
+    kwargs = {"steps": 1, "batch_size": 4, "lr": 0.01, "head_lr": 0.01, "seed": 0, "spec": spec, "verbalizer_ids": None}
     with pytest.raises(ValueError, match="gradients"):
         centralized_mode.train_centralized(client, server, _chunks(uploaded, "samples"), "gradients", **kwargs)
     _, problems = wire.decode_chunks(uploaded, "activations")
@@ -191,8 +222,18 @@ def test_train_local_stops_when_told_after_at_least_one_step():
 
     # Execute: a limit no step fits in still takes the first step (there is no result otherwise)
     seen = []
-    _, steps = local_mode.train_local(client, emulator, encoded, plan, 0.01, 0.01, PAD_ID, spec, verbalizer,
-                                 stop=lambda done, elapsed: seen.append((done, elapsed)) or elapsed >= 1e-9)
+    _, steps = local_mode.train_local(
+        client,
+        emulator,
+        encoded,
+        plan,
+        0.01,
+        0.01,
+        PAD_ID,
+        spec,
+        verbalizer,
+        stop=lambda done, elapsed: seen.append((done, elapsed)) or elapsed >= 1e-9,
+    )
 
     # Assert
     assert steps == 1

@@ -7,8 +7,14 @@ from flower_app.config import load_config
 from strategies.devices import load_fleet_spec, sample_fleet, to_config
 
 CONFIG = load_config({"config": "test"})
-PHONE = {"cpu-hz-max": "1.8e9", "cycles-per-flop": "0.5", "memory-bytes": "2e9", "energy-budget-j": "40",
-         "bandwidth-hz": "5e6", "channel-gain": "1e-11"}
+PHONE = {
+    "cpu-hz-max": "1.8e9",
+    "cycles-per-flop": "0.5",
+    "memory-bytes": "2e9",
+    "energy-budget-j": "40",
+    "bandwidth-hz": "5e6",
+    "channel-gain": "1e-11",
+}
 
 
 def test_a_deployed_node_states_its_own_profile():

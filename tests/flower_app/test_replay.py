@@ -3,12 +3,12 @@
 import numpy as np
 import torch
 
-from flower_app.server_model import SplitServer
-from flower_app.setup import build, client_data
-from flower_app.split_mode import forward_chunks, replay_plan, replay_step
 from flower_app.config import load_config, split_settings
 from flower_app.data import batch_plan, collate
 from flower_app.model import get_state, set_state
+from flower_app.server_model import SplitServer
+from flower_app.setup import build, client_data
+from flower_app.split_mode import forward_chunks, replay_plan, replay_step
 
 
 def _loss_after(setup, server, encoded, plan, client_state, server_state):
@@ -26,8 +26,7 @@ def _loss_after(setup, server, encoded, plan, client_state, server_state):
 def _per_step(setup, server, encoded, plan, state):
     """Reference: every minibatch crosses the split twice before the next one starts."""
     set_state(setup.client, state)
-    optimizer = torch.optim.Adam([p for p in setup.client.parameters() if p.requires_grad],
-                                 lr=setup.config.train.lr)
+    optimizer = torch.optim.Adam([p for p in setup.client.parameters() if p.requires_grad], lr=setup.config.train.lr)
     server_state = {k: state[k] for k in server.server_keys}
     for indices in plan:
         batches = forward_chunks(setup.client, encoded, [indices], setup.pad_id, "float32")
@@ -52,15 +51,20 @@ def _compare(steps):
     encoded = client_data(config, 0, 4)
     plan = batch_plan(len(encoded), steps, 16, seed=3)
     start = server.initial_state()
-    (reference, ref_server), (planned, plan_server) = (_per_step(setup, server, encoded, plan, start),
-                                                       _planned(setup, server, encoded, plan, start))
+    (reference, ref_server), (planned, plan_server) = (
+        _per_step(setup, server, encoded, plan, start),
+        _planned(setup, server, encoded, plan, start),
+    )
     keys = server.client_keys
     delta_ref = np.concatenate([(reference[k] - start[k]).ravel() for k in keys])
     delta_plan = np.concatenate([(planned[k] - start[k]).ravel() for k in keys])
     gap = np.linalg.norm(delta_plan - delta_ref) / np.linalg.norm(delta_ref)
-    return (gap, _loss_after(setup, server, encoded, plan, reference, ref_server),
-            _loss_after(setup, server, encoded, plan, planned, plan_server),
-            _loss_after(setup, server, encoded, plan, start, start))
+    return (
+        gap,
+        _loss_after(setup, server, encoded, plan, reference, ref_server),
+        _loss_after(setup, server, encoded, plan, planned, plan_server),
+        _loss_after(setup, server, encoded, plan, start, start),
+    )
 
 
 def test_one_step_plan_equals_per_step_split():
@@ -74,8 +78,10 @@ def test_staleness_of_a_plan_grows_with_its_length_but_training_outcome_matches(
     long_gap, loss_ref, loss_plan, loss_start = _compare(steps=10)
 
     # Assert: replayed steps drift from exact per-step gradients as the plan grows ...
-    print(f"update gap: 3 steps {short_gap:.3f}, 10 steps {long_gap:.3f}; loss start {loss_start:.4f} "
-          f"per-step {loss_ref:.4f} plan {loss_plan:.4f}")
+    print(
+        f"update gap: 3 steps {short_gap:.3f}, 10 steps {long_gap:.3f}; loss start {loss_start:.4f} "
+        f"per-step {loss_ref:.4f} plan {loss_plan:.4f}"
+    )
     assert 0 < short_gap < long_gap
     # ... yet both reach about the same loss: the plan loses little of the per-step progress.
     assert loss_ref < loss_start and loss_plan < loss_start

@@ -19,18 +19,41 @@ from strategies.fleet import (
 from strategies.grouping import ModeAssignment
 from strategies.workload import ModelShape, local_workload, split_workload, upload_workload
 
-SHAPE = ModelShape(layer_params=100, client_layers=2, server_layers=4, hidden=8, embedding_params=50,
-                   client_state_bytes=64, layer_prefix_bytes=32, head_bytes=16, mean_tokens=10.0)
+SHAPE = ModelShape(
+    layer_params=100,
+    client_layers=2,
+    server_layers=4,
+    hidden=8,
+    embedding_params=50,
+    client_state_bytes=64,
+    layer_prefix_bytes=32,
+    head_bytes=16,
+    mean_tokens=10.0,
+)
 STEPS, ACTIVATION_BYTES = 2, 4
-CONFIG_KEYS = {"group", "mode", "policy", "alloc-tx-power-w", "alloc-cpu-hz", "alloc-energy-budget-j",
-               "alloc-over-budget"}
+CONFIG_KEYS = {
+    "group",
+    "mode",
+    "policy",
+    "alloc-tx-power-w",
+    "alloc-cpu-hz",
+    "alloc-energy-budget-j",
+    "alloc-over-budget",
+}
 
 
 def _profile(energy_budget_j=1e3, cycles_per_flop=1.0):
     # a = h / noise_w = 10 per watt, B = 1 MHz; capability 1e9 / cycles_per_flop FLOP/s.
-    return DeviceProfile(cpu_hz_max=1e9, cycles_per_flop=cycles_per_flop, memory_bytes=1e9,
-                         energy_budget_j=energy_budget_j, bandwidth_hz=1e6, channel_gain=1e-10,
-                         noise_w=1e-11, max_tx_power_w=1.0)
+    return DeviceProfile(
+        cpu_hz_max=1e9,
+        cycles_per_flop=cycles_per_flop,
+        memory_bytes=1e9,
+        energy_budget_j=energy_budget_j,
+        bandwidth_hz=1e6,
+        channel_gain=1e-10,
+        noise_w=1e-11,
+        max_tx_power_w=1.0,
+    )
 
 
 def _bimodal(n=10, seed=3):
@@ -39,8 +62,9 @@ def _bimodal(n=10, seed=3):
 
 def _workloads(policy, profiles, available=None, emulator_layers=1, upload_kind="activations"):
     available = available or {cid: 100 for cid in profiles}
-    workloads, _ = fleet_workloads(policy, SHAPE, profiles, available, STEPS, emulator_layers,
-                                   ACTIVATION_BYTES, upload_kind)
+    workloads, _ = fleet_workloads(
+        policy, SHAPE, profiles, available, STEPS, emulator_layers, ACTIVATION_BYTES, upload_kind
+    )
     return workloads
 
 
@@ -103,8 +127,7 @@ def test_fleet_workloads_covers_every_client_and_mode():
     policy = Policy("cost", local_epochs=2, batch_size=4)
 
     # Execute
-    workloads, rows = fleet_workloads(policy, SHAPE, profiles, available, STEPS, 1, ACTIVATION_BYTES,
-                                      "activations")
+    workloads, rows = fleet_workloads(policy, SHAPE, profiles, available, STEPS, 1, ACTIVATION_BYTES, "activations")
 
     # Assert
     assert set(workloads) == set(rows) == set(profiles)
@@ -143,8 +166,9 @@ def test_fleet_workloads_rows_capped_by_budget():
     profiles = {0: _profile(energy_budget_j=2e-3)}
 
     # Execute
-    workloads, rows = fleet_workloads(policy, SHAPE, profiles, {0: 1000}, STEPS, 1, ACTIVATION_BYTES,
-                                      "activations", upload_cap=1000)
+    workloads, rows = fleet_workloads(
+        policy, SHAPE, profiles, {0: 1000}, STEPS, 1, ACTIVATION_BYTES, "activations", upload_cap=1000
+    )
 
     # Assert: the largest row count that fits
     assert 1 <= rows[0] < 1000
@@ -174,15 +198,17 @@ def test_assign_single_mode_puts_everyone_in_group_zero(mode):
 def test_assign_threshold_splits_on_capability():
     # Prepare: capabilities 1e8, 5e8 (exactly the threshold) and 2e9 FLOP/s
     policy = Policy("threshold", threshold_flops=5e8, weak_mode="centralized", strong_mode="local")
-    profiles = {7: _profile(cycles_per_flop=10.0), 2: _profile(cycles_per_flop=2.0),
-                5: _profile(cycles_per_flop=0.5)}
+    profiles = {7: _profile(cycles_per_flop=10.0), 2: _profile(cycles_per_flop=2.0), 5: _profile(cycles_per_flop=0.5)}
 
     # Execute
     assignments = assign(policy, profiles, _workloads(policy, profiles))
 
     # Assert: below the threshold goes weak (group 0), at or above it strong (group 1)
     assert {cid: (a.group, a.mode) for cid, a in assignments.items()} == {
-        7: (0, "centralized"), 2: (1, "local"), 5: (1, "local")}
+        7: (0, "centralized"),
+        2: (1, "local"),
+        5: (1, "local"),
+    }
     assert {a.threshold for a in assignments.values()} == {5e8}
     assert all(a.allocation is not None for a in assignments.values())
 
@@ -258,8 +284,15 @@ def test_assignment_config_carries_group_mode_and_allocation():
     config = assignment_config(assignment, policy, profile)
 
     # Assert
-    assert config == {"group": 1, "mode": "split", "policy": "split", "alloc-tx-power-w": 0.5,
-                      "alloc-cpu-hz": 7e8, "alloc-energy-budget-j": 1e3, "alloc-over-budget": False}
+    assert config == {
+        "group": 1,
+        "mode": "split",
+        "policy": "split",
+        "alloc-tx-power-w": 0.5,
+        "alloc-cpu-hz": 7e8,
+        "alloc-energy-budget-j": 1e3,
+        "alloc-over-budget": False,
+    }
 
 
 def test_assignment_config_over_budget_runs_at_full_speed():
@@ -352,8 +385,9 @@ def test_upload_cap_bounds_the_rows_and_a_tight_budget_lowers_them():
     rich, tight = _profile(), _profile(energy_budget_j=2e-3)  # 2e-3 J: about 10 rows
 
     # Execute
-    _, rows = fleet_workloads(policy, SHAPE, {0: rich, 1: tight}, {0: 500, 1: 500}, STEPS, 1, ACTIVATION_BYTES,
-                              "activations", upload_cap=50)
+    _, rows = fleet_workloads(
+        policy, SHAPE, {0: rich, 1: tight}, {0: 500, 1: 500}, STEPS, 1, ACTIVATION_BYTES, "activations", upload_cap=50
+    )
 
     # Assert: the rich client stops at the cap although it could pay for all 500; the tight one below it
     assert rows[0] == 50

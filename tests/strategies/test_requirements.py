@@ -210,9 +210,7 @@ def test_plan_volume(kwargs: dict, available: int, expected: int) -> None:
         ("loss", None, 99.0, False),  # no threshold
     ],
 )
-def test_check_after_training(
-    metric: str, threshold: float | None, value: float, fails: bool
-) -> None:
+def test_check_after_training(metric: str, threshold: float | None, value: float, fails: bool) -> None:
     # Prepare
     req = TrainingRequirement(threshold_metric=metric, threshold_value=threshold)
 
@@ -239,9 +237,7 @@ def test_check_after_training(
         ("timeout", "local", ALL_MODES, "local"),  # first strike: retry
     ],
 )
-def test_react_to_failures_policy_table(
-    cause: str, mode: str, available: tuple[str, ...], expected: str
-) -> None:
+def test_react_to_failures_policy_table(cause: str, mode: str, available: tuple[str, ...], expected: str) -> None:
     # Prepare
     failures = {7: Failure(FailureCause(cause))}
 
@@ -276,9 +272,7 @@ def test_react_to_failures_success_resets_strikes() -> None:
     modes = {2: "local", 3: "split"}
 
     # Execute
-    reactions, new_strikes = react_to_failures(
-        failures, modes, ALL_MODES, strikes, succeeded=[1], max_strikes=3
-    )
+    reactions, new_strikes = react_to_failures(failures, modes, ALL_MODES, strikes, succeeded=[1], max_strikes=3)
 
     # Assert
     assert new_strikes == {}  # 1 succeeded, 2 reported compute, 3 hit its third strike

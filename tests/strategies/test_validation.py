@@ -347,11 +347,9 @@ def test_upload_with_more_rows_than_asked_is_rejected() -> None:
         (True, "integer"),
     ],
 )
-def test_upload_with_num_examples_disagreeing_with_rows_is_rejected(num_examples: object,
-                                                                   fragment: str) -> None:
+def test_upload_with_num_examples_disagreeing_with_rows_is_rejected(num_examples: object, fragment: str) -> None:
     # Execute
-    problems = validate_upload(_samples_upload(), "samples", HIDDEN, max_rows=100,
-                               num_examples=num_examples)
+    problems = validate_upload(_samples_upload(), "samples", HIDDEN, max_rows=100, num_examples=num_examples)
 
     # Assert
     assert len(problems) == 1
@@ -399,12 +397,18 @@ def test_upload_collects_problems_of_every_chunk() -> None:
     ]
 
 
-@pytest.mark.parametrize("arrays", [
-    {"label": np.zeros(3, np.int64)},                                         # no chunk index
-    {"label.²": np.zeros(3, np.int64)},                                       # not an ASCII digit
-    {"ids.0": np.zeros((3, 5), np.float32), "mask.0": np.ones((3, 5), np.int8),
-     "label.0": np.zeros(3, np.int64)},                                       # token ids as floats
-])
+@pytest.mark.parametrize(
+    "arrays",
+    [
+        {"label": np.zeros(3, np.int64)},  # no chunk index
+        {"label.²": np.zeros(3, np.int64)},  # not an ASCII digit
+        {
+            "ids.0": np.zeros((3, 5), np.float32),
+            "mask.0": np.ones((3, 5), np.int8),
+            "label.0": np.zeros(3, np.int64),
+        },  # token ids as floats
+    ],
+)
 def test_upload_with_odd_names_or_dtypes_is_rejected_not_raised(arrays):
     # Execute
     problems = validate_upload(arrays, "samples", 8, 10, 3)

@@ -8,8 +8,9 @@ from strategies import wire
 
 def _chunks(steps=2, batch=3, length=5, hidden=4):
     return [
-        wire.Chunk(np.zeros((batch, length, hidden), np.float32), np.ones((batch, length), np.int8),
-                   np.zeros(batch, np.int64))
+        wire.Chunk(
+            np.zeros((batch, length, hidden), np.float32), np.ones((batch, length), np.int8), np.zeros(batch, np.int64)
+        )
         for _ in range(steps)
     ]
 
