@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run run-inprocess test test-fast bench clean
+.PHONY: setup run run-inprocess lint test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -23,7 +23,13 @@ run: setup
 run-inprocess: setup
 	$(PY) -m flower_app.runner --nodes 10 $(RUN_CONFIG)
 
-test: setup
+# ruff (lint + format) on the code, mypy (strict on strategies/, see pyproject.toml), then pytest.
+lint: setup
+	$(PY) -m ruff check flower_app strategies tests bench
+	$(PY) -m ruff format --check flower_app strategies tests bench
+	$(PY) -m mypy
+
+test: lint
 	$(PY) -m pytest -q
 
 test-fast: setup

@@ -21,7 +21,7 @@ from flower_app.model import ClientPart, get_state, set_state
 from flower_app.setup import Setup, test_data
 from flower_app.training import adam, class_logits, from_wire, to_wire, torch_threads
 from strategies import wire
-from strategies.records import from_record
+from strategies.records import from_record, to_record
 from strategies.settings import SplitSettings
 from strategies.workload import ModelShape
 
@@ -46,6 +46,10 @@ class SplitServer:
     def initial_state(self) -> dict[str, np.ndarray]:
         """Every trainable tensor at the start of a run (lower prefix, upper prefix, head)."""
         return {k: v.copy() for k, v in self.setup.initial_state.items()}
+
+    def initial_arrays(self) -> ArrayRecord:
+        """:meth:`initial_state` as the ``initial_arrays`` of ``SplitPrefixStrategy.start``."""
+        return to_record(self.initial_state())
 
     def train_split(
         self, state: Mapping[str, np.ndarray], batches: Sequence[wire.Chunk]

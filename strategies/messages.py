@@ -9,16 +9,19 @@ client's group, mode and allocation.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from strategies import fleet, wire
-from strategies.fleet_state import ClientInfo, FleetState, round_seed
+from strategies.fleet_state import ClientInfo, FleetState, client_info, round_seed
 from strategies.records import content_bytes, to_record
 from strategies.requirements import FailureCause, failure_from_config, is_failure_config, requirement_to_config
 from strategies.round_state import RoundState
@@ -167,3 +170,34 @@ def answers(
 def reason(err: Exception) -> str:
     """An exception as one line for the log and the record."""
     return f"{type(err).__name__}: {err}"
+
+
+def discover(grid: Grid, settings: SplitSettings, timeout: float) -> dict[int, ClientInfo]:
+    """Ask every connected node who it is (partition id, data volume, device profile), by node id.
+
+    Waits up to ``wait_for_nodes_s`` for ``min_clients`` nodes; a node whose reply is
+    missing, malformed or reports no data is left out, with the reason in the log.
+    """
+    wait_s, need = settings.wait_for_nodes_s, settings.min_clients
+    deadline = time.time() + wait_s
+    nodes = list(grid.get_node_ids())
+    while len(nodes) < need and time.time() < deadline:
+        time.sleep(1.0)
+        nodes = list(grid.get_node_ids())
+    if len(nodes) < need:
+        raise RuntimeError(f"only {len(nodes)} nodes connected after {wait_s:.0f} s; strategy.min-clients is {need}")
+    queries = [Message(RecordDict({wire.CONFIG: ConfigRecord({})}), node, wire.QUERY, group_id="0") for node in nodes]
+    answered = exchange(grid, queries, timeout)
+    for node, (cause, why) in answered.failures.items():
+        log(WARNING, "node %d: no query reply (%s: %s)", node, cause, why)
+    clients = {}
+    for reply in answered.replies.values():
+        try:
+            info = client_info(reply)
+        except Exception as err:  # a malformed query reply: leave the node out, say why
+            log(WARNING, "node %d: unusable query reply (%s)", reply.metadata.src_node_id, reason(err))
+            continue
+        if info.num_available > 0:
+            clients[info.node_id] = info
+    log(INFO, "%d of %d nodes answered the query", len(clients), len(nodes))
+    return clients

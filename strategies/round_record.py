@@ -180,7 +180,7 @@ def run_summary(status: str, history: Sequence[Mapping[str, Any]], wall_s: float
         "rounds": len(history),
         "wall-s": round(wall_s, 3),
         "final-accuracy": evaluated[-1]["accuracy"] if evaluated else None,
-        "final-eval-loss": evaluated[-1]["eval-loss"] if evaluated else None,
+        "final-eval-loss": evaluated[-1].get("eval-loss") if evaluated else None,
         "bytes-up": sum(r["bytes-up"] for r in history),
         "bytes-down": sum(r["bytes-down"] for r in history),
         "sim-clock-s": history[-1].get("sim-clock-s") if history else None,

@@ -13,13 +13,16 @@ one client's bad reply never ends the round.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from logging import WARNING
 
 import numpy as np
 from flwr.app import Message
+from flwr.common.logger import log
 
 from strategies import wire
-from strategies.aggregation import Contribution
+from strategies.aggregation import Contribution, aggregate
 from strategies.fleet_state import FleetState, round_seed
 from strategies.interfaces import ServerModel
 from strategies.messages import answers, reason
@@ -27,9 +30,28 @@ from strategies.records import from_record
 from strategies.requirements import FailureCause
 from strategies.round_state import RoundState, SplitOutcome
 from strategies.settings import SplitSettings
-from strategies.validation import ArraySpec, judge, validate_upload
+from strategies.validation import ArraySpec, judge, spec_of, validate_upload
+from strategies.workload import ModelShape
 
 POOL_ID = 2**31 - 1  # seeds the server's pool training apart from every partition
+
+
+@dataclass(frozen=True)
+class TensorKeys:
+    """Which tensors travel: down in each mode's first message, and back in a local reply."""
+
+    by_mode: dict[str, tuple[str, ...]]
+    local_reply: tuple[str, ...]
+
+    @classmethod
+    def of(cls, model: ServerModel, emulator_layers: int, shape: ModelShape) -> TensorKeys:
+        emulator = tuple(model.emulator_keys(emulator_layers))
+        client = tuple(model.client_keys)
+        # A local client sends back its lower prefix and the head, and the upper prefix
+        # too when the emulator dropped nothing (then it is the real model).
+        full = emulator_layers in (0, shape.server_layers)
+        by_mode = {wire.SPLIT_MODE: client, wire.LOCAL_MODE: client + emulator, wire.CENTRALIZED_MODE: client}
+        return cls(by_mode, tuple(k for k in emulator if wire.is_head(k) or full))
 
 
 def train_split_side(
@@ -171,3 +193,31 @@ def _chunks(upload: Mapping[str, np.ndarray], kind: str) -> Sequence[wire.Chunk]
     if problems:  # checked on arrival (or saved after that check): a broken pool file
         raise ValueError("; ".join(problems))
     return chunks
+
+
+def aggregate_replies(
+    replies: Iterable[Message], fleet_state: FleetState, state: Mapping[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray] | None, int]:
+    """Volume-weighted average of the prefixes in replies from known clients, and the total volume.
+
+    Each reply is validated against the global tensors ``state`` (names, shapes,
+    dtypes, finite values, ``num-examples`` within what the client holds); invalid
+    ones are left out with a warning. None when no reply is valid.
+    """
+    contributions = []
+    for reply in replies:
+        info = fleet_state.clients.get(reply.metadata.src_node_id)
+        if info is None or reply.has_error() or wire.ARRAYS not in reply.content.array_records:
+            continue
+        arrays = from_record(reply.content.array_records[wire.ARRAYS])
+        metrics = reply.content.metric_records.get(wire.METRICS)
+        volume = metrics.get(wire.NUM_EXAMPLES) if metrics is not None else None
+        verdict = judge(arrays, spec_of({k: state[k] for k in arrays if k in state}), volume, info.num_available)
+        if not verdict.ok:
+            log(WARNING, "client %d: reply left out: %s", info.partition_id, "; ".join(verdict.reasons))
+            continue
+        contributions.append((info.partition_id, Contribution(arrays, wire.as_int(volume))))
+    if not contributions:
+        return None, 0
+    ordered = [c for _, c in sorted(contributions, key=lambda item: item[0])]  # partition order: stable sums
+    return aggregate(ordered, state), sum(c.num_examples for c in ordered)

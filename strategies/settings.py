@@ -9,7 +9,7 @@ its own field defaults from them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from strategies import wire
 from strategies.fleet import Policy
@@ -60,8 +60,8 @@ class SplitSettings:
     requirement : TrainingRequirement (default: no bounds)
         Sent in every train message; clients that cannot meet it reply with a failure cause.
     policy : Policy | None (default: None)
-        How clients get their group and mode; None: everyone in split mode. Its
-        ``batch_size`` and ``seed`` must be this object's.
+        How clients get their group and mode; None: everyone in split mode. It is
+        given this object's ``batch_size`` and ``seed``.
     """
 
     seed: int = 42
@@ -95,13 +95,9 @@ class SplitSettings:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be at least 1")
         if not 0.0 < self.fraction_train <= 1.0:
             raise ValueError(f"fraction_train={self.fraction_train!r} must be in (0, 1]")
-        if self.policy is None:
-            object.__setattr__(self, "policy", Policy(batch_size=self.batch_size, seed=self.seed))
-        elif (self.policy.batch_size, self.policy.seed) != (self.batch_size, self.seed):
-            raise ValueError(
-                f"policy batch_size/seed {self.policy.batch_size}/{self.policy.seed} differ from the settings' "
-                f"{self.batch_size}/{self.seed}"
-            )
+        # The policy sizes workloads and seeds k-means: it takes this object's batch size and seed.
+        policy = self.policy or Policy()
+        object.__setattr__(self, "policy", replace(policy, batch_size=self.batch_size, seed=self.seed))
 
     @property
     def fleet_policy(self) -> Policy:

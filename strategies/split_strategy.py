@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from logging import ERROR, INFO, WARNING
+from logging import ERROR, INFO
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
@@ -49,13 +49,13 @@ from strategies import server_modes, wire
 from strategies.aggregation import Contribution, aggregate
 from strategies.checkpoint import Checkpoint
 from strategies.costmodel import EnergyLedger
-from strategies.fleet_state import FleetState, client_info, sample
+from strategies.fleet_state import FleetState, sample
 from strategies.interfaces import ServerModel
 from strategies.records import from_record, to_record
 from strategies.round_state import RoundState
 from strategies.rundir import RunDirectory
 from strategies.settings import SplitSettings
-from strategies.validation import judge, spec_of
+from strategies.validation import spec_of
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 
@@ -94,19 +94,8 @@ class SplitPrefixStrategy(Strategy):
         self.first_round = 1
         self.status = "not started"
         self.summary_record: dict[str, Any] = {}
-        self.shape = shape = server_model.shape()
-        emulator_layers = self.settings.emulator_layers
-        emulator_keys = server_model.emulator_keys(emulator_layers)
-        # A local client sends back its lower prefix and the head, and the upper prefix
-        # too when the emulator dropped nothing (then it is the real model).
-        full = emulator_layers in (0, shape.server_layers)
-        self.local_reply_keys = tuple(k for k in emulator_keys if wire.is_head(k) or full)
-        client_keys = tuple(server_model.client_keys)
-        self.keys_by_mode = {
-            wire.SPLIT_MODE: client_keys,
-            wire.LOCAL_MODE: client_keys + tuple(emulator_keys),
-            wire.CENTRALIZED_MODE: client_keys,
-        }
+        self.shape = shape = server_model.shape()  # constant over the run
+        self.keys = server_modes.TensorKeys.of(server_model, self.settings.emulator_layers, shape)
 
     def resume(self, checkpoint: Checkpoint) -> None:
         """Continue after the checkpoint's round: fleet state, simulated clock, pool."""
@@ -116,19 +105,12 @@ class SplitPrefixStrategy(Strategy):
         self.first_round = checkpoint.round + 1
 
     def summary(self) -> None:
-        s = self.settings
-        policy = s.fleet_policy
+        s, policy = self.settings, self.settings.fleet_policy
         log(
             INFO,
-            "SplitPrefixStrategy: policy %s (modes %s), %d steps x batch %d per client per round, lr %g, "
-            "%s on the wire, min %d clients",
-            policy.name,
-            ",".join(policy.modes),
-            s.steps,
-            s.batch_size,
-            s.lr,
-            s.activation_dtype,
-            s.min_clients,
+            f"SplitPrefixStrategy: policy {policy.name} (modes {','.join(policy.modes)}), {s.steps} steps x "
+            f"batch {s.batch_size} per client per round, lr {s.lr:g}, {s.activation_dtype} on the wire, "
+            f"min {s.min_clients} clients",
         )
 
     # --- the round loop ---------------------------------------------------------------------
@@ -160,10 +142,11 @@ class SplitPrefixStrategy(Strategy):
                 self.first_round - 1,
                 evaluate_fn(self.first_round - 1, initial_arrays),
             )
-        self._discover(grid, timeout)
+        self.fleet.clients = msgs.discover(grid, self.settings, timeout)
         self.fleet.plan(self.settings, self.shape)
         self._write_groups()
         self.status = "completed"
+        history: list[dict[str, Any]] = []
         for server_round in range(self.first_round, num_rounds + 1):
             outcome = self.run_round(grid, self.state, server_round, num_rounds, timeout, train_config, evaluate_fn)
             if outcome is None:
@@ -173,11 +156,12 @@ class SplitPrefixStrategy(Strategy):
                 log(ERROR, "%s; the checkpoint of round %d is kept", self.status, server_round - 1)
                 break
             self.state, record = outcome
+            history.append(record)
             result.arrays = to_record(self.state)
             _store(result.train_metrics_clientapp, server_round, _metric_record(record, exclude=("accuracy", "eval-")))
             evaluation = {k: v for k, v in record.items() if k == wire.ACCURACY or k.startswith("eval-")}
             _store(result.evaluate_metrics_serverapp, server_round, MetricRecord(evaluation) if evaluation else None)
-        self._finish(time.time() - started)
+        self._finish(history, time.time() - started)
         return result
 
     def run_round(
@@ -195,7 +179,7 @@ class SplitPrefixStrategy(Strategy):
         s, fleet = self.settings, self.fleet
         rnd = RoundState(server_round, num_rounds, sample(fleet.active(), server_round, s), dict(fleet.assignments))
         first = msgs.first_messages(
-            s, fleet, rnd.sampled, server_round, to_record(state), train_config or ConfigRecord(), self.keys_by_mode
+            s, fleet, rnd.sampled, server_round, to_record(state), train_config or ConfigRecord(), self.keys.by_mode
         )
         rnd.first = msgs.exchange_in_round(grid, first, timeout, rnd)
         by_mode = {m: {n: r for n, r in rnd.first.items() if fleet.mode_of(n) == m} for m in wire.MODES}
@@ -229,7 +213,7 @@ class SplitPrefixStrategy(Strategy):
     ) -> dict[int, Contribution]:
         keys = list(self.server_model.client_keys)
         if mode == wire.LOCAL_MODE:
-            keys += list(self.local_reply_keys)
+            keys += list(self.keys.local_reply)
         expected = spec_of({k: state[k] for k in keys})
         return server_modes.collect_prefixes(replies, mode, expected, self.fleet, self.settings, rnd)
 
@@ -257,7 +241,7 @@ class SplitPrefixStrategy(Strategy):
     ) -> Iterable[Message]:
         """The first message of each sampled client's round, by its mode (see the module docstring)."""
         sampled = sample(self.fleet.active(), server_round, self.settings)
-        return msgs.first_messages(self.settings, self.fleet, sampled, server_round, arrays, config, self.keys_by_mode)
+        return msgs.first_messages(self.settings, self.fleet, sampled, server_round, arrays, config, self.keys.by_mode)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -268,24 +252,10 @@ class SplitPrefixStrategy(Strategy):
         ``num-examples`` within what the client holds); invalid ones are left out with a
         warning. Returns None for the arrays when no reply is valid.
         """
-        contributions = []
-        for reply in replies:
-            info = self.fleet.clients.get(reply.metadata.src_node_id)
-            if info is None or reply.has_error() or wire.ARRAYS not in reply.content.array_records:
-                continue
-            arrays = from_record(reply.content.array_records[wire.ARRAYS])
-            volume = reply.content.metric_records.get(wire.METRICS, MetricRecord()).get(wire.NUM_EXAMPLES)
-            global_arrays = {k: self.state[k] for k in arrays if k in self.state}
-            verdict = judge(arrays, spec_of(global_arrays), volume, info.num_available)
-            if not verdict.ok:
-                log(WARNING, "client %d: reply left out: %s", info.partition_id, "; ".join(verdict.reasons))
-                continue
-            contributions.append((info.partition_id, Contribution(arrays, wire.as_int(volume))))
-        if not contributions:
+        arrays, volume = server_modes.aggregate_replies(replies, self.fleet, self.state)
+        if arrays is None:
             return None, None
-        ordered = [c for _, c in sorted(contributions, key=lambda item: item[0])]
-        total = sum(c.num_examples for c in ordered)
-        return to_record(aggregate(ordered, self.state)), MetricRecord({wire.NUM_EXAMPLES: total})
+        return to_record(arrays), MetricRecord({wire.NUM_EXAMPLES: volume})
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -298,34 +268,6 @@ class SplitPrefixStrategy(Strategy):
 
     # --- the fleet ----------------------------------------------------------------------------
 
-    def _discover(self, grid: Grid, timeout: float) -> None:
-        """Ask every connected node who it is (partition id, data volume, device profile)."""
-        wait_s, need = self.settings.wait_for_nodes_s, self.settings.min_clients
-        deadline = time.time() + wait_s
-        nodes = list(grid.get_node_ids())
-        while len(nodes) < need and time.time() < deadline:
-            time.sleep(1.0)
-            nodes = list(grid.get_node_ids())
-        if len(nodes) < need:
-            raise RuntimeError(
-                f"only {len(nodes)} nodes connected after {wait_s:.0f} s; strategy.min-clients is {need}"
-            )
-        queries = [
-            Message(RecordDict({wire.CONFIG: ConfigRecord({})}), node, wire.QUERY, group_id="0") for node in nodes
-        ]
-        answered = msgs.exchange(grid, queries, timeout)
-        for node, (cause, why) in answered.failures.items():
-            log(WARNING, "node %d: no query reply (%s: %s)", node, cause, why)
-        for reply in answered.replies.values():
-            try:
-                info = client_info(reply)
-            except Exception as err:  # a malformed query reply: leave the node out, say why
-                log(WARNING, "node %d: unusable query reply (%s)", reply.metadata.src_node_id, msgs.reason(err))
-                continue
-            if info.num_available > 0:
-                self.fleet.clients[info.node_id] = info
-        log(INFO, "%d of %d nodes answered the query", len(self.fleet.clients), len(nodes))
-
     def _write_groups(self) -> None:
         if self.run_dir is not None:
             self.run_dir.write_groups(self.fleet.groups(self.settings))
@@ -337,8 +279,9 @@ class SplitPrefixStrategy(Strategy):
             ", ".join(f"{n} {m}" for m, n in counts.items() if n),
         )
 
-    def _finish(self, wall_s: float) -> None:
-        history = self.run_dir.rounds() if self.run_dir is not None else []  # a resumed run reports earlier rounds too
+    def _finish(self, history: list[dict[str, Any]], wall_s: float) -> None:
+        if self.run_dir is not None:  # a resumed run reports the rounds before the restart too
+            history = self.run_dir.rounds()
         self.summary_record = records.run_summary(self.status, history, wall_s, self.settings.fleet_policy.name)
         if self.run_dir is not None:
             self.run_dir.write_summary(self.summary_record)
