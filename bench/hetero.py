@@ -7,9 +7,9 @@ preset. Time and energy are simulated from each client's profile and allocation
 by the documented cost model (``strategies/costmodel.py``, ``strategies/workload.py``);
 accuracy is always measured.
 
-Rows: all-local (layer-drop emulator), all-split, all-centralized, full-model
-FedAvg (every client runs the whole model: a local emulator that keeps every
-layer), then the grouping policies threshold, cost and kmeans.
+Rows: all-local (layer-drop emulator), all-split, all-centralized, prefix FedAvg
+(every client runs the whole model: a local emulator that keeps every layer; only
+the trainable tensors, prefix and head, travel), then the grouping policies threshold, cost and kmeans.
 
 Columns: simulated time until held-out accuracy first reaches ``--target``,
 final accuracy, uplink bytes, client energy, client-rounds over their energy
@@ -34,12 +34,12 @@ ROWS = {
     "all-local": {"strategy.policy": "local"},
     "all-split": {"strategy.policy": "split"},
     "all-centralized": {"strategy.policy": "centralized"},
-    "full-model FedAvg": {"strategy.policy": "local", "train.emulator-layers": 0},
+    "prefix FedAvg": {"strategy.policy": "local", "train.emulator-layers": 0},
     "threshold": {"strategy.policy": "threshold"},
     "cost": {"strategy.policy": "cost"},
     "kmeans": {"strategy.policy": "kmeans"},
 }
-SINGLE = ("all-local", "all-split", "all-centralized", "full-model FedAvg")
+SINGLE = ("all-local", "all-split", "all-centralized", "prefix FedAvg")
 
 
 def time_to_target(rounds: list[dict], target: float) -> float | None:

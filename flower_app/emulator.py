@@ -38,6 +38,7 @@ import numpy as np
 from torch import nn
 
 from flower_app.model import ServerPart, _Stack
+from strategies import wire
 
 
 def server_layers(server: ServerPart) -> tuple[int, ...]:
@@ -107,5 +108,5 @@ def build_emulator(server: ServerPart, keep: int | Sequence[int]) -> ServerPart:
 
 def emulator_keys(server_keys: Iterable[str], kept: Iterable[int]) -> tuple[str, ...]:
     """The trainable names an emulator holds: the kept layers' prefix and the head."""
-    prefixes = {f"prefix.{i}" for i in kept}
-    return tuple(k for k in server_keys if k in prefixes or k.startswith("head."))
+    prefixes = {wire.prefix_key(i) for i in kept}
+    return tuple(k for k in server_keys if k in prefixes or wire.is_head(k))

@@ -30,6 +30,8 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from strategies import wire
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
@@ -336,12 +338,12 @@ def trainable_named(part: ClientPart | ServerPart) -> dict[str, nn.Parameter]:
     """Trainable tensors of a part under their wire names (``prefix.<layer>``, ``head.*``)."""
     named: dict[str, nn.Parameter] = {}
     for i, param in part.stack.prefix.items():
-        named[f"prefix.{i}"] = param
+        named[wire.prefix_key(i)] = param
     head = getattr(part, "head", None)
     if head is not None:
         for name, param in head.named_parameters():
             if param.requires_grad:
-                named[f"head.{name}"] = param
+                named[wire.HEAD + name] = param
     return named
 
 
