@@ -1,4 +1,4 @@
-"""Plan-based split training (2 exchanges a round) against per-step split (one per step)."""
+"""Plan-based split training (2 exchanges a round) against per-step split and the unsplit model."""
 
 import numpy as np
 import torch
@@ -82,3 +82,46 @@ def test_staleness_of_a_plan_grows_with_its_length_but_training_outcome_matches(
     # ... yet both reach about the same loss: the plan loses little of the per-step progress.
     assert loss_ref < loss_start and loss_plan < loss_start
     assert (loss_plan - loss_ref) < 0.2 * (loss_start - loss_ref)
+
+
+def test_one_split_step_equals_one_adam_step_on_the_unsplit_graph():
+    # Prepare: one minibatch of client 0, the round-start tensors on both sides
+    import torch.nn.functional as F
+
+    config = load_config({"config": "test"})
+    setup, server = task.build(config), task.SplitServer(task.build(config))
+    encoded = task.client_data(config, 0, 4)
+    plan = batch_plan(len(encoded), 1, 16, seed=3)
+    start = server.initial_state()
+    lr = config.train.lr
+
+    # Execute: the split pieces (client forward -> server step -> client replay) ...
+    set_state(setup.client, start)
+    acts = task.forward_plan(setup.client, encoded, plan, setup.pad_id, "float32")
+    batch = {"act": acts[wire.activation_key(0)], "mask": acts[wire.mask_key(0)], "label": acts[wire.label_key(0)]}
+    _, grads, _ = server.train_split({k: start[k] for k in server.server_keys}, [batch])
+    task.replay_plan(setup.client, encoded, plan, grads, lr, setup.pad_id)
+    split_prefix = get_state(setup.client)
+    # ... and the unsplit model: client and server part in one autograd graph, one Adam step
+    set_state(setup.client, start)
+    set_state(setup.server, start)
+    ids, mask, labels = collate(encoded, plan[0], setup.pad_id)
+    boundary = setup.client(ids, mask)
+    boundary.retain_grad()
+    logits = task.class_logits(setup.spec, setup.server(boundary, mask), mask, setup.verbalizer_ids)
+    client_params = [p for p in setup.client.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(client_params, lr=lr)
+    optimizer.zero_grad()
+    F.cross_entropy(logits, labels).backward()
+    optimizer.step()
+    for p in setup.server.parameters():
+        p.grad = None
+    unsplit_prefix = get_state(setup.client)
+
+    # Assert: the server sent the unsplit gradient at the boundary ...
+    np.testing.assert_allclose(grads[0], boundary.grad.numpy(), rtol=1e-6, atol=1e-9)
+    # ... and the client's prefix took the unsplit step (Adam moves each value by about lr)
+    assert sorted(split_prefix) == sorted(server.client_keys) and split_prefix
+    for key in server.client_keys:
+        assert not np.array_equal(split_prefix[key], start[key]), key
+        np.testing.assert_allclose(split_prefix[key], unsplit_prefix[key], rtol=1e-6, atol=1e-7, err_msg=key)
