@@ -97,6 +97,8 @@ def test_thirty_percent_faulty_clients_lose_no_round(tmp_path):
                    "1000000000"):
         assert needle in reasons
     assert np.isfinite([r["eval-loss"] for r in rounds]).all()
+    for record in _rounds(tmp_path / "clean"):  # the fault-free run: nothing dropped, failed or excluded
+        assert record["dropped"] == {} and not any(record["failures"].values()) and record["excluded"] == []
     assert abs(faulty["final-accuracy"] - clean["final-accuracy"]) <= 0.02
     # every round's lower prefix is the volume-weighted average of exactly the accepted replies
     # (both runs reach accuracy 1.00 on this task: the line above cannot tell)
@@ -168,5 +170,7 @@ def test_resume_after_a_kill_ends_with_the_same_metrics(tmp_path):
     # Assert
     strip = lambda rs: [{k: v for k, v in r.items() if k != "wall-s"} for r in rs]  # noqa: E731
     assert strip(_rounds(tmp_path / "resumed")) == strip(_rounds(tmp_path / "whole"))
+    for record in _rounds(tmp_path / "whole"):  # fault-free: nothing dropped, failed or excluded
+        assert record["dropped"] == {} and not any(record["failures"].values()) and record["excluded"] == []
     assert resumed["final-accuracy"] == whole["final-accuracy"]
     assert resumed["rounds"] == 5

@@ -30,6 +30,14 @@ def _groups(run_dir):
     return json.loads((run_dir.path / "groups.json").read_text())
 
 
+def _assert_fault_free(rounds):
+    """A run without injected faults or unmeetable requirements: nothing dropped, failed or excluded."""
+    for record in rounds:
+        assert record["dropped"] == {}, (record["round"], record["dropped"])
+        assert not any(record["failures"].values()), (record["round"], record["failures"])
+        assert record["excluded"] == []
+
+
 @pytest.mark.parametrize("policy", sorted(POLICY_MODES))
 def test_each_policy_trains_and_records_groups_allocations_and_the_ledger(tmp_path, policy):
     # Execute: three rounds, as all-local learns the slowest
@@ -38,6 +46,7 @@ def test_each_policy_trains_and_records_groups_allocations_and_the_ledger(tmp_pa
     # Assert: the run learns
     assert summary["status"] == "completed"
     assert summary["final-accuracy"] > 0.6, summary
+    _assert_fault_free(run_dir.rounds())
     # groups.json: every client with its group, mode and allocation
     clients = _groups(run_dir)["clients"]
     assert sorted(map(int, clients)) == list(range(NODES))
@@ -70,10 +79,12 @@ def test_threshold_policy_trains_weak_clients_centrally():
     with tempfile.TemporaryDirectory() as tmp:
         _, run_dir = _run(Path(tmp), "threshold", **{"strategy.policy": "threshold"})
         clients = _groups(run_dir)["clients"]
+        rounds = run_dir.rounds()
 
     # Assert
     assert {int(p) for p, c in clients.items() if c["mode"] == "centralized"} == weak
     assert all(c["group"] == (0 if int(p) in weak else 1) for p, c in clients.items())
+    _assert_fault_free(rounds)
 
 
 def test_every_train_message_tells_group_mode_threshold_and_allocation(tmp_path):
@@ -86,7 +97,7 @@ def test_every_train_message_tells_group_mode_threshold_and_allocation(tmp_path)
         return call()
 
     # Execute
-    _run(tmp_path, "spy", fault=spy, **{"strategy.policy": "threshold", "run.num-rounds": 1})
+    _, run_dir = _run(tmp_path, "spy", fault=spy, **{"strategy.policy": "threshold", "run.num-rounds": 1})
 
     # Assert
     assert {t for _, t, _ in seen} == {wire.SPLIT_FORWARD, wire.SPLIT_BACKWARD, wire.UPLOAD}
@@ -96,6 +107,7 @@ def test_every_train_message_tells_group_mode_threshold_and_allocation(tmp_path)
         for key in ("tx-power-w", "cpu-hz", "energy-budget-j"):
             assert config[wire.ALLOC_PREFIX + key] > 0
         assert config[wire.GROUP] in (0, 1)
+    _assert_fault_free(run_dir.rounds())
 
 
 def test_a_local_result_below_the_threshold_stays_out_of_the_average(tmp_path):
@@ -178,3 +190,4 @@ def test_resume_with_a_centralized_pool_ends_with_the_same_metrics(tmp_path):
     strip = lambda rs: [{k: v for k, v in r.items() if k != "wall-s"} for r in rs]  # noqa: E731
     assert strip(resumed.rounds()) == strip(whole.rounds())
     assert resumed.ledger() == whole.ledger()
+    _assert_fault_free(whole.rounds())
