@@ -65,6 +65,40 @@ def test_each_policy_trains_and_records_groups_allocations_and_the_ledger(tmp_pa
     assert rounds[0]["energy-j"] == pytest.approx(sum(row["energy_j"] for row in first))
 
 
+def test_the_ledger_prices_the_bytes_each_client_really_sent_and_received(tmp_path):
+    # Prepare: a fleet in all three modes (kmeans: split 1, centralized 3, local 2)
+    from flower_app.client_app import node_profile
+    from flower_app.config import load_config
+    from strategies.costmodel import uplink_rate
+
+    overrides = {"strategy.policy": "kmeans", "run.num-rounds": 2}
+
+    # Execute
+    _, run_dir = _run(tmp_path, "kmeans", **overrides)
+
+    # Assert: a row for every client that sent or received anything, in each round
+    rounds, ledger, clients = run_dir.rounds(), run_dir.ledger(), _groups(run_dir)["clients"]
+    assert {c["mode"] for c in clients.values()} == {"split", "centralized", "local"}
+    assert sorted((row["round"], row["client_id"]) for row in ledger) == sorted(
+        (r["round"], int(p)) for r in rounds for p in r["clients"])
+    config = load_config({"config": "test", **overrides})
+    for row in ledger:
+        measured = rounds[row["round"] - 1]["clients"][str(row["client_id"])]
+        profile = node_profile(config, {}, row["client_id"], NODES)  # the seeded fleet the clients report
+        power = clients[str(row["client_id"])]["tx-power-w"]
+        rate = uplink_rate(profile.bandwidth_hz, power, profile.channel_gain, profile.noise_w)
+        where = (row["round"], row["client_id"], row["mode"])
+        assert row["mode"] == measured["mode"], where
+        assert measured["bytes-up"] > 0 and measured["bytes-down"] > 0, where
+        # time and energy of the bytes measured on this round's messages, at the allocated power
+        assert row["uplink_s"] == pytest.approx(8 * measured["bytes-up"] / rate, rel=1e-12), where
+        assert row["uplink_j"] == pytest.approx(power * row["uplink_s"], rel=1e-12), where
+        assert row["downlink_s"] == pytest.approx(8 * measured["bytes-down"] / profile.downlink_bps, rel=1e-12), where
+        assert row["latency_s"] == pytest.approx(row["compute_s"] + row["uplink_s"] + row["downlink_s"]
+                                                 + row["server_s"], rel=1e-12), where
+    _assert_fault_free(rounds)
+
+
 def test_threshold_policy_trains_weak_clients_centrally():
     # Prepare: capabilities of the fleet the clients report
     from flower_app.client_app import _fleet
