@@ -5,6 +5,7 @@ bimodal preset (phones below the 20 GFLOP/s threshold, base stations above it).
 """
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from flower_app.runner import run_inprocess
 from strategies import wire
 from strategies.checkpoint import load_checkpoint
 from strategies.fleet import Policy
+from strategies.requirements import TrainingRequirement, requirement_to_config
 from strategies.rundir import RunDirectory
 
 NODES = 6
@@ -225,3 +227,50 @@ def test_resume_with_a_centralized_pool_ends_with_the_same_metrics(tmp_path):
     assert strip(resumed.rounds()) == strip(whole.rounds())
     assert resumed.ledger() == whole.ledger()
     _assert_fault_free(whole.rounds())
+
+
+def test_resume_keeps_exclusions_and_mode_changes(tmp_path):
+    # Prepare: threshold fleet (0, 4, 5 split; 1, 2, 3 centralized). In round 1 client 0 is told a
+    # time limit no device meets (insufficient compute: split -> centralized); client 4 crashes in
+    # every round (excluded after 3 strikes); the process dies in round 4, where only client 5 works.
+    overrides = {"strategy.policy": "threshold", "run.num-rounds": 4}
+    impossible = requirement_to_config(TrainingRequirement(max_train_s=1e-9))
+
+    def fleet_faults(kill_at=None):
+        def fault(index, message, call):
+            server_round = int(message.metadata.group_id)
+            if server_round == kill_at:
+                raise KeyboardInterrupt  # the process dies: not an Exception, nothing catches it
+            if index == 0 and server_round == 1:
+                for key, value in impossible.items():
+                    message.content.config_records[wire.CONFIG][key] = value
+            if index == 4 and server_round >= 1:
+                raise RuntimeError("device rebooted")
+            return call()
+        return fault
+
+    # Execute
+    _, whole = _run(tmp_path, "whole", fault=fleet_faults(), **overrides)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "resumed", fault=fleet_faults(kill_at=4), **overrides)
+    assert load_checkpoint(tmp_path / "resumed").round == 3
+    _, resumed = _run(tmp_path, "resumed", fault=fleet_faults(), **overrides, **{"run.resume": True})
+
+    # Assert: the uninterrupted run did what the faults ask for ...
+    rounds = whole.rounds()
+    assert rounds[0]["failures"]["insufficient-compute"] == 1 and rounds[0]["clients"]["0"]["mode"] == "split"
+    assert [r["failures"]["client-error"] for r in rounds] == [1, 1, 1, 0]
+    assert [r["excluded"] for r in rounds] == [[], [], [4], [4]]
+    assert rounds[3]["modes"] == {"centralized": 4, "local": 0, "split": 2}  # client 0 moved; 4 keeps its mode
+    assert sorted(rounds[3]["clients"]) == ["5"] and rounds[3]["dropped"] == {}
+    assert _groups(whole)["clients"]["0"]["mode"] == "centralized"
+    # ... and the resumed run took up round 4 with client 4 still excluded and client 0 still centralized
+    # (apart from wall times, and the measured pace a failure reply states: "10 steps need ~0.08 s")
+    def strip(records):
+        return [{**{k: v for k, v in r.items() if k != "wall-s"},
+                 "dropped": {p: re.sub(r"~\S+ s", "~? s", why) for p, why in r["dropped"].items()}}
+                for r in records]
+
+    assert strip(resumed.rounds()) == strip(rounds)
+    assert resumed.ledger() == whole.ledger()
+    assert _groups(resumed) == _groups(whole)
