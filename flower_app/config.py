@@ -81,7 +81,9 @@ class TrainSettings:
         _P.local_epochs, "local mode: passes of steps-per-round minibatches a round", low=1, high=100
     )
     emulator_layers: int = _f(
-        _S.emulator_layers, "local mode: upper layers the emulator keeps (0: all, i.e. prefix FedAvg on the whole model)", low=0
+        _S.emulator_layers,
+        "local mode: upper layers the emulator keeps (0: all, i.e. prefix FedAvg on the whole model)",
+        low=0,
     )
     upload_kind: str = _f(_S.upload_kind, "centralized mode: what a client uploads once", choices=wire.UPLOAD_KINDS)
     upload_rows: int = _f(

@@ -162,7 +162,7 @@ def answers(
             yield info, reply
             continue
         try:
-            rnd.failures[info.node_id] = failure_from_config(dict(config))
+            rnd.report(info.node_id, failure_from_config(dict(config)))
         except ValueError as err:
             rnd.drop(info.node_id, FailureCause.INVALID_REPLY, f"unreadable failure reply: {err}")
 

@@ -49,6 +49,7 @@ class RoundState:
     first: dict[int, Message] = field(default_factory=dict)  # replies of the first exchange, by node id
     backward: dict[int, Message] = field(default_factory=dict)  # replies of split_backward
     failures: dict[int, Failure] = field(default_factory=dict)  # by node id: the one record of a drop
+    reported: set[int] = field(default_factory=set)  # nodes whose failure the client itself reported
     bytes_down: dict[int, int] = field(default_factory=dict)
     steps_done: dict[int, int] = field(default_factory=dict)
     split: SplitOutcome = field(default_factory=SplitOutcome)
@@ -58,9 +59,16 @@ class RoundState:
     pool_samples: int = 0
 
     def drop(self, node: int, cause: FailureCause, why: str) -> None:
-        """A reply that does not enter the average, and why."""
+        """A reply the server found unusable (error, timeout, invalid): it does not enter the average."""
         self.failures[node] = Failure(cause, detail=why)
 
+    def report(self, node: int, failure: Failure) -> None:
+        """A client's own failure reply (it could not meet the requirement)."""
+        self.failures[node] = failure
+        self.reported.add(node)
+
     def dropped(self) -> dict[int, str]:
-        """Each dropped node's reason, as logged and recorded."""
-        return {node: f"{f.cause}: {f.detail}" for node, f in self.failures.items()}
+        """Each dropped node's reason, as logged and recorded (a reported failure leads with its cause)."""
+        return {
+            node: f"{f.cause}: {f.detail}" if node in self.reported else f.detail for node, f in self.failures.items()
+        }

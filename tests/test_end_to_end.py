@@ -14,6 +14,15 @@ def _run(tmp_path, name, **overrides):
     return summary, rounds, run_dir
 
 
+def _assert_fault_free(rounds, num_nodes=4):
+    """A run without injected faults: every client works every round, nothing dropped or failed."""
+    for record in rounds:
+        assert record["dropped"] == {}, (record["round"], record["dropped"])
+        assert not any(record["failures"].values()), (record["round"], record["failures"])
+        assert record["excluded"] == []
+        assert sorted(record["clients"], key=int) == [str(i) for i in range(num_nodes)]
+
+
 def test_run_leaves_a_complete_run_directory(tmp_path):
     # Execute
     summary, rounds, run_dir = _run(tmp_path, "a")
@@ -33,6 +42,7 @@ def test_run_leaves_a_complete_run_directory(tmp_path):
     assert all(c["bytes-up"] > 0 and c["bytes-down"] > 0 for c in first["clients"].values())
     assert first["bytes-up"] == sum(c["bytes-up"] for c in first["clients"].values())
     assert 0.0 <= first["accuracy"] <= 1.0 and first["wall-s"] > 0
+    _assert_fault_free(rounds)
 
 
 def test_same_seed_same_metrics_and_training_learns(tmp_path):
@@ -43,6 +53,7 @@ def test_same_seed_same_metrics_and_training_learns(tmp_path):
     # Assert: identical apart from wall time; the synthetic task is learnt
     strip = lambda rs: [{k: v for k, v in r.items() if k != "wall-s"} for r in rs]  # noqa: E731
     assert strip(first) == strip(second)
+    _assert_fault_free(first)
     assert first[-1]["accuracy"] >= 0.75
     assert first[-1]["eval-loss"] < first[0]["eval-loss"]
 
@@ -50,6 +61,8 @@ def test_same_seed_same_metrics_and_training_learns(tmp_path):
 def test_float16_activations_halve_the_split_traffic(tmp_path):
     _, full, _ = _run(tmp_path, "a", **{"run.num-rounds": 1})
     _, half, _ = _run(tmp_path, "b", **{"run.num-rounds": 1, "train.activation-dtype": "float16"})
+    _assert_fault_free(full)
+    _assert_fault_free(half)
     ratio = half[0]["bytes-up"] / full[0]["bytes-up"]
     assert 0.45 < ratio < 0.6  # activations halve; masks, labels and the prefix do not
 

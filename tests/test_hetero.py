@@ -5,6 +5,7 @@ bimodal preset (phones below the 20 GFLOP/s threshold, base stations above it).
 """
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from flower_app.runner import run_inprocess
 from strategies import wire
 from strategies.checkpoint import load_checkpoint
 from strategies.fleet import Policy
+from strategies.requirements import TrainingRequirement, requirement_to_config
 from strategies.rundir import RunDirectory
 
 NODES = 6
@@ -35,6 +37,14 @@ def _groups(run_dir):
     return json.loads((run_dir.path / "groups.json").read_text())
 
 
+def _assert_fault_free(rounds):
+    """A run without injected faults or unmeetable requirements: nothing dropped, failed or excluded."""
+    for record in rounds:
+        assert record["dropped"] == {}, (record["round"], record["dropped"])
+        assert not any(record["failures"].values()), (record["round"], record["failures"])
+        assert record["excluded"] == []
+
+
 @pytest.mark.parametrize("policy", sorted(POLICY_MODES))
 def test_each_policy_trains_and_records_groups_allocations_and_the_ledger(tmp_path, policy):
     # Execute: three rounds, as all-local learns the slowest
@@ -43,6 +53,7 @@ def test_each_policy_trains_and_records_groups_allocations_and_the_ledger(tmp_pa
     # Assert: the run learns
     assert summary["status"] == "completed"
     assert summary["final-accuracy"] > 0.6, summary
+    _assert_fault_free(run_dir.rounds())
     # groups.json: every client with its group, mode and allocation
     clients = _groups(run_dir)["clients"]
     assert sorted(map(int, clients)) == list(range(NODES))
@@ -61,6 +72,42 @@ def test_each_policy_trains_and_records_groups_allocations_and_the_ledger(tmp_pa
     assert rounds[0]["energy-j"] == pytest.approx(sum(row["energy_j"] for row in first))
 
 
+def test_the_ledger_prices_the_bytes_each_client_really_sent_and_received(tmp_path):
+    # Prepare: a fleet in all three modes (kmeans: split 1, centralized 3, local 2)
+    from flower_app.client_app import node_profile
+    from flower_app.config import load_config
+    from strategies.costmodel import uplink_rate
+
+    overrides = {"strategy.policy": "kmeans", "run.num-rounds": 2}
+
+    # Execute
+    _, run_dir = _run(tmp_path, "kmeans", **overrides)
+
+    # Assert: a row for every client that sent or received anything, in each round
+    rounds, ledger, clients = run_dir.rounds(), run_dir.ledger(), _groups(run_dir)["clients"]
+    assert {c["mode"] for c in clients.values()} == {"split", "centralized", "local"}
+    assert sorted((row["round"], row["client_id"]) for row in ledger) == sorted(
+        (r["round"], int(p)) for r in rounds for p in r["clients"]
+    )
+    config = load_config({"config": "test", **overrides})
+    for row in ledger:
+        measured = rounds[row["round"] - 1]["clients"][str(row["client_id"])]
+        profile = node_profile(config, {}, row["client_id"], NODES)  # the seeded fleet the clients report
+        power = clients[str(row["client_id"])]["tx-power-w"]
+        rate = uplink_rate(profile.bandwidth_hz, power, profile.channel_gain, profile.noise_w)
+        where = (row["round"], row["client_id"], row["mode"])
+        assert row["mode"] == measured["mode"], where
+        assert measured["bytes-up"] > 0 and measured["bytes-down"] > 0, where
+        # time and energy of the bytes measured on this round's messages, at the allocated power
+        assert row["uplink_s"] == pytest.approx(8 * measured["bytes-up"] / rate, rel=1e-12), where
+        assert row["uplink_j"] == pytest.approx(power * row["uplink_s"], rel=1e-12), where
+        assert row["downlink_s"] == pytest.approx(8 * measured["bytes-down"] / profile.downlink_bps, rel=1e-12), where
+        assert row["latency_s"] == pytest.approx(
+            row["compute_s"] + row["uplink_s"] + row["downlink_s"] + row["server_s"], rel=1e-12
+        ), where
+    _assert_fault_free(rounds)
+
+
 def test_threshold_policy_trains_weak_clients_centrally():
     # Prepare: capabilities of the fleet the clients report
     from flower_app.client_app import _fleet
@@ -76,10 +123,12 @@ def test_threshold_policy_trains_weak_clients_centrally():
     with tempfile.TemporaryDirectory() as tmp:
         _, run_dir = _run(Path(tmp), "threshold", **{"strategy.policy": "threshold"})
         clients = _groups(run_dir)["clients"]
+        rounds = run_dir.rounds()
 
     # Assert
     assert {int(p) for p, c in clients.items() if c["mode"] == "centralized"} == weak
     assert all(c["group"] == (0 if int(p) in weak else 1) for p, c in clients.items())
+    _assert_fault_free(rounds)
 
 
 def test_every_train_message_tells_group_mode_threshold_and_allocation(tmp_path):
@@ -92,7 +141,7 @@ def test_every_train_message_tells_group_mode_threshold_and_allocation(tmp_path)
         return call()
 
     # Execute
-    _run(tmp_path, "spy", fault=spy, **{"strategy.policy": "threshold", "run.num-rounds": 1})
+    _, run_dir = _run(tmp_path, "spy", fault=spy, **{"strategy.policy": "threshold", "run.num-rounds": 1})
 
     # Assert
     assert {t for _, t, _ in seen} == {wire.SPLIT_FORWARD, wire.SPLIT_BACKWARD, wire.UPLOAD}
@@ -102,6 +151,7 @@ def test_every_train_message_tells_group_mode_threshold_and_allocation(tmp_path)
         for key in ("tx-power-w", "cpu-hz", "energy-budget-j"):
             assert config[wire.ALLOC_PREFIX + key] > 0
         assert config[wire.GROUP] in (0, 1)
+    _assert_fault_free(run_dir.rounds())
 
 
 def test_a_local_result_below_the_threshold_stays_out_of_the_average(tmp_path):
@@ -195,3 +245,57 @@ def test_resume_with_a_centralized_pool_ends_with_the_same_metrics(tmp_path):
     strip = lambda rs: [{k: v for k, v in r.items() if k != "wall-s"} for r in rs]  # noqa: E731
     assert strip(resumed.rounds()) == strip(whole.rounds())
     assert resumed.ledger() == whole.ledger()
+    _assert_fault_free(whole.rounds())
+
+
+def test_resume_keeps_exclusions_and_mode_changes(tmp_path):
+    # Prepare: threshold fleet (0, 4, 5 split; 1, 2, 3 centralized). In round 1 client 0 is told a
+    # time limit no device meets (insufficient compute: split -> centralized); client 4 crashes in
+    # every round (excluded after 3 strikes); the process dies in round 4, where only client 5 works.
+    overrides = {"strategy.policy": "threshold", "run.num-rounds": 4}
+    impossible = requirement_to_config(TrainingRequirement(max_train_s=1e-9))
+
+    def fleet_faults(kill_at=None):
+        def fault(index, message, call):
+            server_round = int(message.metadata.group_id)
+            if server_round == kill_at:
+                raise KeyboardInterrupt  # the process dies: not an Exception, nothing catches it
+            if index == 0 and server_round == 1:
+                for key, value in impossible.items():
+                    message.content.config_records[wire.CONFIG][key] = value
+            if index == 4 and server_round >= 1:
+                raise RuntimeError("device rebooted")
+            return call()
+
+        return fault
+
+    # Execute
+    _, whole = _run(tmp_path, "whole", fault=fleet_faults(), **overrides)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "resumed", fault=fleet_faults(kill_at=4), **overrides)
+    assert load_checkpoint(tmp_path / "resumed").round == 3
+    _, resumed = _run(tmp_path, "resumed", fault=fleet_faults(), **overrides, **{"run.resume": True})
+
+    # Assert: the uninterrupted run did what the faults ask for ...
+    rounds = whole.rounds()
+    assert rounds[0]["failures"]["insufficient-compute"] == 1 and rounds[0]["clients"]["0"]["mode"] == "split"
+    assert [r["failures"]["client-error"] for r in rounds] == [1, 1, 1, 0]
+    assert [r["excluded"] for r in rounds] == [[], [], [4], [4]]
+    assert rounds[3]["modes"] == {"centralized": 4, "local": 0, "split": 2}  # client 0 moved; 4 keeps its mode
+    assert sorted(rounds[3]["clients"]) == ["5"] and rounds[3]["dropped"] == {}
+    assert _groups(whole)["clients"]["0"]["mode"] == "centralized"
+
+    # ... and the resumed run took up round 4 with client 4 still excluded and client 0 still centralized
+    # (apart from wall times, and the measured pace a failure reply states: "10 steps need ~0.08 s")
+    def strip(records):
+        return [
+            {
+                **{k: v for k, v in r.items() if k != "wall-s"},
+                "dropped": {p: re.sub(r"~\S+ s", "~? s", why) for p, why in r["dropped"].items()},
+            }
+            for r in records
+        ]
+
+    assert strip(resumed.rounds()) == strip(rounds)
+    assert resumed.ledger() == whole.ledger()
+    assert _groups(resumed) == _groups(whole)

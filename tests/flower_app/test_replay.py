@@ -1,4 +1,4 @@
-"""Plan-based split training (2 exchanges a round) against per-step split (one per step)."""
+"""Plan-based split training (2 exchanges a round) against per-step split and the unsplit model."""
 
 import numpy as np
 import torch
@@ -9,6 +9,7 @@ from flower_app.model import get_state, set_state
 from flower_app.server_model import SplitServer
 from flower_app.setup import build, client_data
 from flower_app.split_mode import forward_chunks, replay_plan, replay_step
+from flower_app.training import class_logits
 
 
 def _loss_after(setup, server, encoded, plan, client_state, server_state):
@@ -86,3 +87,46 @@ def test_staleness_of_a_plan_grows_with_its_length_but_training_outcome_matches(
     # ... yet both reach about the same loss: the plan loses little of the per-step progress.
     assert loss_ref < loss_start and loss_plan < loss_start
     assert (loss_plan - loss_ref) < 0.2 * (loss_start - loss_ref)
+
+
+def test_one_split_step_equals_one_adam_step_on_the_unsplit_graph():
+    # Prepare: one minibatch of client 0, the round-start tensors on both sides
+    import torch.nn.functional as F
+
+    config = load_config({"config": "test"})
+    setup = build(config)
+    server = SplitServer(setup, split_settings(config))
+    encoded = client_data(config, 0, 4)
+    plan = batch_plan(len(encoded), 1, 16, seed=3)
+    start = server.initial_state()
+    lr = config.train.lr
+
+    # Execute: the split pieces (client forward -> server step -> client replay) ...
+    set_state(setup.client, start)
+    batches = forward_chunks(setup.client, encoded, plan, setup.pad_id, "float32")
+    _, grads, _ = server.train_split({k: start[k] for k in server.server_keys}, batches)
+    replay_plan(setup.client, encoded, plan, grads, lr, setup.pad_id)
+    split_prefix = get_state(setup.client)
+    # ... and the unsplit model: client and server part in one autograd graph, one Adam step
+    set_state(setup.client, start)
+    set_state(setup.server, start)
+    ids, mask, labels = collate(encoded, plan[0], setup.pad_id)
+    boundary = setup.client(ids, mask)
+    boundary.retain_grad()
+    logits = class_logits(setup.spec, setup.server(boundary, mask), mask, setup.verbalizer_ids)
+    client_params = [p for p in setup.client.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(client_params, lr=lr)
+    optimizer.zero_grad()
+    F.cross_entropy(logits, labels).backward()
+    optimizer.step()
+    for p in [*setup.client.parameters(), *setup.server.parameters()]:  # the cached modules are shared
+        p.grad = None
+    unsplit_prefix = get_state(setup.client)
+
+    # Assert: the server sent the unsplit gradient at the boundary ...
+    np.testing.assert_allclose(grads[0], boundary.grad.numpy(), rtol=1e-6, atol=1e-9)
+    # ... and the client's prefix took the unsplit step (Adam moves each value by about lr)
+    assert sorted(split_prefix) == sorted(server.client_keys) and split_prefix
+    for key in server.client_keys:
+        assert not np.array_equal(split_prefix[key], start[key]), key
+        np.testing.assert_allclose(split_prefix[key], unsplit_prefix[key], rtol=1e-6, atol=1e-7, err_msg=key)

@@ -192,7 +192,7 @@ def test_the_round_record_names_each_drop_once_with_its_cause():
     record = round_record(rnd, state, figures, costs, {"loss": 0.5, "accuracy": 0.75})
 
     # Assert
-    assert record["dropped"] == {"1": "invalid-reply: forward reply rejected: chunk 0: 3 non-finite values"}
+    assert record["dropped"] == {"1": "forward reply rejected: chunk 0: 3 non-finite values"}
     assert record["failures"]["invalid-reply"] == 1 and sum(record["failures"].values()) == 1
     assert record["bytes-up"] == sum(c["bytes-up"] for c in record["clients"].values()) == 4000 + 2 * 128
     assert record["accuracy"] == 0.75 and record["eval-loss"] == 0.5
