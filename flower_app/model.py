@@ -338,7 +338,7 @@ def trainable_named(part: ClientPart | ServerPart) -> dict[str, nn.Parameter]:
     """Trainable tensors of a part under their wire names (``prefix.<layer>``, ``head.*``)."""
     named: dict[str, nn.Parameter] = {}
     for i, param in part.stack.prefix.items():
-        named[wire.prefix_key(i)] = param
+        named[wire.prefix_key(int(i))] = param
     head = getattr(part, "head", None)
     if head is not None:
         for name, param in head.named_parameters():
