@@ -115,6 +115,11 @@ class StrategySettings:
     weak_mode: str = _f(_P.weak_mode, "threshold policy: mode of the weak group", choices=wire.MODES)
     strong_mode: str = _f(_P.strong_mode, "threshold policy: mode of the strong group", choices=wire.MODES)
     kmeans_modes: str = _f(",".join(_P.kmeans_modes), "kmeans policy: one mode per cluster, weakest first")
+    max_activation: float = _f(
+        _S.max_activation,
+        "largest boundary activation magnitude the server trains on (larger: reply dropped)",
+        low=1e-6,
+    )
     cost_modes: str = _f(",".join(_P.cost_modes), "cost policy: modes a client may be given")
 
 
@@ -317,6 +322,7 @@ def split_settings(config: Config) -> SplitSettings:
         upload_kind=t.upload_kind,
         upload_rows=t.upload_rows,
         local_eval_size=t.local_eval_size,
+        max_activation=s.max_activation,
         requirement=requirement(config),
         policy=policy(config),
     )

@@ -149,6 +149,16 @@ class SplitServer:
             mean_tokens=float(np.mean(lengths)),
         )
 
+    def limits(self) -> wire.ChunkLimits:
+        """Sequence length, label range and vocabulary this model accepts."""
+        setup = self.setup
+        embedding = next(p for p in setup.client.embeddings.parameters() if p.dim() == 2)  # (vocab, hidden)
+        return wire.ChunkLimits(
+            max_tokens=setup.config.model.max_length,
+            num_labels=setup.spec.num_labels,
+            vocab_size=int(embedding.shape[0]),
+        )
+
     def emulator_keys(self, layers: int) -> tuple[str, ...]:
         """Server tensors a local-mode emulator of ``layers`` upper layers holds (0: all)."""
         server = self.setup.server

@@ -8,7 +8,7 @@ saved beside it by the run directory (it is large).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import WARNING
 from typing import Any
@@ -38,16 +38,20 @@ class ClientInfo:
     profile: DeviceProfile
 
 
-def client_info(reply: Message) -> ClientInfo:
-    """A query reply as a :class:`ClientInfo`; raises on a malformed reply."""
+def client_info(reply: Message, node: int) -> ClientInfo:
+    """The query reply of ``node`` as a :class:`ClientInfo`; raises, saying why, on a malformed reply.
+
+    The partition id must lie in ``[0, num-partitions)`` and the sample count be non-negative.
+    """
     profile = reply.content.config_records[wire.PROFILE]
     device = from_config({k: profile[k] for k in PROFILE_KEYS if k in profile})
-    return ClientInfo(
-        reply.metadata.src_node_id,
-        wire.as_int(profile[wire.PARTITION_ID]),
-        wire.as_int(profile[wire.NUM_AVAILABLE]),
-        device,
-    )
+    partition_id, partitions = wire.as_int(profile[wire.PARTITION_ID]), wire.as_int(profile[wire.NUM_PARTITIONS])
+    if not 0 <= partition_id < partitions:
+        raise ValueError(f"partition-id {partition_id} is outside [0, num-partitions={partitions})")
+    available = wire.as_int(profile[wire.NUM_AVAILABLE])
+    if available < 0:
+        raise ValueError(f"num-available {available} is negative")
+    return ClientInfo(node, partition_id, available, device)
 
 
 def round_seed(seed: int, server_round: int, partition_id: int) -> int:
@@ -145,13 +149,28 @@ class FleetState:
             self.workloads[partition_id],
         )
 
-    def react(self, failures: Mapping[int, Failure], succeeded: Sequence[int], settings: SplitSettings) -> bool:
+    def react(
+        self,
+        failures: Mapping[int, Failure],
+        succeeded: Sequence[int],
+        settings: SplitSettings,
+        unavailable: Iterable[int] = (),
+    ) -> bool:
         """Apply the failure policy to this round's failures (by node id); whether a mode changed.
 
         Insufficient compute moves a client to a cheaper mode, insufficient samples to
         centralized training; with no such mode left the client is excluded, and so is
-        one whose transient faults reach ``max_strikes`` rounds in a row.
+        one whose transient faults reach ``max_strikes`` rounds in a row, and at once a
+        node that Flower reported ``unavailable`` (by node id).
         """
+        for node in unavailable:
+            if node in self.clients and self.clients[node].partition_id not in self.excluded:
+                self.excluded.add(self.clients[node].partition_id)
+                log(
+                    WARNING,
+                    "client %d excluded from later rounds (Flower reports its node unavailable)",
+                    self.clients[node].partition_id,
+                )
         by_partition = {self.clients[n].partition_id: f for n, f in failures.items() if n in self.clients}
         modes = {p: self.assignments[p].mode for p in by_partition}
         reactions, self.strikes = react_to_failures(

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from strategies.wire import Chunk
+from strategies.wire import Chunk, ChunkLimits
 from strategies.workload import ModelShape
 
 
@@ -33,6 +33,10 @@ class ServerModel(Protocol):
 
     def shape(self) -> ModelShape:
         """Sizes of the split model, for the simulated cost of each mode."""
+        ...
+
+    def limits(self) -> ChunkLimits:
+        """What the model accepts in a chunk: sequence length, label range, vocabulary."""
         ...
 
     def emulator_keys(self, layers: int) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
@@ -113,29 +114,50 @@ def backward_messages(
 
 @dataclass
 class Exchange:
-    """What came back from one exchange: good replies, failures and bytes sent, by node id."""
+    """What came back from one exchange, by node id: good replies, failures, bytes sent.
+
+    ``unavailable``: nodes that Flower itself reported unreachable (its error reply, not
+    the client's); the strategy stops sampling them at once.
+    """
 
     replies: dict[int, Message] = field(default_factory=dict)
     failures: dict[int, tuple[FailureCause, str]] = field(default_factory=dict)
     bytes_down: dict[int, int] = field(default_factory=dict)
+    unavailable: set[int] = field(default_factory=set)
+
+
+# Error codes Flower's SuperLink uses when a node or its reply is gone (not the ClientApp's own errors).
+FLOWER_UNAVAILABLE = frozenset({ErrorCode.NODE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE})
 
 
 def exchange(grid: Grid, messages: Iterable[Message], timeout: float) -> Exchange:
     """Send, wait up to ``timeout`` seconds, and sort the replies.
 
-    An error reply is a ``client-error``; a node that did not answer in time a ``timeout``.
+    Replies are matched to the messages sent by ``reply_to_message_id`` (an error reply for
+    a dead node comes from the SuperLink, not from the node). An error reply is a
+    ``client-error``; a node that did not answer in time a ``timeout``; a reply to no
+    message of this exchange, or a second reply to one, is ignored with a warning.
     """
-    sent = {m.metadata.dst_node_id: m for m in messages}
-    result = Exchange(bytes_down={node: content_bytes(m) for node, m in sent.items()})
-    if not sent:
+    outgoing = list(messages)
+    result = Exchange(bytes_down={m.metadata.dst_node_id: content_bytes(m) for m in outgoing})
+    if not outgoing:
         return result
-    for reply in grid.send_and_receive(list(sent.values()), timeout=timeout):
-        node = reply.metadata.src_node_id
+    replies = list(grid.send_and_receive(outgoing, timeout=timeout))
+    node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in outgoing}  # ids are set when pushed
+    for reply in replies:
+        node = node_of.get(reply.metadata.reply_to_message_id)
+        if node is None or node in result.replies or node in result.failures:
+            log(WARNING, "ignored a reply from node %d to no open message of this exchange", reply.metadata.src_node_id)
+            continue
         if reply.has_error():
-            result.failures[node] = (FailureCause.CLIENT_ERROR, f"error reply: {reply.error.reason}")
+            why = f"error reply: {reply.error.reason}"
+            if reply.error.code in FLOWER_UNAVAILABLE:
+                result.unavailable.add(node)
+                why = f"node unavailable: {reply.error.reason}"
+            result.failures[node] = (FailureCause.CLIENT_ERROR, why)
         else:
             result.replies[node] = reply
-    for node in sent:
+    for node in result.bytes_down:
         if node not in result.replies and node not in result.failures:
             result.failures[node] = (FailureCause.TIMEOUT, f"no reply within {timeout:.0f} s")
     return result
@@ -146,6 +168,7 @@ def exchange_in_round(grid: Grid, messages: Iterable[Message], timeout: float, r
     result = exchange(grid, messages, timeout)
     for node, (cause, why) in result.failures.items():
         rnd.drop(node, cause, why)
+    rnd.unavailable |= result.unavailable
     for node, sent in result.bytes_down.items():
         rnd.bytes_down[node] = rnd.bytes_down.get(node, 0) + sent
     return result.replies
@@ -190,14 +213,19 @@ def discover(grid: Grid, settings: SplitSettings, timeout: float) -> dict[int, C
     answered = exchange(grid, queries, timeout)
     for node, (cause, why) in answered.failures.items():
         log(WARNING, "node %d: no query reply (%s: %s)", node, cause, why)
-    clients = {}
-    for reply in answered.replies.values():
+    clients: dict[int, ClientInfo] = {}
+    for node, reply in sorted(answered.replies.items()):
         try:
-            info = client_info(reply)
+            info = client_info(reply, node)
         except Exception as err:  # a malformed query reply: leave the node out, say why
-            log(WARNING, "node %d: unusable query reply (%s)", reply.metadata.src_node_id, reason(err))
+            log(WARNING, "node %d: unusable query reply (%s)", node, reason(err))
             continue
-        if info.num_available > 0:
-            clients[info.node_id] = info
+        twin = next((c.node_id for c in clients.values() if c.partition_id == info.partition_id), None)
+        if twin is not None:
+            log(WARNING, "node %d: partition-id %d is node %d's already; node left out", node, info.partition_id, twin)
+        elif info.num_available == 0:
+            log(WARNING, "node %d (partition %d): holds no samples; node left out", node, info.partition_id)
+        else:
+            clients[node] = info
     log(INFO, "%d of %d nodes answered the query", len(clients), len(nodes))
     return clients

@@ -50,6 +50,7 @@ class RoundState:
     backward: dict[int, Message] = field(default_factory=dict)  # replies of split_backward
     failures: dict[int, Failure] = field(default_factory=dict)  # by node id: the one record of a drop
     reported: set[int] = field(default_factory=set)  # nodes whose failure the client itself reported
+    unavailable: set[int] = field(default_factory=set)  # nodes Flower reported gone: not sampled again
     bytes_down: dict[int, int] = field(default_factory=dict)
     steps_done: dict[int, int] = field(default_factory=dict)
     split: SplitOutcome = field(default_factory=SplitOutcome)

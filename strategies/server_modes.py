@@ -14,7 +14,7 @@ one client's bad reply never ends the round.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from logging import WARNING
 
 import numpy as np
@@ -30,10 +30,18 @@ from strategies.records import from_record
 from strategies.requirements import FailureCause
 from strategies.round_state import RoundState, SplitOutcome
 from strategies.settings import SplitSettings
-from strategies.validation import ArraySpec, judge, spec_of, validate_upload
+from strategies.validation import ArraySpec, judge, spec_of, validate_num_examples, validate_upload
 from strategies.workload import ModelShape
 
 POOL_ID = 2**31 - 1  # seeds the server's pool training apart from every partition
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What replies are checked against: the boundary width and the model's chunk limits."""
+
+    hidden: int
+    limits: wire.ChunkLimits
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,7 @@ class TensorKeys:
 def train_split_side(
     model: ServerModel,
     settings: SplitSettings,
-    hidden: int,
+    shape: Bounds,
     state: Mapping[str, np.ndarray],
     fleet_state: FleetState,
     forward: Mapping[int, Message],
@@ -66,21 +74,30 @@ def train_split_side(
     """Step through each split client's minibatches in partition order.
 
     ``sequential``: one copy of the server's tensors goes through every client in turn;
-    ``parallel``: each client's steps start from the round's global tensors. Activations
-    must have the model's ``hidden`` size and one chunk per planned minibatch.
+    ``parallel``: each client's steps start from the round's global tensors. A reply is
+    trained on only within what was planned: one chunk per minibatch of at most the batch
+    size, the model's hidden size, sequence length and labels, bounded magnitudes, a
+    ``num-examples`` the client can hold. A client whose steps leave the server's tensors
+    non-finite is dropped and its steps undone.
     """
+    limits = replace(shape.limits, max_rows=settings.batch_size, max_abs=settings.max_activation)
     outcome = SplitOutcome(sequential={k: state[k] for k in model.server_keys})
     for info, reply in answers(forward, fleet_state, rnd):
         start = outcome.sequential if settings.server_side == "sequential" else {k: state[k] for k in model.server_keys}
         try:
             arrays = from_record(reply.content.array_records[wire.ACTIVATIONS])
+            planned = fleet_state.steps_of(info, settings)
             chunks, problems = wire.decode_chunks(
-                arrays, wire.ACTIVATIONS_KIND, count=fleet_state.steps_of(info, settings), hidden=hidden
+                arrays, wire.ACTIVATIONS_KIND, count=planned, hidden=shape.hidden, limits=limits
             )
+            claimed = reply.content.metric_records[wire.METRICS][wire.NUM_EXAMPLES]
+            problems += validate_num_examples(claimed, min(info.num_available, planned * settings.batch_size))
             if problems:
                 raise ValueError("; ".join(problems))
-            volume = wire.as_int(reply.content.metric_records[wire.METRICS][wire.NUM_EXAMPLES])
+            volume = wire.as_int(claimed)
             trained, grads, loss = model.train_split(start, chunks)
+            if not _finite(trained, grads, loss):
+                raise ValueError("the server's steps on these activations left non-finite tensors (undone)")
         except Exception as err:  # one client's bad activations must not end the round
             rnd.drop(info.node_id, FailureCause.INVALID_REPLY, f"forward reply rejected: {reason(err)}")
             continue
@@ -90,6 +107,10 @@ def train_split_side(
         if settings.server_side == "sequential":
             outcome.sequential = trained
     return outcome
+
+
+def _finite(trained: Mapping[str, np.ndarray], grads: Sequence[np.ndarray], loss: float) -> bool:
+    return bool(np.isfinite(loss)) and all(np.isfinite(a).all() for a in [*trained.values(), *grads])
 
 
 def server_contributions(
@@ -141,7 +162,7 @@ def collect_prefixes(
 
 
 def receive_uploads(
-    replies: Mapping[int, Message], fleet_state: FleetState, settings: SplitSettings, hidden: int, rnd: RoundState
+    replies: Mapping[int, Message], fleet_state: FleetState, settings: SplitSettings, shape: Bounds, rnd: RoundState
 ) -> bool:
     """Validate centralized clients' uploads into the pool; whether any arrived."""
     arrived = False
@@ -150,7 +171,12 @@ def receive_uploads(
             arrays = from_record(reply.content.array_records[wire.UPLOAD_RECORD])
             claimed = reply.content.metric_records[wire.METRICS][wire.NUM_EXAMPLES]
             problems = validate_upload(
-                arrays, settings.upload_kind, hidden, fleet_state.upload_rows[info.partition_id], claimed
+                arrays,
+                settings.upload_kind,
+                shape.hidden,
+                fleet_state.upload_rows[info.partition_id],
+                claimed,
+                replace(shape.limits, max_abs=settings.max_activation),
             )
         except Exception as err:
             problems = [reason(err)]

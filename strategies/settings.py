@@ -57,6 +57,9 @@ class SplitSettings:
         Most samples a centralized client uploads (0: one round's plan, ``steps * batch_size``).
     local_eval_size : int (default: 32)
         Samples a local-mode client holds back to check the performance threshold.
+    max_activation : float (default: 1e4)
+        Largest boundary activation magnitude the server trains on; a reply with larger
+        values is dropped (a client cannot blow up the server's half).
     requirement : TrainingRequirement (default: no bounds)
         Sent in every train message; clients that cannot meet it reply with a failure cause.
     policy : Policy | None (default: None)
@@ -79,6 +82,7 @@ class SplitSettings:
     upload_kind: str = wire.ACTIVATIONS_KIND
     upload_rows: int = 0
     local_eval_size: int = 32
+    max_activation: float = 1e4
     requirement: TrainingRequirement = field(default_factory=TrainingRequirement)
     policy: Policy | None = None
 
@@ -93,6 +97,8 @@ class SplitSettings:
         for name in ("steps", "batch_size", "min_clients", "max_strikes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be at least 1")
+        if not self.max_activation > 0.0:  # also refuses NaN
+            raise ValueError(f"max_activation={self.max_activation!r} must be positive")
         if not 0.0 < self.fraction_train <= 1.0:
             raise ValueError(f"fraction_train={self.fraction_train!r} must be in (0, 1]")
         # The policy sizes workloads and seeds k-means: it takes this object's batch size and seed.

@@ -95,6 +95,7 @@ class SplitPrefixStrategy(Strategy):
         self.status = "not started"
         self.summary_record: dict[str, Any] = {}
         self.shape = shape = server_model.shape()  # constant over the run
+        self.bounds = server_modes.Bounds(shape.hidden, server_model.limits())
         self.keys = server_modes.TensorKeys.of(server_model, self.settings.emulator_layers, shape)
 
     def resume(self, checkpoint: Checkpoint) -> None:
@@ -184,10 +185,10 @@ class SplitPrefixStrategy(Strategy):
         rnd.first = msgs.exchange_in_round(grid, first, timeout, rnd)
         by_mode = {m: {n: r for n, r in rnd.first.items() if fleet.mode_of(n) == m} for m in wire.MODES}
         rnd.split = server_modes.train_split_side(
-            self.server_model, s, self.shape.hidden, state, fleet, by_mode[wire.SPLIT_MODE], rnd
+            self.server_model, s, self.bounds, state, fleet, by_mode[wire.SPLIT_MODE], rnd
         )
         local = self._collect(by_mode[wire.LOCAL_MODE], wire.LOCAL_MODE, state, rnd)
-        uploaded = server_modes.receive_uploads(by_mode[wire.CENTRALIZED_MODE], fleet, s, self.shape.hidden, rnd)
+        uploaded = server_modes.receive_uploads(by_mode[wire.CENTRALIZED_MODE], fleet, s, self.bounds, rnd)
         pool_part = server_modes.train_pool(self.server_model, s, state, fleet, rnd)
         if rnd.split.gradients:
             client_part = {k: state[k] for k in self.server_model.client_keys}
@@ -198,7 +199,7 @@ class SplitPrefixStrategy(Strategy):
         split = self._collect(rnd.backward, wire.SPLIT_MODE, state, rnd)
         accepted = {**split, **local}
         succeeded = [fleet.clients[n].partition_id for n in accepted] + rnd.pool_members
-        if fleet.react(rnd.failures, succeeded, s):
+        if fleet.react(rnd.failures, succeeded, s, rnd.unavailable):
             self._write_groups()
         if len(accepted) + len(rnd.pool_members) < s.min_clients:
             records.log_dropped(server_round, {records.client_name(n, fleet): w for n, w in rnd.dropped().items()})

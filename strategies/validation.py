@@ -149,15 +149,21 @@ def judge(
 
 
 def validate_upload(
-    arrays: Mapping[str, np.ndarray], kind: str, hidden: int, max_rows: int, num_examples: object
+    arrays: Mapping[str, np.ndarray],
+    kind: str,
+    hidden: int,
+    max_rows: int,
+    num_examples: object,
+    limits: wire.ChunkLimits | None = None,
 ) -> list[str]:
     """Problems with a centralized client's upload: chunk layout, shapes, values and row count.
 
     An upload is a chunked record (:func:`strategies.wire.decode_chunks`) of token ids
     (kind ``samples``) or ``(rows, T, hidden)`` activations (kind ``activations``). Its rows
-    must be no more than the client was asked for, and as many as it claims.
+    must be no more than the client was asked for, and as many as it claims; ``limits``
+    bounds sequence lengths, labels, token ids and magnitudes.
     """
-    chunks, problems = wire.decode_chunks(arrays, kind, hidden=hidden)
+    chunks, problems = wire.decode_chunks(arrays, kind, hidden=hidden, limits=limits)
     rows = wire.chunk_rows(chunks)
     if rows > max_rows:
         problems.append(f"{rows} rows uploaded, at most {max_rows} were asked for")

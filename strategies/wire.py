@@ -197,6 +197,31 @@ class Chunk:
     label: npt.NDArray[np.generic]
 
 
+@dataclass(frozen=True)
+class ChunkLimits:
+    """Bounds every chunk must keep: what the server planned and what its model accepts.
+
+    Parameters
+    ----------
+    max_rows : int | None
+        Rows per chunk (a forward reply: the planned batch size).
+    max_tokens : int | None
+        Sequence length (the model's ``max-length``).
+    num_labels : int | None
+        Labels must lie in ``[0, num_labels)``.
+    vocab_size : int | None
+        Token ids must lie in ``[0, vocab_size)``.
+    max_abs : float | None
+        Largest activation magnitude accepted.
+    """
+
+    max_rows: int | None = None
+    max_tokens: int | None = None
+    num_labels: int | None = None
+    vocab_size: int | None = None
+    max_abs: float | None = None
+
+
 def _input_key(kind: str, i: int) -> str:
     if kind not in UPLOAD_KINDS:
         raise ValueError(f"chunk kind {kind!r} must be one of {list(UPLOAD_KINDS)}")
@@ -222,6 +247,7 @@ def decode_chunks(
     *,
     count: int | None = None,
     hidden: int | None = None,
+    limits: ChunkLimits | None = None,
 ) -> tuple[list[Chunk], list[str]]:
     """Read a chunked record back and list what is wrong with it (empty: valid).
 
@@ -237,6 +263,8 @@ def decode_chunks(
     hidden : int | None (default: None)
         The hidden size activations must have; None only requires it to be the same in
         every chunk.
+    limits : ChunkLimits | None (default: None)
+        Bounds on rows, sequence length, labels, token ids and activation magnitude.
 
     Chunks must be numbered ``0..n-1`` with nothing else in the record; masks and labels
     (and token ids) must be integers, activations finite.
@@ -256,7 +284,7 @@ def decode_chunks(
     width = hidden
     for i in range(n):
         chunk = Chunk(*(np.asarray(arrays[key]) for key in (_input_key(kind, i), mask_key(i), label_key(i))))
-        problem = _chunk_problem(chunk, kind, width)
+        problem = _chunk_problem(chunk, kind, width) or _limit_problem(chunk, kind, limits or ChunkLimits())
         if problem:
             problems.append(f"chunk {i}: {problem}")
         elif kind == ACTIVATIONS_KIND:
@@ -277,6 +305,34 @@ def _chunk_problem(chunk: Chunk, kind: str, hidden: int | None) -> str:
         return f"hidden size {inputs.shape[2]}, expected {hidden}"
     if np.issubdtype(inputs.dtype, np.inexact) and not np.isfinite(inputs).all():
         return f"{int((~np.isfinite(inputs)).sum())} non-finite values"
+    return ""
+
+
+def _limit_problem(chunk: Chunk, kind: str, limits: ChunkLimits) -> str:
+    rows, tokens = chunk.inputs.shape[:2]
+    if limits.max_rows is not None and rows > limits.max_rows:
+        return f"{rows} rows, at most {limits.max_rows} were planned"
+    if limits.max_tokens is not None and tokens > limits.max_tokens:
+        return f"sequence length {tokens}, at most {limits.max_tokens}"
+    if (
+        limits.num_labels is not None
+        and chunk.label.size
+        and not (chunk.label.min() >= 0 and chunk.label.max() < limits.num_labels)
+    ):
+        return f"labels {chunk.label.min()}..{chunk.label.max()} outside [0, {limits.num_labels})"
+    if not (chunk.mask.size == 0 or (chunk.mask.min() >= 0 and chunk.mask.max() <= 1)):
+        return "mask values other than 0 and 1"
+    if (
+        kind == SAMPLES
+        and limits.vocab_size is not None
+        and chunk.inputs.size
+        and not (chunk.inputs.min() >= 0 and chunk.inputs.max() < limits.vocab_size)
+    ):
+        return f"token ids {chunk.inputs.min()}..{chunk.inputs.max()} outside [0, {limits.vocab_size})"
+    if kind == ACTIVATIONS_KIND and limits.max_abs is not None and chunk.inputs.size:
+        largest = float(np.abs(chunk.inputs).max())
+        if largest > limits.max_abs:
+            return f"activation magnitude {largest:.3g} above {limits.max_abs:.3g}"
     return ""
 
 

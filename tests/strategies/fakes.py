@@ -60,6 +60,9 @@ class FakeServerModel:
     def emulator_keys(self, layers: int) -> tuple[str, ...]:
         return SERVER_KEYS
 
+    def limits(self) -> wire.ChunkLimits:
+        return wire.ChunkLimits(max_tokens=8, num_labels=2, vocab_size=100)
+
     def train_pool(self, state, chunks, steps, seed):
         rows = sum(len(c.label) for c in chunks)
         return {k: np.asarray(state[k]) - 1.0 for k in SERVER_KEYS}, 0.25, rows
@@ -83,24 +86,39 @@ class FakeClient:
         self.partition_id, self.value, self.volume, self.available = partition_id, value, volume, available
         self.profile = profile(strong)
         self.received: list[Message] = []
+        # What the forward reply carries: (rows, tokens) per minibatch, the label, the claimed volume.
+        self.forward_shape, self.label, self.forward_volume = (2, 3), 0, None
 
     def __call__(self, msg: Message) -> Message | None:
         self.received.append(msg)
         kind = msg.metadata.message_type
         if kind == wire.QUERY:
             record = ConfigRecord(
-                {wire.PARTITION_ID: self.partition_id, wire.NUM_AVAILABLE: self.available, **to_config(self.profile)}
+                {
+                    wire.PARTITION_ID: self.partition_id,
+                    wire.NUM_PARTITIONS: 10,
+                    wire.NUM_AVAILABLE: self.available,
+                    **to_config(self.profile),
+                }
             )
             return Message(RecordDict({wire.PROFILE: record}), reply_to=msg)
         plan = wire.TrainPlan.from_config(msg.content.config_records[wire.CONFIG])
         if kind == wire.SPLIT_FORWARD:
+            rows, tokens = self.forward_shape
             chunks = [
                 wire.Chunk(
-                    np.full((2, 3, HIDDEN), self.value, np.float32), np.ones((2, 3), np.int8), np.zeros(2, np.int64)
+                    np.full((rows, tokens, HIDDEN), self.value, np.float32),
+                    np.ones((rows, tokens), np.int8),
+                    np.full(rows, self.label, np.int64),
                 )
                 for _ in range(plan.steps)
             ]
-            return self._reply(msg, {wire.ACTIVATIONS: to_record(wire.encode_chunks(chunks, "activations"))})
+            arrays = to_record(wire.encode_chunks(chunks, "activations"))
+            volume = self.volume if self.forward_volume is None else self.forward_volume
+            return Message(
+                RecordDict({wire.ACTIVATIONS: arrays, wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: volume})}),
+                reply_to=msg,
+            )
         if kind in (wire.SPLIT_BACKWARD, wire.LOCAL):
             arrays = from_record(msg.content.array_records[wire.ARRAYS])
             # Local mode: the fake emulator keeps every upper layer, so everything goes back.
