@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from strategies import wire
 from strategies.fleet import POLICIES, Policy
 from strategies.requirements import THRESHOLD_METRICS, TrainingRequirement
+from strategies.robust import RULES, UPDATE_CHECKS
 from strategies.settings import ACTIVATION_DTYPES, SERVER_SIDES, SplitSettings
 
 # The strategy's defaults are the config's: one default per setting.
@@ -115,6 +116,18 @@ class StrategySettings:
     weak_mode: str = _f(_P.weak_mode, "threshold policy: mode of the weak group", choices=wire.MODES)
     strong_mode: str = _f(_P.strong_mode, "threshold policy: mode of the strong group", choices=wire.MODES)
     kmeans_modes: str = _f(",".join(_P.kmeans_modes), "kmeans policy: one mode per cluster, weakest first")
+    update_check: str = _f(
+        _S.update_check,
+        "a client update above update-bound x the round's median norm: clip, reject or off",
+        choices=UPDATE_CHECKS,
+    )
+    update_bound: float = _f(
+        _S.update_bound, "update-check bound, a multiple of the round's median update norm", low=1.0
+    )
+    aggregation: str = _f(
+        _S.aggregation, "rule per value, weighted by data volume: mean, median or trimmed", choices=RULES
+    )
+    trim: float = _f(_S.trim, "trimmed rule: fraction of the volume cut from each end", low=0.0, high=0.49)
     max_activation: float = _f(
         _S.max_activation,
         "largest boundary activation magnitude the server trains on (larger: reply dropped)",
@@ -323,6 +336,10 @@ def split_settings(config: Config) -> SplitSettings:
         upload_rows=t.upload_rows,
         local_eval_size=t.local_eval_size,
         max_activation=s.max_activation,
+        update_check=s.update_check,
+        update_bound=s.update_bound,
+        aggregation=s.aggregation,
+        trim=s.trim,
         requirement=requirement(config),
         policy=policy(config),
     )

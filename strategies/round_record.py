@@ -137,6 +137,10 @@ def round_record(
         **sim,
         "wall-s": round(time.time() - rnd.started, 3),
     }
+    if rnd.bounded:  # only rounds where a defence acted: an honest run's records stay as they were
+        record["bounded"] = dict(rnd.bounded)
+        for source, note in sorted(rnd.bounded.items()):
+            log(WARNING, "round %d: %s: %s", rnd.server_round, source, note)
     for key, value in (evaluation or {}).items():
         record[key if key == wire.ACCURACY else f"eval-{key}"] = value
     return record

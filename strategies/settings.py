@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from strategies import wire
 from strategies.fleet import Policy
 from strategies.requirements import TrainingRequirement
+from strategies.robust import RULES, UPDATE_CHECKS
 
 SERVER_SIDES = ("sequential", "parallel")
 ACTIVATION_DTYPES = {"float32": 4, "float16": 2}  # wire dtype -> bytes per value
@@ -57,6 +58,16 @@ class SplitSettings:
         Most samples a centralized client uploads (0: one round's plan, ``steps * batch_size``).
     local_eval_size : int (default: 32)
         Samples a local-mode client holds back to check the performance threshold.
+    update_check : str (default: "clip")
+        What happens to a client's update whose norm exceeds ``update_bound`` times the
+        median of its round (:mod:`strategies.robust`): ``"clip"``, ``"reject"`` or ``"off"``.
+    update_bound : float (default: 3.0)
+        The bound, as a multiple of the round's median update norm.
+    aggregation : str (default: "mean")
+        ``"mean"``, ``"median"`` or ``"trimmed"`` (mean after cutting ``trim`` of the volume
+        from each end), per value and weighted by data volume.
+    trim : float (default: 0.2)
+        Fraction of the volume cut from each end by the ``trimmed`` rule.
     max_activation : float (default: 1e4)
         Largest boundary activation magnitude the server trains on; a reply with larger
         values is dropped (a client cannot blow up the server's half).
@@ -82,6 +93,10 @@ class SplitSettings:
     upload_kind: str = wire.ACTIVATIONS_KIND
     upload_rows: int = 0
     local_eval_size: int = 32
+    update_check: str = "clip"
+    update_bound: float = 3.0
+    aggregation: str = "mean"
+    trim: float = 0.2
     max_activation: float = 1e4
     requirement: TrainingRequirement = field(default_factory=TrainingRequirement)
     policy: Policy | None = None
@@ -91,12 +106,18 @@ class SplitSettings:
             ("server_side", self.server_side, SERVER_SIDES),
             ("upload_kind", self.upload_kind, wire.UPLOAD_KINDS),
             ("activation_dtype", self.activation_dtype, tuple(ACTIVATION_DTYPES)),
+            ("update_check", self.update_check, UPDATE_CHECKS),
+            ("aggregation", self.aggregation, RULES),
         ):
             if value not in choices:
                 raise ValueError(f"{name}={value!r} must be one of {list(choices)}")
         for name in ("steps", "batch_size", "min_clients", "max_strikes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be at least 1")
+        if not self.update_bound >= 1.0:  # also refuses NaN
+            raise ValueError(f"update_bound={self.update_bound!r} must be at least 1")
+        if not 0.0 <= self.trim < 0.5:
+            raise ValueError(f"trim={self.trim!r} must be in [0, 0.5)")
         if not self.max_activation > 0.0:  # also refuses NaN
             raise ValueError(f"max_activation={self.max_activation!r} must be positive")
         if not 0.0 < self.fraction_train <= 1.0:

@@ -44,9 +44,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from strategies import messages as msgs
+from strategies import robust, server_modes, wire
 from strategies import round_record as records
-from strategies import server_modes, wire
-from strategies.aggregation import Contribution, aggregate
+from strategies.aggregation import Contribution
 from strategies.checkpoint import Checkpoint
 from strategies.costmodel import EnergyLedger
 from strategies.fleet_state import FleetState, sample
@@ -205,8 +205,10 @@ class SplitPrefixStrategy(Strategy):
             records.log_dropped(server_round, {records.client_name(n, fleet): w for n, w in rnd.dropped().items()})
             return None
         ordered = [accepted[n] for n in sorted(accepted, key=lambda n: fleet.clients[n].partition_id)]
+        ordered, rnd.bounded = robust.bound_updates(ordered, state, s.update_check, s.update_bound)
         contributions = ordered + server_modes.server_contributions(s, split, rnd.split)
-        state = aggregate(contributions + ([pool_part] if pool_part is not None else []), state)
+        contributions += [pool_part] if pool_part is not None else []
+        state = robust.robust_average(contributions, state, s.aggregation, s.trim)
         return state, self._close_round(rnd, state, uploaded, evaluate_fn)
 
     def _collect(

@@ -130,3 +130,24 @@ def test_server_steps_that_diverge_on_one_clients_activations_are_undone(tmp_pat
     assert "non-finite" in rounds[0]["dropped"]["1"]
     assert all(np.isfinite(result.arrays[k].numpy()).all() for k in result.arrays)
     assert np.allclose(result.arrays["prefix.1"].numpy(), 20.0)
+
+
+@pytest.mark.parametrize(
+    ("check", "expected"),
+    [
+        ("off", np.average([1.0, 1.1, 0.9, 30.0], weights=[10, 10, 10, 10])),  # the attacker moves the average
+        ("clip", np.average([1.0, 1.1, 0.9, 3.0 * 1.05], weights=[10, 10, 10, 10])),  # cut to 3 x median 1.05
+        ("reject", np.average([1.0, 1.1, 0.9], weights=[10, 10, 10])),
+    ],
+)
+def test_a_scaled_prefix_with_an_honest_volume_is_bounded_before_the_average(tmp_path, check, expected):
+    # Prepare: client 3 sends its prefix scaled x30 and claims the same volume as the others
+    clients = [FakeClient(0, 1.0, 10), FakeClient(1, 1.1, 10), FakeClient(2, 0.9, 10), FakeClient(3, 30.0, 10)]
+    settings = SplitSettings(steps=10, batch_size=4, wait_for_nodes_s=0, seed=7, update_check=check)
+
+    # Execute
+    _, result, rounds = _run(clients, tmp_path, settings)
+
+    # Assert
+    assert np.allclose(result.arrays["prefix.0"].numpy(), expected)
+    assert ("bounded" in rounds[0]) == (check != "off")
