@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,7 @@ class ModelSettings:
     gguf_file: str = _f("", "GGUF file inside the model folder, if the weights are GGUF")
     allow_download: bool = _f(False, "allow fetching a Hub id (needs a machine that is online)")
     split_layer: int = _f(2, "transformer layers on the client", low=1)
-    prefix_length: int = _f(16, "prefix slots per attention layer", low=0, high=512)
+    prefix_length: int = _f(16, "prefix slots per attention layer", low=1, high=512)
     head: str = _f("classifier", "output head", choices=("classifier", "lm"))
     pooling: str = _f("mean", "pooling for a classifier head", choices=("pooler", "mean", "last"))
     verbalizer: str = _f("", "comma-separated label words for an LM head, one per label")
@@ -260,6 +261,8 @@ def _check(name: str, spec: dataclasses.Field, value: Any):
         value = kind(value)
     except (TypeError, ValueError) as err:
         raise ValueError(f"config key '{name}' must be a {kind.__name__}, got {value!r}") from err
+    if kind is float and not math.isfinite(value):
+        raise ValueError(f"config key '{name}' must be a finite number, got {value!r}")
     meta = spec.metadata
     if meta["choices"] and value not in meta["choices"]:
         raise ValueError(f"config key '{name}'={value!r} must be one of {list(meta['choices'])}")

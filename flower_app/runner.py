@@ -116,13 +116,23 @@ def run_inprocess(run_config: Mapping[str, Any], num_nodes: int = 10, fault: Fau
     return run_server(InProcessGrid(client_app, num_nodes, run_config, fault), run_config)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m flower_app.runner [--nodes N] [key=value ...]``: a job without Ray."""
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flower_app.runner [--nodes N] [--debug] [key=value ...]``: a job without Ray.
+
+    Exits 0 when the run completed, 1 when it stopped early or failed, 2 on a bad
+    config, data file or run directory (one line that names the problem; ``--debug``
+    shows the traceback).
+    """
     import argparse
     import json
+    import sys
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    from strategies.checkpoint import CheckpointError
+    from strategies.rundir import RunDirectoryError
+
+    parser = argparse.ArgumentParser(description=(main.__doc__ or "").splitlines()[0])
     parser.add_argument("--nodes", type=int, default=10, help="simulated nodes (default: 10)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. config=test train.lr=0.02")
     args = parser.parse_args(argv)
     overrides = {}
@@ -131,8 +141,19 @@ def main(argv: list[str] | None = None) -> None:
         if not sep:
             parser.error(f"override '{item}' is not key=value")
         overrides[key] = value
-    print(json.dumps(run_inprocess(overrides, num_nodes=args.nodes), indent=2))
+    try:
+        summary = run_inprocess(overrides, num_nodes=args.nodes)
+    except (ValueError, KeyError, OSError, CheckpointError, RunDirectoryError) as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    if summary["status"] != "completed":
+        print(f"error: run {summary['status']}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from logging import INFO
+from logging import INFO, WARNING
 from typing import Any
 
+import numpy as np
 from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import OmegaConf
 
-from flower_app.config import load_config, split_settings, to_dict
+from flower_app.config import Config, load_config, split_settings, to_dict
 from flower_app.server_model import SplitServer
 from flower_app.setup import build
+from strategies.checkpoint import Checkpoint
 from strategies.records import to_record
-from strategies.rundir import RunDirectory
+from strategies.rundir import RunDirectory, RunDirectoryError
 from strategies.split_strategy import SplitPrefixStrategy
 
 app = ServerApp()
@@ -23,7 +26,13 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    run_server(grid, context.run_config)
+    summary = run_server(grid, context.run_config)
+    if summary["status"] != "completed":  # Flower then marks the run failed: `flwr ls` and our scripts see it
+        raise RunStopped(summary["status"])
+
+
+class RunStopped(RuntimeError):
+    """The run ended before its last round (too few valid contributions); the checkpoint is kept."""
 
 
 def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -34,14 +43,23 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
     run_dir = RunDirectory(config.run.run_dir)
     strategy = SplitPrefixStrategy(server, settings, run_dir)
     initial = server.initial_state()
-    checkpoint = run_dir.load() if config.run.resume else None
-    if checkpoint is not None:
+    fingerprint = job_fingerprint(config, initial)
+    if config.run.resume:
+        checkpoint = _checkpoint_to_resume(run_dir, fingerprint)
         initial = dict(checkpoint.arrays)
         strategy.resume(checkpoint)
         run_dir.truncate_after(checkpoint.round)
         log(INFO, "resuming from the checkpoint of round %d in %s", checkpoint.round, run_dir.path)
     else:
-        run_dir.start_fresh()
+        if run_dir.has_results():  # never delete another run's results
+            aside = run_dir.move_aside()
+            log(
+                WARNING,
+                "%s held an earlier run: moved to %s (run.resume=true continues a run instead)",
+                run_dir.path,
+                aside,
+            )
+        run_dir.write_fingerprint(fingerprint)
     run_dir.write_config(OmegaConf.to_yaml(to_dict(config)))
     log(
         INFO,
@@ -58,3 +76,44 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
         evaluate_fn=server.evaluate_fn(config.eval.every, config.run.num_rounds),
     )
     return strategy.summary_record
+
+
+def job_fingerprint(config: Config, initial: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues: model, split, prefix, data, seed, tensors."""
+    sections = to_dict(config)
+    data = {k: v for k, v in sections["data"].items() if k != "num-partitions"}  # simulation sets it per run
+    return {
+        "model": {k: v for k, v in sections["model"].items() if k != "allow-download"},
+        "data": data,
+        "seed": config.run.seed,
+        "tensors": {name: list(array.shape) for name, array in sorted(initial.items())},
+    }
+
+
+def _checkpoint_to_resume(run_dir: RunDirectory, fingerprint: Mapping[str, Any]) -> Checkpoint:
+    """The run directory's checkpoint, if it exists and belongs to the same job; else a clear error."""
+    checkpoint = run_dir.load()
+    if checkpoint is None:
+        raise RunDirectoryError(
+            f"run.resume=true but {run_dir.path} holds no checkpoint: start without run.resume, "
+            "or point run.run-dir at the run to continue"
+        )
+    stored = run_dir.fingerprint()
+    now, then = _flatten(json.loads(json.dumps(fingerprint))), _flatten(stored or {})
+    changed = sorted(key for key in now.keys() | then.keys() if now.get(key) != then.get(key))
+    if stored is not None and changed:
+        raise RunDirectoryError(
+            f"run.resume=true but {run_dir.path} holds a run of another job (changed: {', '.join(changed[:6])}); "
+            "resume with the same model, data and seed, or start a new run.run-dir"
+        )
+    return checkpoint
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -9,11 +9,18 @@
     <run-dir>/groups.json      each client's profile, group, mode and allocation
     <run-dir>/ledger.jsonl     simulated time and energy, one line per client and round
     <run-dir>/pool.npz         the centralized clients' uploads (a resumed run needs them)
+    <run-dir>/fingerprint.json what a resumed run must match: model, split, prefix, data, seed
+
+No run deletes another run's results: a new run into a directory that holds one moves
+the old run aside to ``<run-dir>.1`` (then ``.2``, ...) first.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,19 +39,30 @@ class RunDirectory:
     def write_config(self, text: str) -> None:
         (self.path / "config.yaml").write_text(text, encoding="utf-8")
 
-    def start_fresh(self) -> None:
-        """Forget a previous run in this directory (its metrics would mix with ours)."""
-        for name in (
-            "metrics.jsonl",
-            "summary.json",
-            "checkpoint.json",
-            "checkpoint.npz",
-            "checkpoint.prev.npz",
-            "groups.json",
-            "ledger.jsonl",
-            "pool.npz",
-        ):
-            (self.path / name).unlink(missing_ok=True)
+    def has_results(self) -> bool:
+        """Whether a run already left results here."""
+        return any((self.path / name).exists() for name in RESULT_FILES)
+
+    def move_aside(self) -> Path:
+        """Rename this directory to the first free ``<name>.<n>`` and start an empty one; the new path."""
+        n = 1
+        while (aside := self.path.with_name(f"{self.path.name}.{n}")).exists():
+            n += 1
+        os.replace(self.path, aside)
+        self.path.mkdir(parents=True)
+        return aside
+
+    def write_fingerprint(self, fingerprint: Mapping[str, Any]) -> None:
+        _write_atomic(self.path / "fingerprint.json", json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+
+    def fingerprint(self) -> dict[str, Any] | None:
+        path = self.path / "fingerprint.json"
+        if not path.exists():
+            return None
+        try:
+            return dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError) as err:
+            raise RunDirectoryError(f"{path}: unreadable ({err})") from err
 
     def log_round(self, record: Mapping[str, Any]) -> None:
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
@@ -87,10 +105,15 @@ class RunDirectory:
         if not path.exists():
             return {}
         pool: dict[int, dict[str, np.ndarray]] = {}
-        with np.load(path) as data:
-            for key in data.files:
-                pid, name = key.split("/", 1)
-                pool.setdefault(int(pid), {})[name] = data[key]
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                for key in data.files:
+                    pid, name = key.split("/", 1)
+                    pool.setdefault(int(pid), {})[name] = data[key]
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+            raise RunDirectoryError(
+                f"{path}: the centralized pool cannot be read ({type(err).__name__}: {err})"
+            ) from err
         return pool
 
     def checkpoint(self, server_round: int, arrays: Mapping[str, np.ndarray], state: Mapping[str, Any]) -> None:
@@ -100,4 +123,29 @@ class RunDirectory:
         return load_checkpoint(self.path)
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
-        (self.path / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        """Written whole or not at all; non-finite numbers become null (JSON has no NaN)."""
+        text = json.dumps(_finite_json(summary), indent=2, sort_keys=True, allow_nan=False)
+        _write_atomic(self.path / "summary.json", text + "\n")
+
+
+class RunDirectoryError(Exception):
+    """A file of the run directory cannot be read, or the directory does not fit the run; the message says which."""
+
+
+RESULT_FILES = ("metrics.jsonl", "summary.json", "checkpoint.json", "checkpoint.npz", "ledger.jsonl", "pool.npz")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _finite_json(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value

@@ -146,22 +146,32 @@ class SplitPrefixStrategy(Strategy):
         self.fleet.clients = msgs.discover(grid, self.settings, timeout)
         self.fleet.plan(self.settings, self.shape)
         self._write_groups()
-        self.status = "completed"
         history: list[dict[str, Any]] = []
-        for server_round in range(self.first_round, num_rounds + 1):
-            outcome = self.run_round(grid, self.state, server_round, num_rounds, timeout, train_config, evaluate_fn)
-            if outcome is None:
-                self.status = (
-                    f"stopped at round {server_round}: fewer than {self.settings.min_clients} valid contributions"
+        self.status = "running"
+        self._finish(history, 0.0)  # a summary left by an earlier run must not stand for this one
+        try:
+            for server_round in range(self.first_round, num_rounds + 1):
+                outcome = self.run_round(grid, self.state, server_round, num_rounds, timeout, train_config, evaluate_fn)
+                if outcome is None:
+                    self.status = (
+                        f"stopped at round {server_round}: fewer than {self.settings.min_clients} valid contributions"
+                    )
+                    log(ERROR, "%s; the checkpoint of round %d is kept", self.status, server_round - 1)
+                    break
+                self.state, record = outcome
+                history.append(record)
+                result.arrays = to_record(self.state)
+                _store(result.train_metrics_clientapp, server_round, _metric_record(record, ("accuracy", "eval-")))
+                evaluation = {k: v for k, v in record.items() if k == wire.ACCURACY or k.startswith("eval-")}
+                _store(
+                    result.evaluate_metrics_serverapp, server_round, MetricRecord(evaluation) if evaluation else None
                 )
-                log(ERROR, "%s; the checkpoint of round %d is kept", self.status, server_round - 1)
-                break
-            self.state, record = outcome
-            history.append(record)
-            result.arrays = to_record(self.state)
-            _store(result.train_metrics_clientapp, server_round, _metric_record(record, exclude=("accuracy", "eval-")))
-            evaluation = {k: v for k, v in record.items() if k == wire.ACCURACY or k.startswith("eval-")}
-            _store(result.evaluate_metrics_serverapp, server_round, MetricRecord(evaluation) if evaluation else None)
+            else:
+                self.status = "completed"
+        except BaseException as err:  # a kill, Ctrl-C or a crash: the summary says so, then it goes on up
+            self.status = f"interrupted: {type(err).__name__}: {err}"
+            self._finish(history, time.time() - started)
+            raise
         self._finish(history, time.time() - started)
         return result
 

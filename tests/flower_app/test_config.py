@@ -27,6 +27,9 @@ def test_yaml_defaults_and_overrides_merge():
         ({"run.num-rounds": 2.5}, "'run.num-rounds' must be an integer"),  # wrong type
         ({"run.resume": "maybe"}, "'run.resume' must be true or false"),  # wrong bool
         ({"config": "nope"}, "config 'nope' not found"),  # unknown YAML
+        ({"model.prefix-length": 0}, "'model.prefix-length'=0 is below its minimum 1"),  # nothing to train
+        ({"train.lr": "nan"}, "'train.lr' must be a finite number"),  # NaN slips past every < and >
+        ({"strategy.update-check": "maybe"}, "'strategy.update-check'='maybe' must be one of"),  # a typo
     ],
 )
 def test_bad_config_names_the_problem(overrides, message):
