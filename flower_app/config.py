@@ -64,6 +64,7 @@ class DataSettings:
     source: str = _f("rotten-tomatoes", "'rotten-tomatoes', 'synthetic' or a path to a .csv/.jsonl file")
     text_column: str = _f("text", "text column of a local file")
     label_column: str = _f("label", "label column of a local file")
+    classes: str = _f("", "comma-separated class names of a local file, in id order (empty: from the labels)")
     test_size: int = _f(1000, "held-out samples for the server's test split", low=1)
     partitioner: str = _f("iid", "how samples are spread over clients", choices=("iid", "dirichlet"))
     alpha: float = _f(0.5, "Dirichlet concentration (smaller: more label skew)", low=1e-3)

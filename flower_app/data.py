@@ -16,12 +16,16 @@ import csv
 import importlib.util
 import io
 import json
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import torch
+
+logger = logging.getLogger(__name__)
 
 SYNTHETIC_WORDS = [
     "good",
@@ -61,7 +65,9 @@ class TextDataset:
         return TextDataset(tuple(self.texts[i] for i in indices), self.labels[indices], self.label_names)
 
 
-def load_dataset(source: str, text_column: str = "text", label_column: str = "label", seed: int = 0) -> TextDataset:
+def load_dataset(
+    source: str, text_column: str = "text", label_column: str = "label", seed: int = 0, classes: str = ""
+) -> TextDataset:
     if source == "rotten-tomatoes":
         return rotten_tomatoes()
     if source == "synthetic":
@@ -69,7 +75,8 @@ def load_dataset(source: str, text_column: str = "text", label_column: str = "la
     path = Path(source).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"data.source='{source}' is not 'rotten-tomatoes', 'synthetic' or a file")
-    return load_table(path, text_column, label_column)
+    declared = tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None
+    return load_table(path, text_column, label_column, declared)
 
 
 def rotten_tomatoes() -> TextDataset:
@@ -89,27 +96,117 @@ def rotten_tomatoes() -> TextDataset:
     return TextDataset(tuple(texts), np.array(labels, dtype=np.int64), ("rotten", "fresh"))
 
 
-def load_table(path: Path, text_column: str, label_column: str) -> TextDataset:
-    """Read a CSV or JSONL file; string labels are mapped to ids in sorted order."""
-    if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    elif path.suffix == ".csv":
-        rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
-    else:
-        raise ValueError(f"{path}: expected a .csv or .jsonl file")
-    if not rows:
-        raise ValueError(f"{path} holds no rows")
-    for column in (text_column, label_column):
-        if column not in rows[0]:
-            raise KeyError(f"{path} has no column '{column}' (columns: {sorted(rows[0])})")
-    raw = [str(r[label_column]) for r in rows]
-    if all(v.lstrip("-").isdigit() for v in raw):
-        labels = np.array([int(v) for v in raw], dtype=np.int64)
-        names = tuple(str(i) for i in range(int(labels.max()) + 1))
+class DataFileError(ValueError):
+    """A data file that cannot be used as it is; the message names the file and the line."""
+
+
+def load_table(path: Path, text_column: str, label_column: str, classes: tuple[str, ...] | None = None) -> TextDataset:
+    """Read a labelled CSV or JSONL file (UTF-8, with or without a BOM).
+
+    Rows with an empty text are dropped (counted in a warning); an empty label is an
+    error. Labels are decided for the whole column: with ``classes`` declared, each
+    label must be one of them (class ``i`` is ``classes[i]``); otherwise a column of
+    integers must hold exactly ``0..K-1``, and any other column is mapped to ids in
+    sorted order. Fewer than two classes is an error. Every error names the file and line.
+    """
+    rows = _read_rows(path, text_column, label_column)
+    kept = [(line, text, label) for line, text, label in rows if text.strip()]
+    if len(kept) < len(rows):
+        logger.warning("%s: %d rows with an empty text dropped", path, len(rows) - len(kept))
+    if not kept:
+        raise DataFileError(f"{path}: no row with a text in column '{text_column}'")
+    lines, texts, raw = zip(*kept, strict=True)
+    names, ids = _label_ids(path, list(lines), list(raw), label_column, classes)
+    return TextDataset(tuple(texts), np.array(ids, dtype=np.int64), names)
+
+
+def _read_rows(path: Path, text_column: str, label_column: str) -> list[tuple[int, str, str]]:
+    """``(line, text, label)`` of every row; labels stripped, a missing or empty label an error."""
+    if path.suffix not in (".csv", ".jsonl"):
+        raise DataFileError(f"{path}: expected a .csv or .jsonl file")
+    data = path.read_bytes()
+    try:
+        content = data.decode("utf-8-sig")  # -sig: a byte-order mark must not hide the first column
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataFileError(f"{path}:{line}: not UTF-8 (byte {err.start}); save the file as UTF-8") from None
+    records = _jsonl_records(path, content) if path.suffix == ".jsonl" else _csv_records(path, content)
+    if not records:
+        raise DataFileError(f"{path} holds no rows")
+    rows = []
+    for line, record in records:
+        for column in (text_column, label_column):
+            if column not in record:
+                raise DataFileError(f"{path}:{line}: no column '{column}' (columns: {sorted(record)})")
+        text, label = record[text_column], record[label_column]
+        label = "" if label is None else str(label).strip()
+        if not label:
+            raise DataFileError(f"{path}:{line}: empty label in column '{label_column}'")
+        rows.append((line, "" if text is None else str(text), label))
+    return rows
+
+
+def _jsonl_records(path: Path, content: str) -> list[tuple[int, dict[str, object]]]:
+    records = []
+    for line, text in enumerate(content.splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except ValueError as err:
+            raise DataFileError(f"{path}:{line}: not a JSON object ({err})") from None
+        if not isinstance(record, dict):
+            raise DataFileError(f"{path}:{line}: a {type(record).__name__}, not a JSON object")
+        records.append((line, record))
+    return records
+
+
+def _csv_records(path: Path, content: str) -> list[tuple[int, dict[str, object]]]:
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # long texts are fine; truncation comes later
+    reader = csv.DictReader(io.StringIO(content))
+    records = []
+    try:
+        for record in reader:
+            records.append((reader.line_num, dict(record)))
+    except csv.Error as err:
+        raise DataFileError(f"{path}:{reader.line_num}: {err}") from None
+    return records
+
+
+def _label_ids(
+    path: Path, lines: list[int], raw: list[str], column: str, classes: tuple[str, ...] | None
+) -> tuple[tuple[str, ...], list[int]]:
+    """Class names and each row's class id, decided for the whole column."""
+    if len(set(raw)) < 2:
+        raise DataFileError(f"{path}: every one of its {len(raw)} rows has label {raw[0]!r}; need two classes")
+    if classes is not None:
+        unseen = [(line, v) for line, v in zip(lines, raw, strict=True) if v not in classes]
+        if unseen:
+            line, value = unseen[0]
+            raise DataFileError(
+                f"{path}:{line}: label {value!r} is not among data.classes {list(classes)} ({len(unseen)} rows like it)"
+            )
+        names = classes
+        ids = [classes.index(v) for v in raw]
+    elif all(_INT.fullmatch(v) for v in raw):
+        values = [int(v) for v in raw]
+        distinct = sorted(set(values))
+        if distinct != list(range(len(distinct))):
+            odd = next(v for v in distinct if not 0 <= v < len(distinct))
+            line = lines[values.index(odd)]
+            raise DataFileError(
+                f"{path}:{line}: integer labels in column '{column}' must be 0..{len(distinct) - 1} "
+                f"(found {len(distinct)} values from {distinct[0]} to {distinct[-1]}, e.g. {odd}); "
+                "fix the label or name the classes in data.classes"
+            )
+        names, ids = tuple(str(i) for i in distinct), values
     else:
         names = tuple(sorted(set(raw)))
-        labels = np.array([names.index(v) for v in raw], dtype=np.int64)
-    return TextDataset(tuple(str(r[text_column]) for r in rows), labels, names)
+        ids = [names.index(v) for v in raw]
+    return names, ids
+
+
+_INT = re.compile(r"-?[0-9]+")
 
 
 def synthetic(n: int = 400, seed: int = 0) -> TextDataset:

@@ -45,7 +45,11 @@ def build(config: Config) -> Setup:
         m.source, seed=config.run.seed, gguf_file=m.gguf_file or None, allow_download=m.allow_download
     )
     dataset = data_mod.load_dataset(
-        config.data.source, config.data.text_column, config.data.label_column, seed=config.run.seed
+        config.data.source,
+        config.data.text_column,
+        config.data.label_column,
+        seed=config.run.seed,
+        classes=config.data.classes,
     )
     spec = SplitSpec(m.split_layer, m.prefix_length, m.head, m.pooling, num_labels=len(dataset.label_names))
     family = detect_family(model.config)

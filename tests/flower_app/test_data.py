@@ -3,7 +3,15 @@ import json
 import numpy as np
 import pytest
 
-from flower_app.data import batch_plan, load_dataset, partition, rotten_tomatoes, synthetic, train_test_split
+from flower_app.data import (
+    DataFileError,
+    batch_plan,
+    load_dataset,
+    partition,
+    rotten_tomatoes,
+    synthetic,
+    train_test_split,
+)
 
 
 def test_rotten_tomatoes_loads_offline_without_plot_rows_or_duplicates():
@@ -74,7 +82,7 @@ def test_local_csv_and_jsonl_with_string_labels(tmp_path):
 def test_missing_column_is_named(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("text,label\nx,1\n")
-    with pytest.raises(KeyError, match="no column 'sentiment'"):
+    with pytest.raises(DataFileError, match="d.csv:2: no column 'sentiment'"):
         load_dataset(str(path), label_column="sentiment")
 
 
