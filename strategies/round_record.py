@@ -165,7 +165,7 @@ def log_round(record: Mapping[str, Any], num_rounds: int) -> None:
         "(simulated %.1f s, %.1f J)",
         record["round"],
         num_rounds,
-        record["train-loss"] or float("nan"),
+        float("nan") if record["train-loss"] is None else record["train-loss"],
         f"{record['accuracy']:.4f}" if "accuracy" in record else "-",
         record["bytes-up"] / 1e6,
         record["bytes-down"] / 1e6,

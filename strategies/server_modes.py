@@ -210,6 +210,9 @@ def train_pool(
     tensors, loss, volume = model.train_pool(
         state, [c for chunks in uploads for c in chunks], steps, round_seed(settings.seed, rnd.server_round, POOL_ID)
     )
+    if not _finite(tensors, [], loss):  # uploads are bounded on arrival; this is the last guard
+        log(WARNING, "round %d: training on the pool left non-finite tensors; its result is left out", rnd.server_round)
+        return None
     rnd.pool_samples, rnd.pool_loss = steps * settings.batch_size, loss
     return Contribution(tensors, volume, f"server (centralized pool of {len(rnd.pool_members)})")
 

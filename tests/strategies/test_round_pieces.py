@@ -196,3 +196,26 @@ def test_the_round_record_names_each_drop_once_with_its_cause():
     assert record["failures"]["invalid-reply"] == 1 and sum(record["failures"].values()) == 1
     assert record["bytes-up"] == sum(c["bytes-up"] for c in record["clients"].values()) == 4000 + 2 * 128
     assert record["accuracy"] == 0.75 and record["eval-loss"] == 0.5
+
+
+def test_a_loss_of_exactly_zero_is_logged_as_zero(caplog):
+    # Prepare
+    from strategies.round_record import log_round
+
+    record = {
+        "round": 1,
+        "train-loss": 0.0,
+        "dropped": {},
+        "bytes-up": 0,
+        "bytes-down": 0,
+        "wall-s": 0.1,
+        "sim-latency-s": 0.0,
+        "energy-j": 0.0,
+    }
+
+    # Execute
+    with caplog.at_level("INFO"):
+        log_round(record, num_rounds=1)
+
+    # Assert
+    assert "train-loss 0.0000" in caplog.text
