@@ -160,12 +160,7 @@ class SplitPrefixStrategy(Strategy):
                     break
                 self.state, record = outcome
                 history.append(record)
-                result.arrays = to_record(self.state)
-                _store(result.train_metrics_clientapp, server_round, _metric_record(record, ("accuracy", "eval-")))
-                evaluation = {k: v for k, v in record.items() if k == wire.ACCURACY or k.startswith("eval-")}
-                _store(
-                    result.evaluate_metrics_serverapp, server_round, MetricRecord(evaluation) if evaluation else None
-                )
+                _add_round(result, record, self.state)
             else:
                 self.status = "completed"
         except BaseException as err:  # a kill, Ctrl-C or a crash: the summary says so, then it goes on up
@@ -299,6 +294,15 @@ class SplitPrefixStrategy(Strategy):
         if self.run_dir is not None:
             self.run_dir.write_summary(self.summary_record)
         log(INFO, "run %s: %s", self.status, self.summary_record)
+
+
+def _add_round(result: Result, record: Mapping[str, Any], state: Mapping[str, np.ndarray]) -> None:
+    """A finished round into Flower's Result: its scalar figures, its evaluation, the tensors."""
+    server_round = record["round"]
+    result.arrays = to_record(state)
+    _store(result.train_metrics_clientapp, server_round, _metric_record(record, ("accuracy", "eval-")))
+    evaluation = {k: v for k, v in record.items() if k == wire.ACCURACY or k.startswith("eval-")}
+    _store(result.evaluate_metrics_serverapp, server_round, MetricRecord(evaluation) if evaluation else None)
 
 
 def _store(table: dict[int, MetricRecord], server_round: int, metrics: MetricRecord | None) -> None:
