@@ -9,15 +9,18 @@ The json commits the pair. :func:`save_checkpoint` writes every file to a tempor
 same directory and moves it into place with ``os.replace`` (atomic), in this order:
 
 1. the new arrays to a temporary file, flushed to disk;
-2. ``checkpoint.npz`` -> ``checkpoint.prev.npz``, when it is the npz the current json names;
+2. ``checkpoint.npz`` -> ``checkpoint.prev.npz``, when it is the npz the current json names,
+   and a copy of that json -> ``checkpoint.prev.json`` (the previous checkpoint, whole);
 3. the temporary file -> ``checkpoint.npz``;
 4. the new json -> ``checkpoint.json``.
 
 Wherever a kill strikes, the json on disk names the digest of ``checkpoint.npz`` or of
 ``checkpoint.prev.npz``. :func:`load_checkpoint` takes whichever matches: a newer npz whose json
-was never written is ignored and the previous round resumes. If neither matches, the checkpoint
-is corrupt and :class:`CheckpointError` names the files. An npz without any json (a first save
-that was killed) counts as no checkpoint. One writer per directory is assumed.
+was never written is ignored and the previous round resumes. If the json is unreadable or
+neither npz matches, the previous checkpoint (``checkpoint.prev.json`` + ``checkpoint.prev.npz``)
+is loaded with a warning; only when that fails too does :class:`CheckpointError` name the files.
+An npz without any json (a first save that was killed) counts as no checkpoint. One writer per
+directory is assumed.
 
 The state travels as Python's JSON: tuples come back as lists, dict keys as strings, and
 ``inf``/``nan`` floats survive.
@@ -25,6 +28,7 @@ The state travels as Python's JSON: tuples come back as lists, dict keys as stri
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import zipfile
@@ -39,8 +43,11 @@ import numpy.typing as npt
 
 NPZ_NAME = "checkpoint.npz"
 PREV_NPZ_NAME = "checkpoint.prev.npz"
+PREV_JSON_NAME = "checkpoint.prev.json"
 JSON_NAME = "checkpoint.json"
 FORMAT_VERSION = 1
+
+logger = logging.getLogger(__name__)
 
 _TMP_PREFIX = ".checkpoint-"
 _TMP_SUFFIX = ".tmp"
@@ -103,6 +110,10 @@ def save_checkpoint(
     committed = _committed_digest(json_path)
     if npz_path.exists() and committed is not None and _sha256(npz_path) == committed:
         os.replace(npz_path, prev_path)
+        # Its record goes along as a copy (the current json stays in place until replaced).
+        with _temporary_file(directory) as (tmp_prev, handle):
+            handle.write(json_path.read_bytes())
+        os.replace(tmp_prev, directory / PREV_JSON_NAME)
     os.replace(tmp_npz, npz_path)
 
     record = {
@@ -122,15 +133,33 @@ def save_checkpoint(
 def load_checkpoint(directory: Path) -> Checkpoint | None:
     """Read the checkpoint in ``directory``; None when there is none.
 
+    When the latest checkpoint is unreadable or its arrays are corrupt, the one before it
+    (``checkpoint.prev.json`` with ``checkpoint.prev.npz``) is returned with a warning.
+
     Raises
     ------
     CheckpointError
-        When the json is unreadable, or no npz matches the digest it names.
+        When neither the latest nor the previous checkpoint can be read.
     """
     directory = Path(directory)
     json_path = directory / JSON_NAME
     if not json_path.exists():
         return None
+    try:
+        return _load_pair(json_path, [directory / NPZ_NAME, directory / PREV_NPZ_NAME])
+    except CheckpointError as err:
+        prev_json = directory / PREV_JSON_NAME
+        if not prev_json.exists():
+            raise
+        try:
+            previous = _load_pair(prev_json, [directory / PREV_NPZ_NAME])
+        except CheckpointError:
+            raise err from None
+        logger.warning("%s; falling back to the previous checkpoint (round %d)", err, previous.round)
+        return previous
+
+
+def _load_pair(json_path: Path, candidates: list[Path]) -> Checkpoint:
     try:
         record = json.loads(json_path.read_text())
         names, digest = list(record["arrays"]), str(record["npz-sha256"])
@@ -140,13 +169,11 @@ def load_checkpoint(directory: Path) -> Checkpoint | None:
         raise CheckpointError(f"cannot read checkpoint record {json_path}: {err!r}") from err
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{json_path} has format {version!r}, expected {FORMAT_VERSION}")
-
-    candidates = [directory / NPZ_NAME, directory / PREV_NPZ_NAME]
     npz_path = next((p for p in candidates if p.exists() and _sha256(p) == digest), None)
     if npz_path is None:
         raise CheckpointError(
             f"no array file matches the sha256 named by {json_path}: "
-            f"{candidates[0]} and {candidates[1]} are missing or corrupt"
+            f"{' and '.join(str(c) for c in candidates)} missing or corrupt"
         )
     return Checkpoint(round=server_round, arrays=_read_npz(npz_path, names), state=state)
 

@@ -183,3 +183,25 @@ def test_empty_arrays_round_trip(tmp_path: Path) -> None:
 
     # Assert
     assert loaded is not None and loaded.arrays == {} and loaded.round == 0
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one_with_a_warning(tmp_path, caplog):
+    # Prepare: checkpoints after rounds 1 and 2, then the round-2 arrays are damaged on disk
+    save_checkpoint(tmp_path, 1, {"w": np.ones(3)}, {"round": 1})
+    save_checkpoint(tmp_path, 2, {"w": np.full(3, 2.0)}, {"round": 2})
+    (tmp_path / "checkpoint.npz").write_bytes(b"damaged")
+
+    # Execute
+    with caplog.at_level("WARNING"):
+        checkpoint = load_checkpoint(tmp_path)
+
+    # Assert
+    assert checkpoint is not None and checkpoint.round == 1 and np.array_equal(checkpoint.arrays["w"], np.ones(3))
+    assert "falling back to the previous checkpoint (round 1)" in caplog.text
+
+
+def test_an_unreadable_record_with_no_previous_checkpoint_still_raises(tmp_path):
+    save_checkpoint(tmp_path, 1, {"w": np.ones(3)}, {})
+    (tmp_path / "checkpoint.json").write_text("{")
+    with pytest.raises(CheckpointError, match="checkpoint.json"):
+        load_checkpoint(tmp_path)
