@@ -151,3 +151,22 @@ def test_a_scaled_prefix_with_an_honest_volume_is_bounded_before_the_average(tmp
     # Assert
     assert np.allclose(result.arrays["prefix.0"].numpy(), expected)
     assert ("bounded" in rounds[0]) == (check != "off")
+
+
+def test_every_query_failure_is_logged_with_the_node_and_why(tmp_path, caplog):
+    # Prepare: node 101 raises on the query, node 102 holds no data
+    def boom(msg):
+        raise RuntimeError("no data partition on this device")
+
+    clients = [FakeClient(0, 1.0, 10), FakeClient(1, 1.0, 10), FakeClient(2, 1.0, 10, available=0)]
+    grid = fleet(clients)
+    grid.handlers[101] = boom
+
+    # Execute
+    with caplog.at_level("WARNING"):
+        strategy, _, _ = _run(clients, tmp_path, SplitSettings(wait_for_nodes_s=0, min_clients=1), grid=grid)
+
+    # Assert
+    assert "node 101: no query reply (client-error: error reply: RuntimeError: no data partition" in caplog.text
+    assert "node 102 (partition 2): holds no samples" in caplog.text
+    assert [c.partition_id for c in strategy.fleet.clients.values()] == [0]
