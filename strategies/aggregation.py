@@ -10,7 +10,7 @@ averaged over the contributions that hold it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,13 +35,25 @@ def volume_weights(volumes: Sequence[int]) -> npt.NDArray[np.float64]:
     return weights / float(weights.sum())  # the same float64 quotient; float() gives mypy a typed scalar
 
 
+Combine = Callable[[list[npt.NDArray[np.float64]], npt.NDArray[np.float64]], npt.NDArray[np.float64]]
+
+
+def weighted_mean(arrays: list[npt.NDArray[np.float64]], weights: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Sum of ``w_i * x_i`` in the given order (float64)."""
+    return np.asarray(sum(w * x for w, x in zip(weights, arrays, strict=True)), np.float64)
+
+
 def aggregate(
-    contributions: Sequence[Contribution], fallback: Mapping[str, npt.NDArray[Any]]
+    contributions: Sequence[Contribution],
+    fallback: Mapping[str, npt.NDArray[Any]],
+    combine: Combine = weighted_mean,
 ) -> dict[str, npt.NDArray[Any]]:
     """Weighted average per tensor name; names no contribution holds keep ``fallback``.
 
     Sums in float64 in the given order (callers sort contributions by a stable
-    id) so the result does not depend on reply arrival order.
+    id) so the result does not depend on reply arrival order. ``combine`` replaces the
+    weighted mean by another rule over the holders' values and normalised volumes
+    (see :mod:`strategies.robust`).
     """
     result = {name: np.array(value, copy=True) for name, value in fallback.items()}
     for name in fallback:
@@ -49,6 +61,6 @@ def aggregate(
         if not holders:
             continue
         weights = volume_weights([c.num_examples for c in holders])
-        total = sum(w * np.asarray(c.arrays[name], dtype=np.float64) for w, c in zip(weights, holders, strict=True))
-        result[name] = total.astype(fallback[name].dtype)
+        merged = combine([np.asarray(c.arrays[name], dtype=np.float64) for c in holders], weights)
+        result[name] = merged.astype(fallback[name].dtype)
     return result

@@ -30,7 +30,7 @@ from dataclasses import replace
 import numpy as np
 import numpy.typing as npt
 
-from strategies.aggregation import Contribution, aggregate, volume_weights
+from strategies.aggregation import Contribution, aggregate
 
 UPDATE_CHECKS = ("off", "clip", "reject")
 RULES = ("mean", "median", "trimmed")
@@ -101,17 +101,13 @@ def robust_average(
         return aggregate(contributions, fallback)
     if not 0.0 <= trim < 0.5:
         raise ValueError(f"trim={trim!r} must be in [0, 0.5)")
-    result = {name: np.array(value, copy=True) for name, value in fallback.items()}
-    for name in fallback:
-        holders = [c for c in contributions if name in c.arrays]
-        if not holders:
-            continue
-        weights = volume_weights([c.num_examples for c in holders])
-        values = np.stack([np.asarray(c.arrays[name], np.float64).ravel() for c in holders])  # (n, size)
-        cut = 0.5 if rule == "median" else trim
-        merged = _weighted_trimmed(values, weights, cut)
-        result[name] = merged.reshape(fallback[name].shape).astype(fallback[name].dtype)
-    return result
+    cut = 0.5 if rule == "median" else trim
+
+    def combine(arrays: list[npt.NDArray[np.float64]], weights: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        values = np.stack([a.ravel() for a in arrays])  # (n, size)
+        return _weighted_trimmed(values, weights, cut).reshape(arrays[0].shape)
+
+    return aggregate(contributions, fallback, combine)
 
 
 def _weighted_trimmed(
