@@ -39,8 +39,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from strategies.devices import DeviceProfile
-
-MODES = ("local", "split", "centralized")
+from strategies.wire import MODES
 
 
 @dataclass(frozen=True)

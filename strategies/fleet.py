@@ -20,9 +20,10 @@ from typing import Any
 
 from strategies import wire
 from strategies.allocation import allocate
-from strategies.costmodel import MODES, Allocation, Workload
+from strategies.costmodel import Allocation, Workload
 from strategies.devices import DeviceProfile
 from strategies.grouping import GroupConfig, ModeAssignment, assign_cost, assign_kmeans, assign_single, assign_threshold
+from strategies.wire import MODES
 from strategies.workload import ModelShape, RoundPlan, affordable_rows, local_workload, split_workload, upload_workload
 
 POLICIES = (*MODES, "threshold", "cost", "kmeans")

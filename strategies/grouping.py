@@ -14,8 +14,9 @@ import numpy as np
 import numpy.typing as npt
 
 from strategies.allocation import allocate
-from strategies.costmodel import MODES, Allocation, Workload, round_cost
+from strategies.costmodel import Allocation, Workload, round_cost
 from strategies.devices import DeviceProfile
+from strategies.wire import MODES
 
 _KMEANS_MAX_ITER = 100
 

@@ -4,7 +4,7 @@ import pytest
 
 from strategies import wire
 from strategies.allocation import allocate
-from strategies.costmodel import MODES, Allocation
+from strategies.costmodel import Allocation
 from strategies.devices import DeviceProfile, load_fleet_spec, sample_fleet
 from strategies.fleet import (
     Policy,
@@ -17,19 +17,10 @@ from strategies.fleet import (
     round_plan,
 )
 from strategies.grouping import ModeAssignment
-from strategies.workload import ModelShape, local_workload, split_workload, upload_workload
+from strategies.wire import MODES
+from strategies.workload import local_workload, split_workload, upload_workload
+from tests.strategies.test_workload import SHAPE  # the toy model: 2 layers below the split, 4 above
 
-SHAPE = ModelShape(
-    layer_params=100,
-    client_layers=2,
-    server_layers=4,
-    hidden=8,
-    embedding_params=50,
-    client_state_bytes=64,
-    layer_prefix_bytes=32,
-    head_bytes=16,
-    mean_tokens=10.0,
-)
 STEPS, ACTIVATION_BYTES = 2, 4
 CONFIG_KEYS = {
     "group",
