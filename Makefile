@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run run-inprocess lint test test-fast bench clean
+.PHONY: setup run run-inprocess lint test test-fast bench bench-robust clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,9 @@ test-fast: setup
 bench: setup
 	$(PY) bench/comm.py
 	$(PY) bench/hetero.py --nodes 20 --rounds 6
+
+bench-robust: setup
+	$(PY) bench/robust.py --nodes 10 --rounds 3
 
 clean:
 	rm -rf $(VENV) .flwr runs
