@@ -1,0 +1,553 @@
+"""Deployment kit for a real fleet: TLS certificates, SuperNode keys, registration, the CLI connection.
+
+Everything is made with the ``cryptography`` package that flwr itself depends on, so a
+machine needs nothing beyond the project's requirements (no openssl, no ssh-keygen)::
+
+    python -m flower_app.deploy certs --out certs --address 192.168.1.10
+    python -m flower_app.deploy keys --out keys phone-1 phone-2
+    python -m flower_app.deploy connection --name lan --address 192.168.1.10:9093 --ca certs/ca.crt
+    python -m flower_app.deploy register --connection lan keys/phone-1.pub keys/phone-2.pub
+
+=============  ==========================================================  ================================
+file           what                                                        who gets it
+=============  ==========================================================  ================================
+``ca.crt``     self-signed CA certificate (ECDSA P-384)                    every SuperNode and flwr CLI
+``ca.key``     the CA's private key: it signs SuperLink certificates       nobody: keep it off the network
+``server.crt`` SuperLink certificate; subjectAltName = the addresses       the SuperLink (``--ssl-certfile``)
+``server.key`` its private key                                             the SuperLink (``--ssl-keyfile``)
+``NAME``       SuperNode private key (ECDSA P-384, OpenSSH format)         that SuperNode only
+``NAME.pub``   its public key (OpenSSH format)                             ``flwr supernode register``
+=============  ==========================================================  ================================
+
+Existing files are never overwritten unless ``--force`` is given; private keys are
+written with mode 0600. Errors are one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+# The SuperLink starts its own ServerApp runner, which connects over TLS to the SuperLink's
+# --host, or to 127.0.0.1 when that is 0.0.0.0: the certificate must name loopback too.
+LOOPBACK = ("127.0.0.1", "localhost")
+CURVE = ec.SECP384R1  # what `flwr supernode register` and Flower's docs use for SuperNode keys
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_DNS = re.compile(
+    r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+_CONNECTION = re.compile(r"[A-Za-z0-9_-]+")  # a bare TOML key: [superlink.NAME]
+
+
+class DeployError(ValueError):
+    """Bad input or a refused action; the message is the one line the user sees."""
+
+
+# --- certificates -----------------------------------------------------------------------------
+
+
+def alt_name(address: str) -> x509.GeneralName:
+    """An IP address or a DNS name as a subjectAltName entry."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(address.strip("[]")))
+    except ValueError:
+        pass
+    if not _DNS.fullmatch(address):
+        raise DeployError(f"--address {address!r} is neither an IP address nor a DNS name (no port here)")
+    return x509.DNSName(address.lower())
+
+
+def alt_names(addresses: Sequence[str]) -> list[x509.GeneralName]:
+    """The addresses, then loopback, each once, in that order."""
+    names: list[x509.GeneralName] = []
+    for address in [*addresses, *LOOPBACK]:
+        name = alt_name(address)
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def make_ca(days: int, now: dt.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A self-signed CA that may sign server certificates only (path length 0)."""
+    key = ec.generate_private_key(CURVE())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hetero-split-prefix CA")])
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        _validity(x509.CertificateBuilder(), now, days)
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(ski, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+        .sign(key, hashes.SHA384())
+    )
+    return key, cert
+
+
+def make_server_certificate(
+    ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, addresses: Sequence[str], days: int, now: dt.datetime
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A SuperLink certificate signed by the CA whose subjectAltName lists ``addresses`` and loopback."""
+    if not addresses:
+        raise DeployError("give at least one --address: the IP or DNS name SuperNodes connect to")
+    key = ec.generate_private_key(CURVE())
+    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    cert = (
+        _validity(x509.CertificateBuilder(), now, days)
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, addresses[0])]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .add_extension(x509.SubjectAlternativeName(alt_names(addresses)), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+        .sign(ca_key, hashes.SHA384())
+    )
+    return key, cert
+
+
+def _validity(builder: x509.CertificateBuilder, now: dt.datetime, days: int) -> x509.CertificateBuilder:
+    if days < 1:
+        raise DeployError(f"--days {days} must be at least 1")
+    # Back-dated an hour: a device whose clock runs a little behind still accepts it.
+    return (
+        builder.serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=days))
+    )
+
+
+def _key_usage(cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=not cert_sign,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def pem_certificate(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def pem_private_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+# --- SuperNode keys ---------------------------------------------------------------------------
+
+
+def supernode_key_pair(name: str) -> tuple[bytes, bytes]:
+    """``(private, public)`` of a new SuperNode key in the OpenSSH formats flwr loads.
+
+    ``flower-supernode --auth-supernode-private-key`` reads the private key with
+    ``load_ssh_private_key``; ``flwr supernode register`` reads the public one with
+    ``load_ssh_public_key`` (a NIST curve). The public line ends with ``name`` as its comment.
+    """
+    check_name(name)
+    key = ec.generate_private_key(CURVE())
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return private, public + f" {name}\n".encode()
+
+
+def check_name(name: str) -> str:
+    if not _NAME.fullmatch(name) or name.endswith(".pub"):
+        raise DeployError(f"key name {name!r}: use letters, digits, '.', '_' and '-' (no path, no .pub)")
+    return name
+
+
+# --- files ------------------------------------------------------------------------------------
+
+# (path, content, private?) of each file to write
+Files = list[tuple[Path, bytes, bool]]
+
+
+def write_files(files: Files, force: bool) -> None:
+    """Write every file, or none when one exists already and ``force`` is off."""
+    existing = [str(path) for path, _, _ in files if path.exists()]
+    if existing and not force:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise DeployError(f"refusing to overwrite {existing[0]}{more}; pass --force to replace")
+    for path, content, private in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+        os.replace(tmp, path)
+
+
+def cert_files(out: Path, addresses: Sequence[str], days: int, now: dt.datetime) -> Files:
+    ca_key, ca_cert = make_ca(10 * days, now)
+    key, cert = make_server_certificate(ca_key, ca_cert, addresses, days, now)
+    return [
+        (out / "ca.crt", pem_certificate(ca_cert), False),
+        (out / "ca.key", pem_private_key(ca_key), True),
+        (out / "server.crt", pem_certificate(cert), False),
+        (out / "server.key", pem_private_key(key), True),
+    ]
+
+
+def key_files(out: Path, names: Sequence[str]) -> Files:
+    if len(set(names)) != len(names):
+        raise DeployError(f"key names repeat: {sorted(n for n in set(names) if names.count(n) > 1)}")
+    files: Files = []
+    for name in names:
+        private, public = supernode_key_pair(name)
+        files += [(out / name, private, True), (out / f"{name}.pub", public, False)]
+    return files
+
+
+# --- the flwr CLI's connection ----------------------------------------------------------------
+
+
+def check_address(address: str) -> str:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) with a port in 1..65535."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise DeployError(f"--address {address!r} is not HOST:PORT (e.g. 192.168.1.10:9093)")
+    alt_name(host)
+    return address
+
+
+def connection_block(name: str, address: str, ca: Path | None) -> str:
+    """The ``[superlink.NAME]`` table: TLS with ``ca`` as root certificate, or insecure without it."""
+    if not _CONNECTION.fullmatch(name):
+        raise DeployError(f"--name {name!r}: use letters, digits, '_' and '-'")
+    lines = [f"[superlink.{name}]", f"address = {json.dumps(check_address(address))}"]
+    lines.append(f"root-certificates = {json.dumps(str(ca))}" if ca is not None else "insecure = true")
+    return "\n".join(lines) + "\n"
+
+
+def merge_connection(text: str, name: str, address: str, ca: Path | None) -> str:
+    """``config.toml`` with the ``[superlink.NAME]`` entry added or replaced, the rest kept as written.
+
+    Only the lines of that table (and of its sub-tables) change; other connections, the
+    default and comments stay byte for byte. The result is parsed back to check it.
+    """
+    try:
+        before = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise DeployError(f"config.toml is not valid TOML ({err}); fix or move it first") from None
+    block = connection_block(name, address, ca)
+    header = re.compile(rf"^\s*\[\s*superlink\s*\.\s*(\"{name}\"|{name})\s*(\]|\.)")
+    kept, skipping, placed = [], False, False
+    for line in text.splitlines(keepends=True):
+        if line.lstrip().startswith("["):
+            skipping = bool(header.match(line))
+            if skipping and not placed:
+                kept.append(block)
+                placed = True
+        if not skipping:
+            kept.append(line)
+    merged = "".join(kept)
+    if not placed:
+        merged += ("\n" if merged and not merged.endswith("\n\n") else "") + block
+    after = tomllib.loads(merged)
+    expected = {**before.get("superlink", {}), name: tomllib.loads(block)["superlink"][name]}
+    if after.get("superlink") != expected or {k: v for k, v in after.items() if k != "superlink"} != {
+        k: v for k, v in before.items() if k != "superlink"
+    }:
+        raise DeployError(f"cannot edit [superlink.{name}] in config.toml safely (dotted keys?); edit it by hand")
+    return merged
+
+
+def write_connection(flwr_home: Path, name: str, address: str, ca: Path | None) -> Path:
+    path = flwr_home / "config.toml"
+    if ca is not None:
+        ca = ca.expanduser().resolve()  # flwr reads it from wherever the CLI runs
+        if not ca.is_file():
+            raise DeployError(f"--ca {ca} is not a file")
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    merged = merge_connection(text, name, address, ca)
+    write_files([(path, merged.encode(), False)], force=True)
+    return path
+
+
+# --- registration -----------------------------------------------------------------------------
+
+
+def register(connection: str, public_keys: Sequence[Path]) -> list[tuple[Path, int]]:
+    """``flwr supernode register`` each key (named after its file); the node id of each."""
+    registered = []
+    for key in public_keys:
+        if not key.is_file():
+            raise DeployError(f"{key} is not a file")
+        command = [tool("flwr"), "supernode", "register", str(key), connection]
+        command += ["--name", key.name.removesuffix(".pub"), "--format", "json"]
+        done = subprocess.run(command, env={**os.environ, **QUIET_ENV}, capture_output=True, text=True, timeout=120)
+        registered.append((key, registered_node_id(key, done.stdout, done.stderr)))
+    return registered
+
+
+def registered_node_id(key: Path, stdout: str, stderr: str) -> int:
+    """The node id in ``flwr supernode register --format json``'s reply (it exits 0 on failure too)."""
+    try:
+        reply = json.loads(stdout[stdout.index("{") :])
+        if reply["success"]:
+            return int(reply["node-id"])
+        lines = str(reply["error-message"]).splitlines()
+    except (ValueError, KeyError, TypeError):
+        lines = (stdout + "\n" + stderr).splitlines()
+    why = next((line.strip() for line in reversed(lines) if line.strip()), "no output")
+    raise DeployError(f"registering {key} failed: {why}")
+
+
+# --- a fleet on one host (tests, benchmarks) --------------------------------------------------
+
+# What every Flower process of ours gets: no `uv sync` of the app's dependencies (it would pull
+# a CUDA torch), no update check, no telemetry, no Hub.
+QUIET_ENV = {
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """This process's environment with ``FLWR_HOME``, :data:`QUIET_ENV`, and this venv's scripts first
+    on ``PATH`` (the SuperLink and SuperNodes start ``flower-superexec`` and ``flwr-*app`` from it)."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, **QUIET_ENV, "FLWR_HOME": str(flwr_home), "PATH": path}
+
+
+def tool(name: str) -> str:
+    """A console script of this venv (``flower-superlink``, ``flwr``, ...), else the one on PATH."""
+    sibling = Path(sys.executable).with_name(name)
+    found = str(sibling) if sibling.is_file() else shutil.which(name)
+    if found is None:
+        raise DeployError(f"no `{name}` command found beside this Python or on PATH")
+    return found
+
+
+def superlink_command(port: int, host: str = "127.0.0.1", certs: Path | None = None, auth: bool = False) -> list[str]:
+    """``flower-superlink`` serving Fleet, Control and Runtime APIs on one port, TLS with ``certs``
+    (the folder made by ``certs``), else insecure; ``auth``: only registered SuperNodes may connect."""
+    command = [tool("flower-superlink"), "--host", host, "--port", str(port)]
+    command += ["--disable-runtime-dependency-installation", "--database", ":flwr-in-memory:"]
+    if certs is None:
+        command.append("--insecure")
+    else:
+        command += ["--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile", str(certs / "server.crt")]
+        command += ["--ssl-keyfile", str(certs / "server.key")]
+    return command + (["--enable-supernode-auth"] if auth else [])
+
+
+def supernode_command(
+    superlink: str, port: int, node_config: str, ca: Path | None = None, key: Path | None = None
+) -> list[str]:
+    """``flower-supernode`` for ``superlink`` (``HOST:PORT``) with its own ``port`` for its ClientApps;
+    TLS when ``ca`` is given, authenticated with the private ``key`` when given."""
+    command = [tool("flower-supernode"), "--superlink", superlink, "--port", str(port), "--node-config", node_config]
+    command += ["--root-certificates", str(ca)] if ca is not None else ["--insecure"]
+    return command + (["--auth-supernode-private-key", str(key)] if key is not None else [])
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free on loopback now (held open together, so all distinct)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def wait_for_port(port: int, alive: subprocess.Popen, timeout_s: float, host: str = "127.0.0.1") -> None:
+    """Until ``host:port`` accepts connections; an error when ``alive`` exits first or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if alive.poll() is not None:
+            raise DeployError(f"process {alive.pid} exited with {alive.returncode} before port {port} opened")
+        with socket.socket() as s:
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.2)
+    raise DeployError(f"port {port} did not open within {timeout_s:.0f} s")
+
+
+class LocalProcesses:
+    """Processes started in sessions of their own, each logging to ``log_dir/NAME.log``, and
+    stopped by PID with everything they started (a context manager: all stopped on exit).
+
+    Flower's SuperLink starts its ServerApp runner in yet another session, so descendants are
+    looked up by PID; ``watch`` records them while they live, so that one orphaned later is
+    still stopped. Needs ``psutil`` (a test dependency; a device never runs this).
+    """
+
+    def __init__(self, log_dir: Path, env: dict[str, str]):
+        self.log_dir, self.env = log_dir, env
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._seen: dict[str, set[tuple[int, float]]] = {}  # (pid, create time) of descendants, by name
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def __enter__(self) -> LocalProcesses:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+    def start(self, name: str, command: Sequence[str], cwd: Path | None = None) -> subprocess.Popen:
+        if name in self.procs:
+            raise DeployError(f"a process named {name!r} was started already")
+        with open(self.log_dir / f"{name}.log", "wb") as log:
+            proc = subprocess.Popen(
+                list(command), cwd=cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.procs[name], self._seen[name] = proc, set()
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def watch(self) -> None:
+        """Remember every live descendant of every started process."""
+        psutil = _psutil()
+
+        for name, proc in self.procs.items():
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(proc.pid).children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        self._seen[name].add((child.pid, child.create_time()))
+
+    def stop(self, name: str, timeout_s: float = 10.0) -> None:
+        """SIGTERM ``name``'s process group and each of its descendants; SIGKILL what is left after ``timeout_s``."""
+        self.watch()
+        self._stop([name], timeout_s)
+
+    def stop_all(self, timeout_s: float = 10.0) -> None:
+        self.watch()
+        self._stop(list(self.procs), timeout_s)
+
+    def _stop(self, names: list[str], timeout_s: float) -> None:
+        psutil = _psutil()
+
+        targets = {}
+        for name in names:
+            for pid, created in [(self.procs[name].pid, None), *self._seen[name]]:
+                with contextlib.suppress(psutil.Error):
+                    p = psutil.Process(pid)
+                    if created is None or p.create_time() == created:  # not a reused PID
+                        targets[pid] = p
+        groups = {_pgid(pid) for pid in [*targets, *(self.procs[n].pid for n in names)]}
+        for group in groups - {None, os.getpgrp()}:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGTERM)  # type: ignore[arg-type]
+        for p in targets.values():
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+        _, left = psutil.wait_procs(list(targets.values()), timeout=timeout_s)
+        for p in left:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(left, timeout=timeout_s)
+        for name in names:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.procs[name].wait(timeout=timeout_s)  # reap our own children
+
+
+def _psutil() -> Any:
+    import psutil  # type: ignore[import-untyped]  # only tests and benchmarks run a local fleet
+
+    return psutil
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m flower_app.deploy", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    certs = sub.add_parser("certs", help="a CA and a SuperLink certificate for the given addresses")
+    certs.add_argument("--out", type=Path, required=True, help="folder for ca.crt, ca.key, server.crt, server.key")
+    certs.add_argument("--address", action="append", required=True, help="IP or DNS name of the SuperLink (repeat)")
+    certs.add_argument("--days", type=int, default=365, help="server certificate validity (CA: 10x), days")
+    certs.add_argument("--force", action="store_true", help="replace existing files")
+    keys = sub.add_parser("keys", help="SuperNode key pairs: NAME (private) and NAME.pub")
+    keys.add_argument("--out", type=Path, required=True, help="folder for the key files")
+    keys.add_argument("names", nargs="+", help="one name per SuperNode, e.g. phone-1")
+    keys.add_argument("--force", action="store_true", help="replace existing files")
+    reg = sub.add_parser("register", help="`flwr supernode register` each public key")
+    reg.add_argument("--connection", required=True, help="name of the [superlink.NAME] connection")
+    reg.add_argument("public_keys", nargs="+", type=Path, help="NAME.pub files")
+    conn = sub.add_parser("connection", help="write [superlink.NAME] in $FLWR_HOME/config.toml")
+    conn.add_argument("--name", required=True, help="connection name, used as `flwr run . NAME`")
+    conn.add_argument("--address", required=True, help="HOST:PORT of the SuperLink")
+    how = conn.add_mutually_exclusive_group(required=True)
+    how.add_argument("--ca", type=Path, help="ca.crt made by `certs` (TLS)")
+    how.add_argument("--insecure", action="store_true", help="no TLS (a test on loopback only)")
+    conn.add_argument("--flwr-home", type=Path, default=None, help="default: $FLWR_HOME, else ~/.flwr")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "certs":
+            files = cert_files(args.out, args.address, args.days, dt.datetime.now(dt.UTC))
+            write_files(files, args.force)
+            print(f"wrote {', '.join(str(p) for p, _, _ in files)}; keep ca.key off the network")
+        elif args.command == "keys":
+            files = key_files(args.out, args.names)
+            write_files(files, args.force)
+            print(f"wrote {', '.join(str(p) for p, _, _ in files)}")
+        elif args.command == "register":
+            for key, node_id in register(args.connection, args.public_keys):
+                print(f"{key}: registered as node {node_id}")
+        else:
+            home = args.flwr_home or Path(os.environ.get("FLWR_HOME") or Path.home() / ".flwr")
+            path = write_connection(home.expanduser(), args.name, args.address, args.ca)
+            print(f"wrote [superlink.{args.name}] in {path}")
+    except (DeployError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
