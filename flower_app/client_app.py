@@ -1,5 +1,16 @@
 """ClientApp: one handler per message type; the work is in the mode modules (split_mode, local_mode,
-centralized_mode)."""
+centralized_mode).
+
+What a node holds comes from :mod:`flower_app.device`: its part of the model and its
+encoded samples, kept on its disk, because a deployed SuperNode runs every message in
+a fresh process. The mode modules (and with them torch) are imported by the handler
+that needs them: a ``query`` answers from the data cache without touching the model.
+
+A node's ``--node-config``: ``partition-id`` (and ``num-partitions``) for a node that
+holds a partition of the run's dataset (simulation), or ``device-id`` and
+``data-path`` for a device with its own CSV/JSONL file (columns and classes from the
+run config); optionally ``cache-dir`` and the device profile keys.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +18,16 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from flower_app.centralized_mode import upload_activations, upload_samples
 from flower_app.config import Config, load_config
 from flower_app.data import Encoded, batch_plan
-from flower_app.local_mode import hold_back, train_local_round
-from flower_app.model import get_state, set_state
-from flower_app.setup import Setup, build, client_data
-from flower_app.split_mode import forward_plan, replay_plan
-from flower_app.training import torch_threads
+from flower_app.device import DataSource, DevicePart, cache_root, device_part, node_data
 from strategies import wire
 from strategies.devices import PROFILE_KEYS, DeviceProfile, from_config, load_fleet_spec, sample_fleet, to_config
 from strategies.records import from_record, to_record
@@ -41,28 +48,48 @@ def _config(items: frozenset[tuple[str, Any]]) -> Config:
     return load_config(dict(items))
 
 
-def _node(context: Context) -> tuple[Config, int, int]:
-    """The run's config and this node's partition (simulation or ``--node-config``)."""
-    config = _config(frozenset(context.run_config.items()))
-    node = context.node_config
+def data_source(config: Config, node: Mapping[str, Any]) -> DataSource:
+    """Where this node's samples come from, and its stable client id, from its node config."""
+    data_path = str(node.get("data-path", "") or "")
+    if data_path:
+        if "device-id" not in node and "partition-id" not in node:
+            raise KeyError(
+                'node config has data-path but no device-id: start the SuperNode with --node-config "device-id=3 '
+                'data-path=..."'
+            )
+        client_id = wire.as_int(node["device-id"] if "device-id" in node else node["partition-id"])
+        if client_id < 0:
+            raise ValueError(f"device-id {client_id} must be >= 0")
+        return DataSource(client_id, 0, data_path)
+    if "device-id" in node:
+        raise KeyError(
+            "node config has device-id but no data-path: a device with its own data names its file (data-path=...)"
+        )
     if "partition-id" not in node:
         raise KeyError(
-            "node config has no 'partition-id': start the SuperNode with "
-            '--node-config "partition-id=0 num-partitions=10"'
+            "node config has neither 'data-path' nor 'partition-id': start the SuperNode with "
+            '--node-config "device-id=0 data-path=/path/to/data.csv" (own data) or '
+            '"partition-id=0 num-partitions=10" (a partition of the run\'s dataset)'
         )
-    return (
-        config,
-        wire.as_int(node["partition-id"]),
-        wire.as_int(node.get("num-partitions", config.data.num_partitions)),
-    )
+    partition_id = wire.as_int(node["partition-id"])
+    num_partitions = wire.as_int(node.get("num-partitions", config.data.num_partitions))
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id {partition_id} is outside [0, num-partitions={num_partitions})")
+    return DataSource(partition_id, num_partitions)
+
+
+def _node(context: Context) -> tuple[Config, DataSource, Path]:
+    """The run's config, where this node's samples come from, and its cache folder."""
+    config = _config(frozenset(context.run_config.items()))
+    return config, data_source(config, context.node_config), cache_root(context.node_config)
 
 
 @dataclass(frozen=True)
 class Job:
-    """One train message as this node sees it: its config, model, data, plan and requirement."""
+    """One train message as this node sees it: its config, model part, data, plan and requirement."""
 
     config: Config
-    setup: Setup
+    device: DevicePart
     encoded: Encoded
     plan: wire.TrainPlan
     requirement: TrainingRequirement
@@ -74,12 +101,12 @@ class Job:
 
 
 def _job(msg: Message, context: Context) -> Job:
-    config, partition_id, num_partitions = _node(context)
+    config, source, root = _node(context)
     cfg = msg.content.config_records[wire.CONFIG]
     return Job(
         config,
-        build(config),
-        client_data(config, partition_id, num_partitions),
+        device_part(config, root),
+        node_data(config, source, root),
         wire.TrainPlan.from_config(cfg),
         requirement_from_config(cfg),
     )
@@ -115,13 +142,16 @@ def node_profile(
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    config, partition_id, num_partitions = _node(context)
-    encoded = client_data(config, partition_id, num_partitions)
-    profile = node_profile(config, context.node_config, partition_id, num_partitions)
+    """Who this node is: its client id, where its data comes from, how much it holds, its device profile."""
+    config, source, root = _node(context)
+    encoded = node_data(config, source, root)
+    # A device with its own file and no stated profile takes a preset entry like a partition would.
+    fleet_size = source.num_partitions or max(config.data.num_partitions, source.client_id + 1)
+    profile = node_profile(config, context.node_config, source.client_id, fleet_size)
     record = ConfigRecord(
         {
-            wire.PARTITION_ID: partition_id,
-            wire.NUM_PARTITIONS: num_partitions,
+            wire.PARTITION_ID: source.client_id,
+            wire.NUM_PARTITIONS: source.num_partitions,
             wire.NUM_AVAILABLE: len(encoded),
             **to_config(profile),
         }
@@ -132,21 +162,25 @@ def query(msg: Message, context: Context) -> Message:
 @app.train("split_forward")
 def split_forward(msg: Message, context: Context) -> Message:
     """Split mode, first exchange: the boundary activations of every planned minibatch."""
+    from flower_app.model import set_state
+    from flower_app.split_mode import forward_plan
+    from flower_app.training import torch_threads
+
     job = _job(msg, context)
     declined = _declined(msg, job)
     if declined is not None:
         return declined
-    setup, encoded = job.setup, job.encoded
-    set_state(setup.client, from_record(msg.content.array_records[wire.ARRAYS]))
+    device, encoded = job.device, job.encoded
+    set_state(device.client, from_record(msg.content.array_records[wire.ARRAYS]))
     plan, dtype = job.minibatches(), job.plan.activation_dtype
     with torch_threads(job.config.run.client_threads):
         tick = time.perf_counter()
-        first = forward_plan(setup.client, encoded, plan[:1], setup.pad_id, dtype)
+        first = forward_plan(device.client, encoded, plan[:1], device.pad_id, dtype)
         # A split step costs about a forward now and a forward plus backward at replay.
         failure = check_before_training(job.requirement, len(encoded), 3 * (time.perf_counter() - tick), len(plan))
         if failure is not None:
             return _failure(msg, failure)
-        activations = {**first, **forward_plan(setup.client, encoded, plan[1:], setup.pad_id, dtype, first_index=1)}
+        activations = {**first, **forward_plan(device.client, encoded, plan[1:], device.pad_id, dtype, first_index=1)}
     metrics = MetricRecord({wire.NUM_EXAMPLES: len(np.unique(np.concatenate(plan)))})
     return Message(RecordDict({wire.ACTIVATIONS: to_record(activations), wire.METRICS: metrics}), reply_to=msg)
 
@@ -160,29 +194,36 @@ def _failure(msg: Message, failure: Failure) -> Message:
 @app.train("split_backward")
 def split_backward(msg: Message, context: Context) -> Message:
     """Split mode, second exchange: replay the forwards, apply the server's gradients in order."""
+    from flower_app.model import get_state, set_state
+    from flower_app.split_mode import replay_plan
+    from flower_app.training import torch_threads
+
     job = _job(msg, context)
-    setup = job.setup
-    set_state(setup.client, from_record(msg.content.array_records[wire.ARRAYS]))
+    device = job.device
+    set_state(device.client, from_record(msg.content.array_records[wire.ARRAYS]))
     plan = job.minibatches()
     grads = from_record(msg.content.array_records[wire.GRADIENTS])
     with torch_threads(job.config.run.client_threads):
         done = replay_plan(
-            setup.client,
+            device.client,
             job.encoded,
             plan,
             [grads[wire.gradient_key(i)] for i in range(len(plan))],
             job.plan.lr,
-            setup.pad_id,
+            device.pad_id,
             max_s=job.requirement.max_train_s,
         )
     # The volume behind the update is what was replayed before the time limit.
     metrics = MetricRecord({wire.NUM_EXAMPLES: len(np.unique(np.concatenate(plan[:done]))), wire.STEPS_DONE: done})
-    return Message(RecordDict({wire.ARRAYS: to_record(get_state(setup.client)), wire.METRICS: metrics}), reply_to=msg)
+    return Message(RecordDict({wire.ARRAYS: to_record(get_state(device.client)), wire.METRICS: metrics}), reply_to=msg)
 
 
 @app.train("local")
 def local(msg: Message, context: Context) -> Message:
     """Local mode: train the lower prefix through an emulator of the upper layers, send the prefix."""
+    from flower_app.local_mode import hold_back, train_local_round
+    from flower_app.training import torch_threads
+
     job = _job(msg, context)
     declined = _declined(msg, job)
     if declined is not None:
@@ -193,7 +234,7 @@ def local(msg: Message, context: Context) -> Message:
     plan = [train_idx[b] for b in job.minibatches(len(train_idx))]
     with torch_threads(job.config.run.client_threads):
         result = train_local_round(
-            job.setup,
+            job.device,
             from_record(msg.content.array_records[wire.ARRAYS]),
             job.plan.emulator_layers,
             job.encoded,
@@ -219,18 +260,22 @@ def local(msg: Message, context: Context) -> Message:
 @app.train("upload")
 def upload(msg: Message, context: Context) -> Message:
     """Centralized mode: send samples (token ids) or lower-layer activations, once, within budget."""
+    from flower_app.centralized_mode import upload_activations, upload_samples
+    from flower_app.model import set_state
+    from flower_app.training import torch_threads
+
     job = _job(msg, context)
     declined = _declined(msg, job)
     if declined is not None:
         return declined
-    setup, encoded = job.setup, job.encoded
+    device, encoded = job.device, job.encoded
     rows = min(job.plan.upload_rows, plan_volume(job.requirement, len(encoded)))
     chosen = np.random.default_rng(job.plan.seed).permutation(len(encoded))[:rows]
     if job.plan.upload_kind == wire.SAMPLES:
-        uploaded = upload_samples(encoded, chosen, setup.pad_id)
+        uploaded = upload_samples(encoded, chosen, device.pad_id)
     else:
-        set_state(setup.client, from_record(msg.content.array_records[wire.ARRAYS]))
+        set_state(device.client, from_record(msg.content.array_records[wire.ARRAYS]))
         with torch_threads(job.config.run.client_threads):
-            uploaded = upload_activations(setup.client, encoded, chosen, setup.pad_id, job.plan.activation_dtype)
+            uploaded = upload_activations(device.client, encoded, chosen, device.pad_id, job.plan.activation_dtype)
     metrics = MetricRecord({wire.NUM_EXAMPLES: len(chosen)})
     return Message(RecordDict({wire.UPLOAD_RECORD: to_record(uploaded), wire.METRICS: metrics}), reply_to=msg)

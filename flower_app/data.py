@@ -120,6 +120,34 @@ def load_table(path: Path, text_column: str, label_column: str, classes: tuple[s
     return TextDataset(tuple(texts), np.array(ids, dtype=np.int64), names)
 
 
+def load_device_table(path: Path, text_column: str, label_column: str, label_names: tuple[str, ...]) -> TextDataset:
+    """A device's own CSV or JSONL file, its labels mapped to the run's classes ``label_names``.
+
+    A label is a class name of the run, or its integer id ``0..K-1``. Unlike
+    :func:`load_table`, one class is fine: a device may see only some classes.
+    Every error names the file and line.
+    """
+    rows = _read_rows(path, text_column, label_column)
+    kept = [(line, text, label) for line, text, label in rows if text.strip()]
+    if len(kept) < len(rows):
+        logger.warning("%s: %d rows with an empty text dropped", path, len(rows) - len(kept))
+    if not kept:
+        raise DataFileError(f"{path}: no row with a text in column '{text_column}'")
+    ids = []
+    for line, _, label in kept:
+        if label in label_names:
+            ids.append(label_names.index(label))
+        elif _INT.fullmatch(label) and 0 <= int(label) < len(label_names):
+            ids.append(int(label))
+        else:
+            raise DataFileError(
+                f"{path}:{line}: label {label!r} in column '{label_column}' is none of the run's classes "
+                f"{list(label_names)} (nor an id 0..{len(label_names) - 1})"
+            )
+    texts = tuple(text for _, text, _ in kept)
+    return TextDataset(texts, np.array(ids, dtype=np.int64), tuple(label_names))
+
+
 def _read_rows(path: Path, text_column: str, label_column: str) -> list[tuple[int, str, str]]:
     """``(line, text, label)`` of every row; labels stripped, a missing or empty label an error."""
     if path.suffix not in (".csv", ".jsonl"):

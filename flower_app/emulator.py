@@ -72,18 +72,27 @@ def kept_layers(server: ServerPart, keep: int | Sequence[int]) -> tuple[int, ...
     """
     layers = server_layers(server)
     if isinstance(keep, (int, np.integer)):
-        if not 1 <= keep <= len(layers):
-            raise ValueError(
-                f"emulator keep={keep} must be in [1, {len(layers)}] for a server part of {len(layers)} layers"
-            )
-        # Spaced from the last layer down, so keep=1 is the last layer alone.
-        positions = np.round(np.linspace(len(layers) - 1, 0, int(keep))).astype(int)
-        return tuple(layers[p] for p in sorted(set(positions.tolist())))
+        return spaced_layers(layers, int(keep))
     chosen = sorted(set(int(i) for i in keep))
     outside = [i for i in chosen if i not in layers]
     if not chosen or outside:
         raise ValueError(f"emulator keep={list(keep)} must name server layers among {list(layers)}")
     return tuple(chosen)
+
+
+def spaced_layers(layers: Sequence[int], keep: int) -> tuple[int, ...]:
+    """``keep`` evenly spaced entries of ``layers``, always the last (``keep = len(layers)``: all).
+
+    A pure function of the layer list, so a device picks the same layers as the
+    server without holding the others.
+    """
+    if not 1 <= keep <= len(layers):
+        raise ValueError(
+            f"emulator keep={keep} must be in [1, {len(layers)}] for a server part of {len(layers)} layers"
+        )
+    # Spaced from the last layer down, so keep=1 is the last layer alone.
+    positions = np.round(np.linspace(len(layers) - 1, 0, keep)).astype(int)
+    return tuple(layers[p] for p in sorted(set(positions.tolist())))
 
 
 def build_emulator(server: ServerPart, keep: int | Sequence[int]) -> ServerPart:

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from flower_app import data as data_mod
 from flower_app import emulator as emulator_mod
+from flower_app.device import DevicePart
 from flower_app.model import ClientPart, ServerPart, SplitSpec, get_state, set_state
-from flower_app.setup import Setup
 from flower_app.training import adam, class_logits
 from strategies import wire
 from strategies.requirements import Failure, TrainingRequirement, check_after_training, check_before_training
@@ -48,7 +48,7 @@ def hold_back(num_samples: int, count: int, seed: int) -> tuple[np.ndarray, np.n
 
 
 def train_local_round(
-    setup: Setup,
+    device: DevicePart,
     arrays: Mapping[str, np.ndarray],
     emulator_layers: int,
     encoded: data_mod.Encoded,
@@ -65,12 +65,16 @@ def train_local_round(
     are always sent back. The first step's time, times the plan, is the estimate
     checked against the time limit.
     """
-    server_layers = len(setup.server.stack.layers)
-    keep = emulator_layers or server_layers
-    set_state(setup.client, arrays)
-    emulator = emulator_mod.build_emulator(setup.server, keep)
+    keep, held = emulator_layers or device.num_upper_layers, len(device.upper.stack.layers)
+    if keep != held:
+        raise ValueError(
+            f"the plan asks for an emulator of {keep} upper layers but this device holds {held} "
+            "(the run config's train.emulator-layers decides what a device holds)"
+        )
+    set_state(device.client, arrays)
+    emulator = emulator_mod.build_emulator(device.upper, held)
     set_state(emulator, arrays)
-    args = (setup.pad_id, setup.spec, setup.verbalizer_ids)
+    args = (device.pad_id, device.spec, device.verbalizer_ids)
     failures: list[Failure | None] = []
 
     def stop(done: int, elapsed_s: float) -> bool:
@@ -79,16 +83,16 @@ def train_local_round(
         limit = requirement.max_train_s
         return failures[0] is not None or (limit is not None and elapsed_s >= limit)
 
-    loss, steps = train_local(setup.client, emulator, encoded, plan, lr, head_lr, *args, stop=stop)
+    loss, steps = train_local(device.client, emulator, encoded, plan, lr, head_lr, *args, stop=stop)
     failure = failures[0] if failures else None
-    evaluation = evaluate_local(setup.client, emulator, encoded, eval_indices, *args) if len(eval_indices) else {}
+    evaluation = evaluate_local(device.client, emulator, encoded, eval_indices, *args) if len(eval_indices) else {}
     if failure is None and evaluation:
         failure = check_after_training(requirement, evaluation[requirement.threshold_metric])
     # The head goes up too (no one else trains it in an all-local fleet); the kept layers'
     # prefix adapted to a stack with holes in it, so it stays, unless nothing was dropped.
     trained = get_state(emulator)
-    uploaded = trained if keep == server_layers else {k: v for k, v in trained.items() if wire.is_head(k)}
-    return LocalResult({**get_state(setup.client), **uploaded}, steps, loss, evaluation, failure)
+    uploaded = trained if keep == device.num_upper_layers else {k: v for k, v in trained.items() if wire.is_head(k)}
+    return LocalResult({**get_state(device.client), **uploaded}, steps, loss, evaluation, failure)
 
 
 def train_local(

@@ -56,12 +56,12 @@ def build(config: Config) -> Setup:
     prefix = initial_prefix(model, family, m.prefix_length, config.run.seed, model.config.vocab_size)
     client, server = split(model, spec, prefix, seed=config.run.seed)
     pool, test = data_mod.train_test_split(dataset, config.data.test_size, config.run.seed)
-    verbalizer = _verbalizer_ids(tokenizer, m.verbalizer, dataset.label_names) if m.head == "lm" else None
+    verbalizer = verbalizer_ids(tokenizer, m.verbalizer, dataset.label_names) if m.head == "lm" else None
     state = {**get_state(client), **get_state(server)}
     return Setup(config, spec, client, server, tokenizer, tokenizer.pad_token_id, verbalizer, pool, test, state)
 
 
-def _verbalizer_ids(tokenizer: Any, words: str, label_names: Sequence[str]) -> tuple[int, ...]:
+def verbalizer_ids(tokenizer: Any, words: str, label_names: Sequence[str]) -> tuple[int, ...]:
     """First token of each label word: the LM logits that act as class scores."""
     chosen = [w.strip() for w in words.split(",")] if words else list(label_names)
     if len(chosen) != len(label_names):
