@@ -277,12 +277,13 @@ def merge_connection(text: str, name: str, address: str, ca: Path | None) -> str
     merged = "".join(kept)
     if not placed:
         merged += ("\n" if merged and not merged.endswith("\n\n") else "") + block
-    after = tomllib.loads(merged)
-    expected = {**before.get("superlink", {}), name: tomllib.loads(block)["superlink"][name]}
-    if after.get("superlink") != expected or {k: v for k, v in after.items() if k != "superlink"} != {
-        k: v for k, v in before.items() if k != "superlink"
-    }:
-        raise DeployError(f"cannot edit [superlink.{name}] in config.toml safely (dotted keys?); edit it by hand")
+    expected = {**before, "superlink": {**before.get("superlink", {}), name: tomllib.loads(block)["superlink"][name]}}
+    try:
+        safe = tomllib.loads(merged) == expected
+    except tomllib.TOMLDecodeError:
+        safe = False
+    if not safe:  # e.g. the entry written inline or with dotted keys elsewhere
+        raise DeployError(f"cannot edit [superlink.{name}] in config.toml safely; edit that entry by hand")
     return merged
 
 

@@ -41,16 +41,19 @@ def node_config(device_id, data_file):
     return f'device-id={device_id} data-path="{data_file}"'
 
 
-def wait_until(what, check, timeout_s, fleet, poll_s=0.5):
+def wait_until(what, check, timeout_s, fleet, poll_s=0.5, running=None):
+    """Poll ``check`` until it holds; fail with the logs on timeout or when ``running`` exits first."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         fleet.watch()
         value = check()
         if value:
             return value
+        if running is not None and running.poll() is not None:
+            break
         time.sleep(poll_s)
-    logs = "\n".join(f"--- {n}\n{fleet.log(n)[-2000:]}" for n in fleet.procs)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}\n{logs}")
+    logs = "\n".join(f"--- {n}\n{fleet.log(n)[-3000:]}" for n in ("superlink", "flwr-run") if n in fleet.procs)
+    raise AssertionError(f"no {what} after {time.monotonic() - deadline + timeout_s:.0f} s\n{logs}")
 
 
 def rounds_written(run_dir):
@@ -110,14 +113,14 @@ def test_a_secure_deployment_survives_late_and_stopped_nodes(tmp_path, monkeypat
         command = [deploy.tool("flwr"), "run", str(ROOT), "lan", "--stream"]
         command += ["--run-config", f"{RUN_CONFIG} run.run-dir='{run_dir}'"]
         flwr_run = fleet.start("flwr-run", command, cwd=tmp_path)
-        wait_until("round 1 to start", lambda: (run_dir / "summary.json").is_file(), 120, fleet)
+        wait_until("round 1 start", lambda: (run_dir / "summary.json").is_file(), 120, fleet, running=flwr_run)
         start_node(names[3], 3, node_ports[3])
-        wait_until("round 1 to end", lambda: rounds_written(run_dir), 120, fleet)
+        wait_until("round 1 end", lambda: rounds_written(run_dir), 120, fleet, running=flwr_run)
         stopped_at = time.monotonic()
         fleet.procs[names[2]].send_signal(signal.SIGTERM)  # a device shut down in round 2
-        wait_until("round 2 to end", lambda: len(rounds_written(run_dir)) >= 2, 120, fleet)
+        wait_until("round 2 end", lambda: len(rounds_written(run_dir)) >= 2, 120, fleet, running=flwr_run)
         round_2_s = time.monotonic() - stopped_at
-        wait_until("the run to end", lambda: flwr_run.poll() is not None, 240, fleet)
+        wait_until("end of the run", lambda: flwr_run.poll() is not None, 240, fleet)
         run_id = re.search(r"started run (\d+)", fleet.log("flwr-run")).group(1)
         listed = subprocess.run(
             [deploy.tool("flwr"), "ls", "lan", "--run-id", run_id, "--format", "json"],
