@@ -100,7 +100,11 @@ def per_client_bytes(records: list[dict], key: str) -> int:
 
 
 def time_rounds(out: Path, rounds: int, steps: int) -> dict[str, list[float]]:
-    home = Path(tempfile.mkdtemp(prefix="flwr-home-"))  # outside the project: never bundled into the app
+    with tempfile.TemporaryDirectory(prefix="flwr-home-") as home:  # outside the project: never bundled into the app
+        return _time_rounds(out, rounds, steps, Path(home))
+
+
+def _time_rounds(out: Path, rounds: int, steps: int, home: Path) -> dict[str, list[float]]:
     env = {**deploy.flower_env(home), CACHE_ENV: str(out / "device-cache")}
     link_port, *node_ports = deploy.free_ports(1 + NODES)
     assert deploy.main(["connection", "--flwr-home", str(home), "--name", "bench"]
@@ -182,7 +186,21 @@ def measure(kind: str, source: str, cache: str) -> dict:
             overrides |= {"data.source": "synthetic", "model.pooling": "last"}
         part = device_part(load_config(overrides), Path(cache))
         touch([part.client, part.upper])
-    return {"peak-mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "s": time.perf_counter() - tick}
+    return {"peak-mb": peak_rss_mb(), "s": time.perf_counter() - tick}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory, MB: ``VmHWM`` of its address space.
+
+    Not ``ru_maxrss``: Linux carries that over from the parent through fork and exec, so a
+    child of a large process would report the parent's peak.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # elsewhere: a fresh interpreter's own
 
 
 def touch(modules: list) -> float:
