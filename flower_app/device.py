@@ -359,20 +359,20 @@ def node_data(config: Config, source: DataSource, root: Path) -> data_mod.Encode
     """The node's encoded samples: from the cache, else read, checked, encoded and cached."""
     part = device_part(config, root)
     key = _data_key(config, source, part)
-    path = root / "data" / f"{key}.npz"
-    cached = _read_encoded(path)
+    entry = root / "data" / f"{key}.npz"
+    cached = _read_encoded(entry)
     if cached is not None:
         return cached
     tokenizer = tokenizer_of(config, root)
     if source.data_path:
         d = config.data
-        path = Path(source.data_path).expanduser()
-        dataset = data_mod.load_device_table(path, d.text_column, d.label_column, part.label_names)
+        own = Path(source.data_path).expanduser()
+        dataset = data_mod.load_device_table(own, d.text_column, d.label_column, part.label_names)
     else:
         dataset = partition_of(config, source.client_id, source.num_partitions)
     encoded = data_mod.encode(tokenizer, dataset, config.model.max_length)
-    _private_dirs(path.parent)
-    _atomic(path, lambda handle: _write_encoded(handle, encoded))
+    _private_dirs(entry.parent)
+    _atomic(entry, lambda handle: _write_encoded(handle, encoded))
     return encoded
 
 
