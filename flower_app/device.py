@@ -117,6 +117,7 @@ def model_key(config: Config, label_names: Sequence[str]) -> str:
     )
 
 
+@lru_cache(maxsize=8)
 def run_label_names(config: Config) -> tuple[str, ...]:
     """The run's class names, without loading the run's dataset where they are known.
 
@@ -357,8 +358,8 @@ class DataSource:
 
 def node_data(config: Config, source: DataSource, root: Path) -> data_mod.Encoded:
     """The node's encoded samples: from the cache, else read, checked, encoded and cached."""
-    part = device_part(config, root)
-    key = _data_key(config, source, part)
+    labels = run_label_names(config)  # not the part itself: a cache hit must not load the model
+    key = _data_key(config, source, model_key(config, labels))
     entry = root / "data" / f"{key}.npz"
     cached = _read_encoded(entry)
     if cached is not None:
@@ -367,7 +368,7 @@ def node_data(config: Config, source: DataSource, root: Path) -> data_mod.Encode
     if source.data_path:
         d = config.data
         own = Path(source.data_path).expanduser()
-        dataset = data_mod.load_device_table(own, d.text_column, d.label_column, part.label_names)
+        dataset = data_mod.load_device_table(own, d.text_column, d.label_column, labels)
     else:
         dataset = partition_of(config, source.client_id, source.num_partitions)
     encoded = data_mod.encode(tokenizer, dataset, config.model.max_length)
@@ -387,7 +388,7 @@ def partition_of(config: Config, partition_id: int, num_partitions: int) -> data
     return pool.subset(parts[partition_id])
 
 
-def _data_key(config: Config, source: DataSource, part: DevicePart) -> str:
+def _data_key(config: Config, source: DataSource, model: str) -> str:
     d = config.data
     if source.data_path:
         path = Path(source.data_path).expanduser()
@@ -402,8 +403,8 @@ def _data_key(config: Config, source: DataSource, part: DevicePart) -> str:
             "split": [d.test_size, d.partitioner, d.alpha, config.run.seed],
             "partition": [source.client_id, source.num_partitions],
         }
-    model = {"model": part.key, "max-length": config.model.max_length}
-    return _digest({"version": CACHE_VERSION, "origin": origin, **model})
+    tokens = {"model": model, "max-length": config.model.max_length}
+    return _digest({"version": CACHE_VERSION, "origin": origin, **tokens})
 
 
 def _write_encoded(handle: Any, encoded: data_mod.Encoded) -> None:
