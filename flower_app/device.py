@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -304,8 +305,20 @@ def _write_part(folder: Path, part: DevicePart, tokenizer: Any) -> None:
     import torch
 
     _private_dirs(folder)
-    tokenizer.save_pretrained(folder / "tokenizer")
-    _atomic(folder / "part.pt", lambda handle: torch.save(part, handle))
+    _save_tokenizer(tokenizer, folder / "tokenizer")
+    _atomic(folder / "part.pt", lambda handle: torch.save(part, handle))  # last: its presence means complete
+
+
+def _save_tokenizer(tokenizer: Any, folder: Path) -> None:
+    """Save into a fresh folder and rename it into place, unless another process already did."""
+    if folder.is_dir():
+        return
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".", suffix=".tmp"))
+    tokenizer.save_pretrained(staging)
+    try:
+        staging.rename(folder)
+    except OSError:  # another SuperNode on this host got there first: theirs is as good
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _private_dirs(folder: Path) -> None:
@@ -333,7 +346,7 @@ def tokenizer_of(config: Config, root: Path) -> Any:
     if not folder.is_dir():
         _, tokenizer = build_device_part(config, part.label_names, part.key)
         _private_dirs(folder.parent)
-        tokenizer.save_pretrained(folder)
+        _save_tokenizer(tokenizer, folder)
         return tokenizer
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     tokenizer.padding_side = "right"
