@@ -53,29 +53,40 @@ def data_source(config: Config, node: Mapping[str, Any]) -> DataSource:
     data_path = str(node.get("data-path", "") or "")
     if data_path:
         if "device-id" not in node and "partition-id" not in node:
-            raise KeyError(
+            raise ValueError(
                 'node config has data-path but no device-id: start the SuperNode with --node-config "device-id=3 '
                 'data-path=..."'
             )
-        client_id = wire.as_int(node["device-id"] if "device-id" in node else node["partition-id"])
+        client_id = _node_int(node, "device-id" if "device-id" in node else "partition-id")
         if client_id < 0:
             raise ValueError(f"device-id {client_id} must be >= 0")
         return DataSource(client_id, 0, data_path)
     if "device-id" in node:
-        raise KeyError(
+        raise ValueError(
             "node config has device-id but no data-path: a device with its own data names its file (data-path=...)"
         )
     if "partition-id" not in node:
-        raise KeyError(
+        raise ValueError(
             "node config has neither 'data-path' nor 'partition-id': start the SuperNode with "
             '--node-config "device-id=0 data-path=/path/to/data.csv" (own data) or '
             '"partition-id=0 num-partitions=10" (a partition of the run\'s dataset)'
         )
-    partition_id = wire.as_int(node["partition-id"])
-    num_partitions = wire.as_int(node.get("num-partitions", config.data.num_partitions))
+    partition_id = _node_int(node, "partition-id")
+    num_partitions = _node_int({"num-partitions": config.data.num_partitions, **node}, "num-partitions")
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id {partition_id} is outside [0, num-partitions={num_partitions})")
     return DataSource(partition_id, num_partitions)
+
+
+def _node_int(node: Mapping[str, Any], key: str) -> int:
+    """An integer node-config value (``--node-config`` gives ints, or strings when quoted)."""
+    value = node[key]
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    try:
+        return wire.as_int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"node config {key}={value!r} is not an integer") from None
 
 
 def _node(context: Context) -> tuple[Config, DataSource, Path]:

@@ -20,10 +20,13 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -303,6 +306,8 @@ def encode(tokenizer, data: TextDataset, max_length: int) -> Encoded:
 
 def collate(encoded: Encoded, indices, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(input_ids, attention_mask, labels)`` padded on the right to the longest in the batch."""
+    import torch  # here, not at the top: a node answering a query reads its data without torch
+
     rows = [encoded.ids[i] for i in indices]
     length = max(len(r) for r in rows)
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -117,6 +118,7 @@ def model_key(config: Config, label_names: Sequence[str]) -> str:
     )
 
 
+@lru_cache(maxsize=8)
 def run_label_names(config: Config) -> tuple[str, ...]:
     """The run's class names, without loading the run's dataset where they are known.
 
@@ -303,8 +305,20 @@ def _write_part(folder: Path, part: DevicePart, tokenizer: Any) -> None:
     import torch
 
     _private_dirs(folder)
-    tokenizer.save_pretrained(folder / "tokenizer")
-    _atomic(folder / "part.pt", lambda handle: torch.save(part, handle))
+    _save_tokenizer(tokenizer, folder / "tokenizer")
+    _atomic(folder / "part.pt", lambda handle: torch.save(part, handle))  # last: its presence means complete
+
+
+def _save_tokenizer(tokenizer: Any, folder: Path) -> None:
+    """Save into a fresh folder and rename it into place, unless another process already did."""
+    if folder.is_dir():
+        return
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".", suffix=".tmp"))
+    tokenizer.save_pretrained(staging)
+    try:
+        staging.rename(folder)
+    except OSError:  # another SuperNode on this host got there first: theirs is as good
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _private_dirs(folder: Path) -> None:
@@ -332,7 +346,7 @@ def tokenizer_of(config: Config, root: Path) -> Any:
     if not folder.is_dir():
         _, tokenizer = build_device_part(config, part.label_names, part.key)
         _private_dirs(folder.parent)
-        tokenizer.save_pretrained(folder)
+        _save_tokenizer(tokenizer, folder)
         return tokenizer
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     tokenizer.padding_side = "right"
@@ -357,22 +371,22 @@ class DataSource:
 
 def node_data(config: Config, source: DataSource, root: Path) -> data_mod.Encoded:
     """The node's encoded samples: from the cache, else read, checked, encoded and cached."""
-    part = device_part(config, root)
-    key = _data_key(config, source, part)
-    path = root / "data" / f"{key}.npz"
-    cached = _read_encoded(path)
+    labels = run_label_names(config)  # not the part itself: a cache hit must not load the model
+    key = _data_key(config, source, model_key(config, labels))
+    entry = root / "data" / f"{key}.npz"
+    cached = _read_encoded(entry)
     if cached is not None:
         return cached
     tokenizer = tokenizer_of(config, root)
     if source.data_path:
         d = config.data
-        path = Path(source.data_path).expanduser()
-        dataset = data_mod.load_device_table(path, d.text_column, d.label_column, part.label_names)
+        own = Path(source.data_path).expanduser()
+        dataset = data_mod.load_device_table(own, d.text_column, d.label_column, labels)
     else:
         dataset = partition_of(config, source.client_id, source.num_partitions)
     encoded = data_mod.encode(tokenizer, dataset, config.model.max_length)
-    _private_dirs(path.parent)
-    _atomic(path, lambda handle: _write_encoded(handle, encoded))
+    _private_dirs(entry.parent)
+    _atomic(entry, lambda handle: _write_encoded(handle, encoded))
     return encoded
 
 
@@ -387,7 +401,7 @@ def partition_of(config: Config, partition_id: int, num_partitions: int) -> data
     return pool.subset(parts[partition_id])
 
 
-def _data_key(config: Config, source: DataSource, part: DevicePart) -> str:
+def _data_key(config: Config, source: DataSource, model: str) -> str:
     d = config.data
     if source.data_path:
         path = Path(source.data_path).expanduser()
@@ -402,8 +416,8 @@ def _data_key(config: Config, source: DataSource, part: DevicePart) -> str:
             "split": [d.test_size, d.partitioner, d.alpha, config.run.seed],
             "partition": [source.client_id, source.num_partitions],
         }
-    model = {"model": part.key, "max-length": config.model.max_length}
-    return _digest({"version": CACHE_VERSION, "origin": origin, **model})
+    tokens = {"model": model, "max-length": config.model.max_length}
+    return _digest({"version": CACHE_VERSION, "origin": origin, **tokens})
 
 
 def _write_encoded(handle: Any, encoded: data_mod.Encoded) -> None:

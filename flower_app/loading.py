@@ -20,8 +20,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import torch
-
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 RANDOM_SOURCES = ("random-bert", "random-gpt2", "random-llama")
 
@@ -54,6 +52,7 @@ def load(source: str, seed: int = 0, gguf_file: str | None = None, allow_downloa
     """``(model, tokenizer)`` for a source (see the module docstring)."""
     if source in RANDOM_SOURCES:
         return build_random(source.removeprefix("random-"), seed)
+    import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     folder: Path | str  # a local folder, or a Hub id
@@ -85,6 +84,7 @@ def load(source: str, seed: int = 0, gguf_file: str | None = None, allow_downloa
 
 def build_random(family: str, seed: int = 0, hidden: int = 64, layers: int = 4, vocab: int = 512):
     """A random tiny model of a family and a word-level tokenizer for it."""
+    import torch
     from transformers import (
         BertConfig,
         BertModel,

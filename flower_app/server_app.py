@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from logging import INFO, WARNING
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,13 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
             )
         run_dir.write_fingerprint(fingerprint)
     run_dir.write_config(OmegaConf.to_yaml(to_dict(config)))
+    if not run_dir.path.is_absolute():  # under a SuperLink this is the SuperLink's folder, not the user's
+        log(
+            WARNING,
+            "run.run-dir '%s' is relative: taken from this ServerApp's working directory %s",
+            config.run.run_dir,
+            Path.cwd(),
+        )
     log(
         INFO,
         "run directory: %s (%d trainable tensors, %d values)",
