@@ -256,8 +256,9 @@ def connection_block(name: str, address: str, ca: Path | None) -> str:
 def merge_connection(text: str, name: str, address: str, ca: Path | None) -> str:
     """``config.toml`` with the ``[superlink.NAME]`` entry added or replaced, the rest kept as written.
 
-    Only the lines of that table (and of its sub-tables) change; other connections, the
-    default and comments stay byte for byte. The result is parsed back to check it.
+    Only the lines of that table and of its sub-tables change; other connections, the
+    default and every comment outside that table stay byte for byte. The result is
+    parsed back and compared with the intended change.
     """
     try:
         before = tomllib.loads(text)
@@ -265,18 +266,7 @@ def merge_connection(text: str, name: str, address: str, ca: Path | None) -> str
         raise DeployError(f"config.toml is not valid TOML ({err}); fix or move it first") from None
     block = connection_block(name, address, ca)
     header = re.compile(rf"^\s*\[\s*superlink\s*\.\s*(\"{name}\"|{name})\s*(\]|\.)")
-    kept, skipping, placed = [], False, False
-    for line in text.splitlines(keepends=True):
-        if line.lstrip().startswith("["):
-            skipping = bool(header.match(line))
-            if skipping and not placed:
-                kept.append(block)
-                placed = True
-        if not skipping:
-            kept.append(line)
-    merged = "".join(kept)
-    if not placed:
-        merged += ("\n" if merged and not merged.endswith("\n\n") else "") + block
+    merged = _replace_tables(text, header, block)
     expected = {**before, "superlink": {**before.get("superlink", {}), name: tomllib.loads(block)["superlink"][name]}}
     try:
         safe = tomllib.loads(merged) == expected
@@ -284,6 +274,36 @@ def merge_connection(text: str, name: str, address: str, ca: Path | None) -> str
         safe = False
     if not safe:  # e.g. the entry written inline or with dotted keys elsewhere
         raise DeployError(f"cannot edit [superlink.{name}] in config.toml safely; edit that entry by hand")
+    return merged
+
+
+def _replace_tables(text: str, header: re.Pattern[str], block: str) -> str:
+    """``text`` with the tables whose header matches replaced by ``block`` (appended if none does).
+
+    Blank lines and comments just before the next table belong to that table, and stay.
+    """
+    kept: list[str] = []
+    pending: list[str] = []  # blank and comment lines met while skipping
+    skipping = placed = False
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            replaced = bool(header.match(line))
+            kept += pending if skipping and not replaced else []
+            pending, skipping = [], replaced
+            if skipping and not placed:
+                kept.append(block)
+                placed = True
+        if not skipping:
+            kept.append(line)
+        elif not stripped or stripped.startswith("#"):
+            pending.append(line)
+        elif not stripped.startswith("["):
+            pending = []  # a key of the replaced table: what came before it was the table's own
+    kept += pending
+    merged = "".join(kept)
+    if not placed:
+        merged += ("\n" if merged and not merged.endswith("\n\n") else "") + block
     return merged
 
 

@@ -144,6 +144,7 @@ insecure = true
 [superlink.lan.options]
 num-supernodes = 3
 
+# the cloud one
 [superlink.cloud]
 address = "cloud.example:443"
 """
@@ -154,8 +155,9 @@ def test_the_connection_entry_is_replaced_and_the_rest_kept_as_written(tmp_path)
     merged = deploy.merge_connection(EXISTING, "lan", "192.168.1.10:9093", tmp_path / "ca.crt")
 
     # Assert: other entries, the default and the comment byte for byte; lan replaced whole
-    assert merged.startswith(EXISTING[: EXISTING.index("[superlink.lan]")])
-    assert merged.endswith('[superlink.cloud]\naddress = "cloud.example:443"\n')
+    lan = f'[superlink.lan]\naddress = "192.168.1.10:9093"\nroot-certificates = "{tmp_path / "ca.crt"}"\n'
+    old = '[superlink.lan]\naddress = "10.0.0.1:9093"\ninsecure = true\n\n[superlink.lan.options]\nnum-supernodes = 3\n'
+    assert merged == EXISTING.replace(old, lan)
     config = tomllib.loads(merged)["superlink"]
     assert config["lan"] == {"address": "192.168.1.10:9093", "root-certificates": str(tmp_path / "ca.crt")}
     assert config["local"] == {"address": ":local:", "options": {"num-supernodes": 10}}
