@@ -278,9 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=False)
     print(f"results and logs: {out}")
     if not args.skip_time:
+        load_before = os.getloadavg()[0]
         times = time_rounds(out, args.rounds, args.steps)
         (out / "times.json").write_text(json.dumps(times, indent=2))
         print_times(times)
+        # Other work on the machine stretches every row; say how busy it was.
+        load_after = os.getloadavg()[0]
+        print(f"load average (1 min) before / after: {load_before:.1f} / {load_after:.1f}, {os.cpu_count()} cores")
     if not args.skip_memory:
         rows = memory(out)
         (out / "memory.json").write_text(json.dumps(rows, indent=2))
