@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run run-inprocess lint test test-fast bench bench-robust clean
+.PHONY: setup run run-inprocess scale lint test test-fast bench bench-robust bench-scale clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ run: setup
 
 run-inprocess: setup
 	$(PY) -m flower_app.runner --nodes 10 $(RUN_CONFIG)
+
+# 1000 simulated SuperNodes through flwr run (Ray), conf/scale.yaml: a few minutes on 2 cores.
+scale: setup
+	scripts/flwr_run.sh 1000 "config='scale' run.run-dir='$(CURDIR)/runs/scale' $(RUN_CONFIG)"
 
 # ruff (lint + format) on the code, mypy (strict on strategies/, see pyproject.toml), then pytest.
 lint: setup
@@ -41,6 +45,9 @@ bench: setup
 
 bench-robust: setup
 	$(PY) bench/robust.py --nodes 10 --rounds 3
+
+bench-scale: setup
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf $(VENV) .flwr runs
