@@ -481,3 +481,26 @@ def test_a_checkpoint_keeps_who_was_unreachable_and_the_moved_modes(tmp_path):
     assert checkpoint.state["unreachable"] == [2] and checkpoint.state["moved"] == {"1": "split"}
     assert rounds[-1]["round"] == 3 and rounds[-1]["excluded"] == []
     assert {p: c["mode"] for p, c in rounds[-1]["clients"].items()} == {"0": "local", "1": "split", "2": "local"}
+
+
+def test_queries_go_out_in_batches_and_every_node_is_admitted(monkeypatch):
+    # Prepare: 250 nodes, batches of 100 (Flower's simulation engine slows with messages in flight)
+    from strategies import messages
+
+    grid = fleet([FakeClient(partition_id=i, num_partitions=250) for i in range(250)])
+    exchanges = []
+    send = grid.send_and_receive
+
+    def counting(messages_, *, timeout=None):
+        batch = list(messages_)
+        exchanges.append(len(batch))
+        return send(batch, timeout=timeout)
+
+    monkeypatch.setattr(grid, "send_and_receive", counting)
+
+    # Execute
+    infos, answered = messages.query(grid, grid.get_node_ids(), timeout=5)
+
+    # Assert
+    assert exchanges == [100, 100, 50]
+    assert sorted(i.partition_id for i in infos.values()) == list(range(250)) and not answered.failures
