@@ -224,7 +224,7 @@ def query(
     """
     queries = [
         Message(RecordDict({wire.CONFIG: ConfigRecord({})}), node, wire.QUERY, group_id=str(server_round))
-        for node in sorted(nodes)
+        for node in nodes
     ]
     answered = Exchange()
     for start in range(0, len(queries), QUERY_BATCH):

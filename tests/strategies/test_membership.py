@@ -487,7 +487,7 @@ def test_queries_go_out_in_batches_and_every_node_is_admitted(monkeypatch):
     # Prepare: 250 nodes, batches of 100 (Flower's simulation engine slows with messages in flight)
     from strategies import messages
 
-    grid = fleet([FakeClient(partition_id=i, num_partitions=250) for i in range(250)])
+    grid = fleet([FakeClient(i, 1.0, 10, num_partitions=250) for i in range(250)])
     exchanges = []
     send = grid.send_and_receive
 
