@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup device run run-inprocess lint test test-fast bench bench-robust bench-deploy clean
+.PHONY: setup device run run-inprocess scale lint test test-fast bench bench-robust bench-scale bench-deploy clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ run: setup
 run-inprocess: setup
 	$(PY) -m flower_app.runner --nodes 10 $(RUN_CONFIG)
 
+# 1000 simulated SuperNodes through flwr run (Ray), conf/scale.yaml: a few minutes on 2 cores.
+scale: setup
+	scripts/flwr_run.sh 1000 "config='scale' run.run-dir='$(CURDIR)/runs/scale' $(RUN_CONFIG)"
+
 # ruff (lint + format) on the code, mypy (strict on strategies/, see pyproject.toml), then pytest.
 lint: setup
 	$(PY) -m ruff check flower_app strategies tests bench
@@ -45,6 +49,9 @@ bench: setup
 
 bench-robust: setup
 	$(PY) bench/robust.py --nodes 10 --rounds 3
+
+bench-scale: setup
+	$(PY) bench/scale.py
 
 # By hand, not in CI: deployed vs in-process seconds per round, Flower's floor, device memory.
 bench-deploy: setup

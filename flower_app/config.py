@@ -111,6 +111,11 @@ class StrategySettings:
         _S.server_side, "server tensors trained through clients in turn, or a copy per client", choices=SERVER_SIDES
     )
     wait_for_nodes_s: float = _f(_S.wait_for_nodes_s, "seconds to wait for min-clients nodes to connect", low=0.0)
+    requery_every: int = _f(
+        _S.requery_every,
+        "ask known clients for their device profile again every N rounds and re-plan if one changed (0: never)",
+        low=0,
+    )
     policy: str = _f(_P.name, "a mode for every client, or a grouping policy", choices=POLICIES)
     threshold_flops: float = _f(
         _P.threshold_flops, "threshold policy: capability (FLOP/s) below which a client is weak", low=0.0
@@ -334,6 +339,7 @@ def split_settings(config: Config) -> SplitSettings:
         min_clients=s.min_clients,
         fraction_train=s.fraction_train,
         wait_for_nodes_s=s.wait_for_nodes_s,
+        requery_every=s.requery_every,
         server_side=s.server_side,
         emulator_layers=t.emulator_layers,
         upload_kind=t.upload_kind,

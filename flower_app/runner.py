@@ -2,8 +2,10 @@
 
 For tests and notebooks: 10 nodes of a tiny model run in seconds, and the same
 seed gives the same metrics as ``flwr run`` (the strategy never depends on
-node ids or reply order). It leans on Flower internals (message metadata,
-the process task identity), so flwr is pinned exactly.
+node ids or reply order). Nodes can connect and disconnect while it runs
+(:meth:`InProcessGrid.add_node`, :meth:`InProcessGrid.remove_node`). It leans on
+Flower internals (message metadata, the process task identity, the SuperLink's
+error reply for a node that is gone), so flwr is pinned exactly.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from typing import Any
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-# A fault hook sees (node index, message) and returns the reply to deliver, or None to drop it.
+# A fault hook sees (node index, message, the call that answers it) and returns the reply to deliver,
+# or None to drop it. A node's index is its place in the order nodes were created, added ones last.
 Fault = Callable[[int, Message, Callable[[], Message]], Message | None]
 
 
@@ -32,7 +36,7 @@ class InProcessGrid(Grid):
     client_app : ClientApp
         The app whose handlers answer the messages.
     num_nodes : int
-        Simulated nodes; node ``i`` gets ``partition-id = i``.
+        Simulated nodes at the start; node ``i`` gets ``partition-id = i`` of ``num-partitions = num_nodes``.
     run_config : Mapping
         What ``context.run_config`` holds on every node.
     fault : Fault | None
@@ -47,17 +51,15 @@ class InProcessGrid(Grid):
         fault: Fault | None = None,
         run_id: int = 1,
     ):
-        self.client_app, self.fault = client_app, fault
+        self.client_app, self.fault, self.run_config = client_app, fault, dict(run_config)
         self._run = Run.create_empty(run_id=run_id)
-        self.node_ids = [1000 + i for i in range(num_nodes)]
-        self.contexts = {
-            node: Context(
-                run_id, node, {"partition-id": i, "num-partitions": num_nodes}, RecordDict(), dict(run_config)
-            )
-            for i, node in enumerate(self.node_ids)
-        }
+        self.node_ids: list[int] = []  # connected now
+        self.contexts: dict[int, Context] = {}  # every node ever added, by node id
         self._replies: dict[str, Message] = {}
+        self._pending: dict[str, Message] = {}  # pushed, not answered (yet): by message id
         self.elapsed: dict[str, float] = {}
+        for i in range(num_nodes):
+            self.add_node({"partition-id": i, "num-partitions": num_nodes})
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SUPERLINK_NODE_ID
 
     def set_run(self, run: Run) -> None:
@@ -75,6 +77,24 @@ class InProcessGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self.node_ids)
 
+    def add_node(self, node_config: Mapping[str, Any]) -> int:
+        """Connect a new node with this ``node_config`` (what ``--node-config`` gives a SuperNode); its id.
+
+        Its index for the fault hook is the number of nodes created before it.
+        """
+        node = 1000 + len(self.contexts)
+        self.contexts[node] = Context(self._run.run_id, node, dict(node_config), RecordDict(), dict(self.run_config))
+        self.node_ids.append(node)
+        return node
+
+    def remove_node(self, node: int) -> None:
+        """Disconnect ``node``: it leaves ``get_node_ids``, and every message to it still unanswered (and
+        every later one) gets the SuperLink's ``NODE_UNAVAILABLE`` error reply."""
+        self.node_ids.remove(node)
+        for message_id, message in list(self._pending.items()):
+            if message.metadata.dst_node_id == node:
+                self._replies[message_id] = _node_unavailable(self._pending.pop(message_id))
+
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
         for message in messages:
@@ -84,6 +104,10 @@ class InProcessGrid(Grid):
             tick = time.perf_counter()
             reply = self._deliver(node, message)
             self.elapsed[message_id] = time.perf_counter() - tick
+            if reply is None and node in self.contexts:
+                self._pending[message_id] = message
+                if node not in self.node_ids:  # it was removed while it held the message
+                    reply = _node_unavailable(self._pending.pop(message_id))
             if reply is not None:
                 self._replies[message_id] = reply
             ids.append(message_id)
@@ -92,9 +116,11 @@ class InProcessGrid(Grid):
     def _deliver(self, node: int, message: Message) -> Message | None:
         if node not in self.contexts:
             return None
+        if node not in self.node_ids:
+            return _node_unavailable(message)
         call = lambda: self.client_app(message, self.contexts[node])  # noqa: E731
         try:
-            return self.fault(self.node_ids.index(node), message, call) if self.fault else call()
+            return self.fault(list(self.contexts).index(node), message, call) if self.fault else call()
         except Exception as err:  # what a SuperNode does with a raising ClientApp
             return message.create_error_reply(Error(code=0, reason=f"{type(err).__name__}: {err}"))
 
@@ -106,6 +132,11 @@ class InProcessGrid(Grid):
         # A reply that took longer than the timeout would not have arrived in time.
         late = {i for i in ids if timeout is not None and self.elapsed.get(i, 0.0) > timeout}
         return [r for r in self.pull_messages(ids) if r.metadata.reply_to_message_id not in late]
+
+
+def _node_unavailable(message: Message) -> Message:
+    """What Flower's SuperLink answers for a message to a node that is gone."""
+    return create_message_error_unavailable_res_message(message.metadata, "node_unavail")
 
 
 def run_inprocess(run_config: Mapping[str, Any], num_nodes: int = 10, fault: Fault | None = None) -> dict:

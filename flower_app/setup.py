@@ -72,13 +72,28 @@ def verbalizer_ids(tokenizer: Any, words: str, label_names: Sequence[str]) -> tu
     return ids
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=4)
+def partitions(config: Config, num_partitions: int) -> tuple[np.ndarray, ...]:
+    """Sample indices of every partition of the pool (seeded: same on every machine).
+
+    Computed once per process: a Ray actor or the in-process grid serves hundreds of
+    nodes, and each would otherwise repeat the O(pool) permutation.
+    """
+    setup = build(config)
+    return tuple(
+        data_mod.partition(
+            setup.pool.labels, num_partitions, config.data.partitioner, config.data.alpha, config.run.seed
+        )
+    )
+
+
+# One entry per node a process serves. The partitions are disjoint, so all the entries of
+# one config together hold at most its pool; the bound only has to exceed the nodes per
+# process (a Ray actor may serve every node of a 1000-node simulation).
+@lru_cache(maxsize=4096)
 def client_data(config: Config, partition_id: int, num_partitions: int) -> data_mod.Encoded:
     """The encoded partition a client holds (seeded: same on every machine)."""
-    setup = build(config)
-    parts = data_mod.partition(
-        setup.pool.labels, num_partitions, config.data.partitioner, config.data.alpha, config.run.seed
-    )
+    setup, parts = build(config), partitions(config, num_partitions)
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id {partition_id} is outside [0, {num_partitions})")
     return data_mod.encode(setup.tokenizer, setup.pool.subset(parts[partition_id]), config.model.max_length)

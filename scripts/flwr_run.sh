@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 NODES="${1:-10}"
 OVERRIDES="${2:-}"
 VENV="${VENV:-.venv}"
-export PATH="$PWD/$VENV/bin:$PATH"
+case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac  # relative to the project, or absolute
+export PATH="$VENV/bin:$PATH"
 export FLWR_HOME="${FLWR_HOME:-$PWD/.flwr}"
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_TELEMETRY_ENABLED=0
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_DEDUP_LOGS=0

@@ -4,6 +4,11 @@ Clients are keyed by partition id wherever the state must survive a restart (Flo
 node ids do not); :class:`FleetState` keeps the node id only to address messages.
 Everything a resumed run needs is in :meth:`FleetState.dump`; the centralized pool is
 saved beside it by the run directory (it is large).
+
+The fleet comes and goes (:mod:`strategies.membership` decides who is admitted): a node
+that disconnects is excluded at once as *unreachable*; a node that later claims its
+partition id takes it over, and the partition's strikes and failure-policy mode continue
+(an exclusion too, unless it was for being unreachable).
 """
 
 from __future__ import annotations
@@ -36,22 +41,27 @@ class ClientInfo:
     partition_id: int
     num_available: int
     profile: DeviceProfile
+    num_partitions: int = 0  # 0: a device with its own data, whose partition id is its device id
 
 
 def client_info(reply: Message, node: int) -> ClientInfo:
     """The query reply of ``node`` as a :class:`ClientInfo`; raises, saying why, on a malformed reply.
 
-    The partition id must lie in ``[0, num-partitions)`` and the sample count be non-negative.
+    A partitioned node (``num-partitions`` >= 1) must report a partition id in
+    ``[0, num-partitions)``; a device with its own data reports ``num-partitions`` 0 and its
+    device id (>= 0) as partition id. The sample count must be non-negative.
     """
     profile = reply.content.config_records[wire.PROFILE]
     device = from_config({k: profile[k] for k in PROFILE_KEYS if k in profile})
     partition_id, partitions = wire.as_int(profile[wire.PARTITION_ID]), wire.as_int(profile[wire.NUM_PARTITIONS])
-    if not 0 <= partition_id < partitions:
+    if partitions < 0:
+        raise ValueError(f"num-partitions {partitions} is negative")
+    if partition_id < 0 or (partitions > 0 and partition_id >= partitions):
         raise ValueError(f"partition-id {partition_id} is outside [0, num-partitions={partitions})")
     available = wire.as_int(profile[wire.NUM_AVAILABLE])
     if available < 0:
         raise ValueError(f"num-available {available} is negative")
-    return ClientInfo(node, partition_id, available, device)
+    return ClientInfo(node, partition_id, available, device, partitions)
 
 
 def round_seed(seed: int, server_round: int, partition_id: int) -> int:
@@ -74,8 +84,13 @@ def sample(clients: Sequence[ClientInfo], server_round: int, settings: SplitSett
 class FleetState:
     """The fleet as the server sees it between rounds.
 
-    ``clients`` by node id; ``assignments``, ``workloads``, ``upload_rows``, ``strikes``,
-    ``excluded`` and ``pool`` by partition id.
+    ``clients`` by node id (connected or gone); ``assignments``, ``workloads``,
+    ``upload_rows``, ``strikes``, ``excluded`` and ``pool`` by partition id.
+    ``unreachable``: partitions excluded because their node went away (Flower reported it
+    unavailable, or it left the grid), lifted when a node claims the partition again.
+    ``moved_modes``: modes the failure policy gave (or a checkpoint restored); a new plan
+    keeps them. ``gone`` and ``refused`` hold node ids seen leaving or refused at a query
+    (not kept by a checkpoint: node ids do not survive a restart).
     """
 
     clients: dict[int, ClientInfo] = field(default_factory=dict)
@@ -85,21 +100,31 @@ class FleetState:
     strikes: dict[int, int] = field(default_factory=dict)
     excluded: set[int] = field(default_factory=set)
     pool: Pool = field(default_factory=dict)
-    restored_modes: dict[int, str] = field(default_factory=dict)  # modes changed by failures before a restart
+    moved_modes: dict[int, str] = field(default_factory=dict)
+    unreachable: set[int] = field(default_factory=set)
+    gone: set[int] = field(default_factory=set)
+    refused: dict[int, str] = field(default_factory=dict)
 
     def dump(self) -> dict[str, Any]:
         """What a checkpoint keeps (JSON: int keys become strings)."""
         return {
             "strikes": self.strikes,
             "excluded": sorted(self.excluded),
+            "unreachable": sorted(self.unreachable),
             "modes": {str(p): a.mode for p, a in self.assignments.items()},
+            "moved": {str(p): m for p, m in sorted(self.moved_modes.items())},
         }
 
     def restore(self, state: Mapping[str, Any], pool: Pool) -> None:
-        """The fleet state of a checkpoint, and the pool saved beside it."""
+        """The fleet state of a checkpoint, and the pool saved beside it.
+
+        A checkpoint without ``moved`` (written before modes moved by failures were kept
+        apart) keeps every mode it lists.
+        """
         self.strikes = {int(k): int(v) for k, v in state.get("strikes", {}).items()}
         self.excluded = {int(p) for p in state.get("excluded", [])}
-        self.restored_modes = {int(k): str(v) for k, v in state.get("modes", {}).items()}
+        self.unreachable = {int(p) for p in state.get("unreachable", [])} & self.excluded
+        self.moved_modes = {int(k): str(v) for k, v in state.get("moved", state.get("modes", {})).items()}
         self.pool = pool
 
     def info(self, partition_id: int) -> ClientInfo:
@@ -135,12 +160,13 @@ class FleetState:
             settings.upload_rows,
         )
         self.assignments = fleet.assign(policy, profiles, self.workloads)
-        for pid, mode in self.restored_modes.items():
+        for pid, mode in self.moved_modes.items():
             if pid in self.assignments and self.assignments[pid].mode != mode:
                 self.move(pid, mode, settings)
 
     def move(self, partition_id: int, mode: str, settings: SplitSettings) -> None:
-        """The client keeps its group in another mode, with that mode's allocation."""
+        """The client keeps its group in another mode, with that mode's allocation; later plans keep the mode."""
+        self.moved_modes[partition_id] = mode
         self.assignments[partition_id] = fleet.reassign(
             self.assignments[partition_id],
             mode,
@@ -164,13 +190,7 @@ class FleetState:
         node that Flower reported ``unavailable`` (by node id).
         """
         for node in unavailable:
-            if node in self.clients and self.clients[node].partition_id not in self.excluded:
-                self.excluded.add(self.clients[node].partition_id)
-                log(
-                    WARNING,
-                    "client %d excluded from later rounds (Flower reports its node unavailable)",
-                    self.clients[node].partition_id,
-                )
+            self.lose(node, "Flower reports its node unavailable")
         by_partition = {self.clients[n].partition_id: f for n, f in failures.items() if n in self.clients}
         modes = {p: self.assignments[p].mode for p in by_partition}
         reactions, self.strikes = react_to_failures(
@@ -198,6 +218,57 @@ class FleetState:
                     reaction.cause,
                 )
         return changed
+
+    def lose(self, node: int, why: str) -> None:
+        """Stop sampling a client whose node went away (until a node claims its partition again)."""
+        if self._unreachable(node):
+            log(WARNING, "client %d excluded from later rounds (%s)", self.clients[node].partition_id, why)
+
+    def leave(self, connected: Iterable[int]) -> dict[int, int]:
+        """Clients whose node is no longer connected, excluded at once: node id by partition id, first seen gone."""
+        online = set(connected)
+        left = {c.partition_id: n for n, c in self.clients.items() if n not in online and n not in self.gone}
+        for node in left.values():
+            self._unreachable(node)
+            self.gone.add(node)
+        return dict(sorted(left.items()))
+
+    def come_back(self, connected: Iterable[int]) -> dict[int, int]:
+        """Gone nodes that are connected again (same node id): sampled again, node id by partition id.
+
+        Their exclusion for being unreachable ends; one for failures stays.
+        """
+        online = set(connected)
+        back = {self.clients[n].partition_id: n for n in self.gone if n in online}
+        for partition_id, node in back.items():
+            self.gone.discard(node)
+            self._reachable(partition_id)
+        return dict(sorted(back.items()))
+
+    def _unreachable(self, node: int) -> bool:
+        if node not in self.clients or self.clients[node].partition_id in self.excluded:
+            return False
+        self.excluded.add(self.clients[node].partition_id)
+        self.unreachable.add(self.clients[node].partition_id)
+        return True
+
+    def join(self, info: ClientInfo) -> None:
+        """Admit a client; a node that claims a gone node's partition takes over its state.
+
+        Strikes, a failure-policy mode and an exclusion for failures continue; an exclusion
+        for being unreachable ends, as the client is back.
+        """
+        for node in [n for n, c in self.clients.items() if c.partition_id == info.partition_id]:
+            del self.clients[node]
+            self.gone.discard(node)
+        self._reachable(info.partition_id)
+        self.refused.pop(info.node_id, None)
+        self.clients[info.node_id] = info
+
+    def _reachable(self, partition_id: int) -> None:
+        if partition_id in self.unreachable:
+            self.unreachable.discard(partition_id)
+            self.excluded.discard(partition_id)
 
     def groups(self, settings: SplitSettings) -> dict[str, Any]:
         """``groups.json``: the policy and, per client, group, mode, profile and allocation."""

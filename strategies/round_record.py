@@ -137,6 +137,9 @@ def round_record(
         **sim,
         "wall-s": round(time.time() - rnd.started, 3),
     }
+    for key, ids in (("joined", rnd.joined), ("left", rnd.left)):
+        if ids:  # only rounds where the fleet changed: a steady fleet's records stay as they were
+            record[key] = sorted(ids)
     if rnd.bounded:  # only rounds where a defence acted: an honest run's records stay as they were
         record["bounded"] = dict(rnd.bounded)
         for source, note in sorted(rnd.bounded.items()):

@@ -59,6 +59,8 @@ class RoundState:
     bounded: dict[str, str] = field(default_factory=dict)  # contributions clipped or rejected, by source
     pool_loss: float | None = None
     pool_samples: int = 0
+    joined: list[int] = field(default_factory=list)  # partition ids admitted at the round's start
+    left: list[int] = field(default_factory=list)  # partition ids whose node had disconnected
 
     def drop(self, node: int, cause: FailureCause, why: str) -> None:
         """A reply the server found unusable (error, timeout, invalid): it does not enter the average."""

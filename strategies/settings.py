@@ -45,6 +45,10 @@ class SplitSettings:
         Fraction of known clients sampled each round (at least ``min_clients``).
     wait_for_nodes_s : float (default: 120)
         Seconds to wait at start for ``min_clients`` nodes to connect.
+    requery_every : int (default: 0)
+        Ask the known clients for their device profile again after every this many rounds
+        and re-plan the fleet if a profile changed (0: never). Nodes that connect later are
+        asked at the start of every round whatever this is.
     server_side : str (default: "sequential")
         ``"sequential"``: one copy of the server's tensors trains through the clients in
         partition order; ``"parallel"``: a copy per client, averaged.
@@ -87,6 +91,7 @@ class SplitSettings:
     min_clients: int = 2
     fraction_train: float = 1.0
     wait_for_nodes_s: float = 120.0
+    requery_every: int = 0
     server_side: str = "sequential"
     max_strikes: int = 3
     emulator_layers: int = 1
@@ -114,6 +119,8 @@ class SplitSettings:
         for name in ("steps", "batch_size", "min_clients", "max_strikes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be at least 1")
+        if self.requery_every < 0:
+            raise ValueError(f"requery_every={self.requery_every!r} must be at least 0")
         if not self.update_bound >= 1.0:  # also refuses NaN
             raise ValueError(f"update_bound={self.update_bound!r} must be at least 1")
         if not 0.0 <= self.trim < 0.5:

@@ -22,6 +22,13 @@ A round, for every sampled client (in order of partition id):
 4. Every contribution ``(tensors, num-examples)`` (client prefixes, the server's
    split-trained tensors, the pool's result) enters one data-volume weighted average.
 
+The fleet may change while the run goes on (:mod:`strategies.membership`): each round
+starts by asking the grid which nodes are connected; a client whose node left is no
+longer sampled, a node not seen before is queried and, if admitted, trains from that
+round on; every ``requery_every`` rounds the known clients are asked again. The fleet is
+re-planned (groups, modes, allocation) when a client joined or a profile changed; a
+round where nothing changed sends no message beyond its training.
+
 Flower's ``Strategy.start`` runs one train and one evaluate exchange a round; a split
 round has two train exchanges, so this class runs its own loop, with Flower's
 signature and Flower's :class:`~flwr.serverapp.strategy.Result`. Replies are
@@ -33,8 +40,8 @@ cleanly, keeping the checkpoint of the last completed round.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
-from logging import ERROR, INFO
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from logging import ERROR, INFO, WARNING
 from typing import Any
 
 import numpy as np
@@ -43,8 +50,8 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from strategies import membership, robust, server_modes, wire
 from strategies import messages as msgs
-from strategies import robust, server_modes, wire
 from strategies import round_record as records
 from strategies.aggregation import Contribution
 from strategies.checkpoint import Checkpoint
@@ -143,9 +150,7 @@ class SplitPrefixStrategy(Strategy):
                 self.first_round - 1,
                 evaluate_fn(self.first_round - 1, initial_arrays),
             )
-        self.fleet.clients = msgs.discover(grid, self.settings, timeout)
-        self.fleet.plan(self.settings, self.shape)
-        self._write_groups()
+        self._discover(grid, timeout)
         history: list[dict[str, Any]] = []
         self.status = "running"
         self._finish(history, 0.0)  # a summary left by an earlier run must not stand for this one
@@ -183,7 +188,9 @@ class SplitPrefixStrategy(Strategy):
         """One round from the global tensors ``state``: the next ones and the round's record, or None
         when too few contributions were valid."""
         s, fleet = self.settings, self.fleet
-        rnd = RoundState(server_round, num_rounds, sample(fleet.active(), server_round, s), dict(fleet.assignments))
+        joined, left = self._refresh_fleet(grid, server_round, timeout)
+        sampled = sample(fleet.active(), server_round, s)
+        rnd = RoundState(server_round, num_rounds, sampled, dict(fleet.assignments), joined=joined, left=left)
         first = msgs.first_messages(
             s, fleet, rnd.sampled, server_round, to_record(state), train_config or ConfigRecord(), self.keys.by_mode
         )
@@ -275,6 +282,67 @@ class SplitPrefixStrategy(Strategy):
         return None
 
     # --- the fleet ----------------------------------------------------------------------------
+
+    def _discover(self, grid: Grid, timeout: float) -> None:
+        """Ask every connected node who it is; admit the fleet and plan it."""
+        nodes = msgs.wait_for_nodes(grid, self.settings)
+        self._admit(grid, nodes, nodes, timeout, 0)
+        log(INFO, "%d of %d nodes answered the query", len(self.fleet.clients), len(nodes))
+        self.fleet.plan(self.settings, self.shape)
+        self._write_groups()
+
+    def _refresh_fleet(self, grid: Grid, server_round: int, timeout: float) -> tuple[list[int], list[int]]:
+        """At a round's start: who left, who came back, who is new, and when a requery is due, whose
+        profile changed.
+
+        Re-plans the fleet if a client joined or changed; returns the partition ids that
+        joined (or came back) and left. No message is sent when no node is new and no
+        requery is due.
+        """
+        fleet, connected = self.fleet, set(grid.get_node_ids())
+        left, back = fleet.leave(connected), fleet.come_back(connected)
+        requery = membership.requery_due(server_round, self.first_round, self.settings.requery_every)
+        fleet.refused = {n: why for n, why in fleet.refused.items() if n in connected}
+        new = sorted(n for n in connected if n not in fleet.clients and (requery or n not in fleet.refused))
+        known = [c.node_id for c in fleet.active()] if requery else []
+        before = dict(fleet.assignments)
+        admission, changed = self._admit(grid, new, connected, timeout, server_round, known)
+        if admission.admitted or changed:
+            fleet.plan(self.settings, self.shape)
+            self._write_groups()
+        membership.log_changes(server_round, admission, left, back, before, fleet.assignments)
+        return sorted([*back, *(i.partition_id for i in admission.admitted.values())]), list(left)
+
+    def _admit(
+        self,
+        grid: Grid,
+        new: Sequence[int],
+        connected: Collection[int],
+        timeout: float,
+        server_round: int,
+        known: Sequence[int] = (),
+    ) -> tuple[membership.Admission, list[int]]:
+        """Query the ``new`` and ``known`` nodes; admit new ones, take known ones' changed profiles.
+
+        Returns what was decided on the new nodes and the partition ids whose profile changed.
+        """
+        fleet = self.fleet
+        if not new and not known:
+            return membership.Admission({}, {}, {}), []
+        infos, answered = msgs.query(grid, [*new, *known], timeout, server_round)
+        for node in sorted(answered.unavailable & set(known)):
+            fleet.lose(node, "Flower reports its node unavailable")
+        changed, ignored = membership.profile_updates({n: infos[n] for n in known if n in infos}, fleet.clients)
+        admission = membership.admit({n: infos[n] for n in new if n in infos}, fleet.clients, connected)
+        for why in ignored.values():
+            log(WARNING, "%s", why)
+        for why in admission.refused.values():
+            log(WARNING, "%s; node left out", why)
+        fleet.refused |= {n: why for n, (_, why) in answered.failures.items() if n in new} | admission.refused
+        fleet.clients |= changed
+        for info in admission.admitted.values():
+            fleet.join(info)
+        return admission, sorted(i.partition_id for i in changed.values())
 
     def _write_groups(self) -> None:
         if self.run_dir is not None:

@@ -1,3 +1,4 @@
+import re
 import tomllib
 from pathlib import Path
 
@@ -50,6 +51,19 @@ def test_pyproject_lists_every_setting_so_flwr_can_override_it():
     assert declared == {key for key, _, _ in reference()}
     assert table["config"] == "base"
     assert all(v == "" for section in table.values() if isinstance(section, dict) for v in section.values())
+
+
+def test_readme_config_table_lists_every_setting():
+    # Prepare
+    readme = Path(__file__).resolve().parents[2].joinpath("README.md").read_text()
+
+    # Execute
+    rows = re.findall(r"^\| `([a-z]+\.[a-z0-9-]+)` \| `([^`]*)` \|", readme, re.MULTILINE)
+
+    # Assert: one row per setting, with its default
+    assert sorted(key for key, _ in rows) == sorted(key for key, _, _ in reference())
+    defaults = {key: default for key, default, _ in reference()}
+    assert all(shown == (repr(defaults[key]) if defaults[key] != "" else '""') for key, shown in rows)
 
 
 def test_resolved_config_round_trips():

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
@@ -78,12 +79,23 @@ Handler = Callable[[Message], Message | None]
 
 
 class FakeClient:
-    """A client in numpy: replies with ``value`` as its prefix and ``volume`` as its data volume."""
+    """A client in numpy: replies with ``value`` as its prefix and ``volume`` as its data volume.
+
+    Its query reply names partition ``partition_id`` of ``num_partitions`` (0: a device with its
+    own data) and its ``profile``, which a test may change between rounds.
+    """
 
     def __init__(
-        self, partition_id: int, value: float, volume: int, available: int = 1000, strong: bool = True
+        self,
+        partition_id: int,
+        value: float,
+        volume: int,
+        available: int = 1000,
+        strong: bool = True,
+        num_partitions: int = 10,
     ) -> None:
         self.partition_id, self.value, self.volume, self.available = partition_id, value, volume, available
+        self.num_partitions = num_partitions
         self.profile = profile(strong)
         self.received: list[Message] = []
         # What the forward reply carries: (rows, tokens) per minibatch, the label, the claimed volume.
@@ -96,7 +108,7 @@ class FakeClient:
             record = ConfigRecord(
                 {
                     wire.PARTITION_ID: self.partition_id,
-                    wire.NUM_PARTITIONS: 10,
+                    wire.NUM_PARTITIONS: self.num_partitions,
                     wire.NUM_AVAILABLE: self.available,
                     **to_config(self.profile),
                 }
@@ -147,7 +159,12 @@ class FakeClient:
 
 
 class FakeGrid(Grid):
-    """Delivers each message to the handler of its node; a handler may raise (error reply) or return None."""
+    """Delivers each message to the handler of its node; a handler may raise (error reply) or return None.
+
+    ``handlers`` are the connected nodes: a test adds or removes one to connect or disconnect a
+    node; a message to a node without a handler gets the SuperLink's ``NODE_UNAVAILABLE`` reply.
+    ``sent`` keeps every message sent.
+    """
 
     def __init__(self, handlers: Mapping[int, Handler]) -> None:
         self.handlers = dict(handlers)
@@ -179,13 +196,21 @@ class FakeGrid(Grid):
         for message in messages:
             message.metadata.__dict__["_message_id"] = uuid.uuid4().hex
             self.sent.append(message)
+            handler = self.handlers.get(message.metadata.dst_node_id)
+            if handler is None:
+                replies.append(create_message_error_unavailable_res_message(message.metadata, "node_unavail"))
+                continue
             try:
-                reply = self.handlers[message.metadata.dst_node_id](message)
+                reply = handler(message)
             except Exception as err:
                 reply = message.create_error_reply(Error(code=0, reason=f"{type(err).__name__}: {err}"))
             if reply is not None:
                 replies.append(reply)
         return replies
+
+    def sent_of(self, message_type: str) -> list[int]:
+        """The node ids of the messages of ``message_type`` sent so far, in order."""
+        return [m.metadata.dst_node_id for m in self.sent if m.metadata.message_type == message_type]
 
 
 def fleet(clients: Sequence[FakeClient]) -> FakeGrid:

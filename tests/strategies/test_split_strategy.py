@@ -57,7 +57,7 @@ def test_the_sequential_server_half_weighs_the_volume_of_every_accepted_client()
     local = SplitSettings(steps=10, batch_size=4, wait_for_nodes_s=0, seed=7)
     clients = [FakeClient(0, 1.0, 10), FakeClient(1, 2.0, 30), FakeClient(2, 100.0, 20)]
     strategy = SplitPrefixStrategy(FakeServerModel(), local)
-    strategy.fleet.restored_modes = {2: "local"}  # as if a failure had moved it there
+    strategy.fleet.moved_modes = {2: "local"}  # as if a failure had moved it there
 
     # Execute
     result = strategy.start(grid=fleet(clients), initial_arrays=to_record(initial_state()), num_rounds=1)
