@@ -100,12 +100,15 @@ def per_client_bytes(records: list[dict], key: str) -> int:
 
 
 def time_rounds(out: Path, rounds: int, steps: int) -> dict[str, list[float]]:
-    with tempfile.TemporaryDirectory(prefix="flwr-home-") as home:  # outside the project: never bundled into the app
-        return _time_rounds(out, rounds, steps, Path(home))
+    # Scratch (FLWR_HOME, the device caches) in a temporary folder: outside the project, so that
+    # `flwr run .` never bundles it, and not kept with the results.
+    with tempfile.TemporaryDirectory(prefix="bench-deploy-") as scratch:
+        return _time_rounds(out, rounds, steps, Path(scratch))
 
 
-def _time_rounds(out: Path, rounds: int, steps: int, home: Path) -> dict[str, list[float]]:
-    env = {**deploy.flower_env(home), CACHE_ENV: str(out / "device-cache")}
+def _time_rounds(out: Path, rounds: int, steps: int, scratch: Path) -> dict[str, list[float]]:
+    home = scratch / "flwr-home"
+    env = {**deploy.flower_env(home), CACHE_ENV: str(scratch / "device-cache")}
     link_port, *node_ports = deploy.free_ports(1 + NODES)
     assert deploy.main(["connection", "--flwr-home", str(home), "--name", "bench"]
                        + ["--address", f"127.0.0.1:{link_port}", "--insecure"]) == 0  # fmt: skip
@@ -129,8 +132,11 @@ def _time_rounds(out: Path, rounds: int, steps: int, home: Path) -> dict[str, li
 
     overrides = dict(item.split("=", 1) for item in job(rounds, steps).split())
     overrides = {k: v.strip("'") for k, v in overrides.items()}
-    os.environ[CACHE_ENV] = str(out / "inprocess-cache")  # cold, like the SuperNodes' in round 1
-    run_inprocess({**overrides, "run.run-dir": str(out / "inprocess")}, num_nodes=NODES)
+    os.environ[CACHE_ENV] = str(scratch / "inprocess-cache")  # cold, like the SuperNodes' in round 1
+    try:
+        run_inprocess({**overrides, "run.run-dir": str(out / "inprocess")}, num_nodes=NODES)
+    finally:
+        del os.environ[CACHE_ENV]
     return {
         "deployed": [r["wall-s"] for r in ours],
         "floor": [r["wall-s"] for r in lines(out / "empty.jsonl")],
@@ -233,13 +239,19 @@ def in_subprocess(env: dict[str, str], *args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def memory(out: Path) -> list[tuple[str, str, dict]]:
-    env = {**deploy.flower_env(out / "unused-flwr-home")}
-    llama = out / "random-llama-135m"
+def memory() -> list[tuple[str, str, dict]]:
+    # The 0.5 GB checkpoint and the device caches are scratch, not results: a temporary folder.
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as scratch:
+        return _memory(Path(scratch))
+
+
+def _memory(scratch: Path) -> list[tuple[str, str, dict]]:
+    env = deploy.flower_env(scratch / "flwr-home")
+    llama = scratch / "random-llama-135m"
     made = in_subprocess(env, "--make-llama", str(llama))
     rows = []
     for model, source in (("MiniLM-L6", "minilm"), (f"random Llama ({made['parameters'] / 1e6:.1f}M)", str(llama))):
-        cache = out / f"memory-cache-{len(rows)}"
+        cache = scratch / f"cache-{len(rows)}"
         for kind, label in (
             ("imports", "imports only"),
             ("device part", "device part, cold cache"),
@@ -286,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         load_after = os.getloadavg()[0]
         print(f"load average (1 min) before / after: {load_before:.1f} / {load_after:.1f}, {os.cpu_count()} cores")
     if not args.skip_memory:
-        rows = memory(out)
+        rows = memory()
         (out / "memory.json").write_text(json.dumps(rows, indent=2))
         print_memory(rows)
     return 0
