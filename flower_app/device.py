@@ -127,8 +127,9 @@ def run_label_names(config: Config) -> tuple[str, ...]:
     d = config.data
     if d.classes:
         return tuple(c.strip() for c in d.classes.split(",") if c.strip())
-    if d.source in BUILT_IN_LABELS:
-        return BUILT_IN_LABELS[d.source]
+    built_in = "synthetic" if d.source.startswith("synthetic:") else d.source  # synthetic:N, any size
+    if built_in in BUILT_IN_LABELS:
+        return BUILT_IN_LABELS[built_in]
     path = Path(d.source).expanduser()
     if not path.is_file():
         raise data_mod.DataFileError(
@@ -337,6 +338,7 @@ def _atomic(path: Path, write: Any) -> None:
         raise
 
 
+@lru_cache(maxsize=4)
 def tokenizer_of(config: Config, root: Path) -> Any:
     """The tokenizer saved beside the device part (built with it if missing)."""
     from transformers import AutoTokenizer
@@ -392,13 +394,24 @@ def node_data(config: Config, source: DataSource, root: Path) -> data_mod.Encode
 
 def partition_of(config: Config, partition_id: int, num_partitions: int) -> data_mod.TextDataset:
     """Partition ``partition_id`` of the run's training pool (seeded: the same on every machine)."""
-    d = config.data
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id {partition_id} is outside [0, {num_partitions})")
+    return _pool(config).subset(_partitions(config, num_partitions)[partition_id])
+
+
+# Once per process: a Ray actor serves hundreds of simulated nodes, each of which would
+# otherwise load, split and partition the whole dataset on its first message.
+@lru_cache(maxsize=2)
+def _pool(config: Config) -> data_mod.TextDataset:
+    d = config.data
     dataset = data_mod.load_dataset(d.source, d.text_column, d.label_column, seed=config.run.seed, classes=d.classes)
-    pool, _ = data_mod.train_test_split(dataset, d.test_size, config.run.seed)
-    parts = data_mod.partition(pool.labels, num_partitions, d.partitioner, d.alpha, config.run.seed)
-    return pool.subset(parts[partition_id])
+    return data_mod.train_test_split(dataset, d.test_size, config.run.seed)[0]
+
+
+@lru_cache(maxsize=4)
+def _partitions(config: Config, num_partitions: int) -> tuple[np.ndarray, ...]:
+    d = config.data
+    return tuple(data_mod.partition(_pool(config).labels, num_partitions, d.partitioner, d.alpha, config.run.seed))
 
 
 def _data_key(config: Config, source: DataSource, model: str) -> str:

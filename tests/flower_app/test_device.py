@@ -221,3 +221,26 @@ def test_a_device_needs_the_run_classes_when_the_run_data_is_elsewhere(tmp_path)
     config = load_config({"config": "test", "data.source": str(tmp_path / "server-only.csv")})
     with pytest.raises(DataFileError, match="data.classes"):
         device_mod.run_label_names(config)
+
+
+def test_a_process_serving_many_nodes_partitions_the_dataset_once(tmp_path, monkeypatch):
+    # Prepare: a Ray actor serves hundreds of simulated nodes
+    from flower_app import data as data_mod
+
+    config = load_config({"config": "test", "data.source": "synthetic:2000"})
+    calls = []
+    real = data_mod.partition
+    monkeypatch.setattr(data_mod, "partition", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    device_mod._partitions.cache_clear()
+
+    # Execute
+    encoded = [node_data(config, DataSource(i, 200), tmp_path / "cache") for i in range(200)]
+
+    # Assert: one partitioning, and each node holds its own partition
+    assert calls == [200]
+    assert [e.ids for e in encoded[:3]] == [client_data(config, i, 200).ids for i in range(3)]
+
+
+def test_synthetic_sets_of_any_size_have_the_synthetic_classes():
+    config = load_config({"config": "test", "data.source": "synthetic:20000"})
+    assert device_mod.run_label_names(config) == ("negative", "positive")
