@@ -123,12 +123,7 @@ def load_table(path: Path, text_column: str, label_column: str, classes: tuple[s
     integers must hold exactly ``0..K-1``, and any other column is mapped to ids in
     sorted order. Fewer than two classes is an error. Every error names the file and line.
     """
-    rows = _read_rows(path, text_column, label_column)
-    kept = [(line, text, label) for line, text, label in rows if text.strip()]
-    if len(kept) < len(rows):
-        logger.warning("%s: %d rows with an empty text dropped", path, len(rows) - len(kept))
-    if not kept:
-        raise DataFileError(f"{path}: no row with a text in column '{text_column}'")
+    kept = _rows_with_text(path, text_column, label_column)
     lines, texts, raw = zip(*kept, strict=True)
     names, ids = _label_ids(path, list(lines), list(raw), label_column, classes)
     return TextDataset(tuple(texts), np.array(ids, dtype=np.int64), names)
@@ -141,12 +136,7 @@ def load_device_table(path: Path, text_column: str, label_column: str, label_nam
     :func:`load_table`, one class is fine: a device may see only some classes.
     Every error names the file and line.
     """
-    rows = _read_rows(path, text_column, label_column)
-    kept = [(line, text, label) for line, text, label in rows if text.strip()]
-    if len(kept) < len(rows):
-        logger.warning("%s: %d rows with an empty text dropped", path, len(rows) - len(kept))
-    if not kept:
-        raise DataFileError(f"{path}: no row with a text in column '{text_column}'")
+    kept = _rows_with_text(path, text_column, label_column)
     ids = []
     for line, _, label in kept:
         if label in label_names:
@@ -160,6 +150,17 @@ def load_device_table(path: Path, text_column: str, label_column: str, label_nam
             )
     texts = tuple(text for _, text, _ in kept)
     return TextDataset(texts, np.array(ids, dtype=np.int64), tuple(label_names))
+
+
+def _rows_with_text(path: Path, text_column: str, label_column: str) -> list[tuple[int, str, str]]:
+    """:func:`_read_rows` less the rows with an empty text (counted in a warning); none left is an error."""
+    rows = _read_rows(path, text_column, label_column)
+    kept = [(line, text, label) for line, text, label in rows if text.strip()]
+    if len(kept) < len(rows):
+        logger.warning("%s: %d rows with an empty text dropped", path, len(rows) - len(kept))
+    if not kept:
+        raise DataFileError(f"{path}: no row with a text in column '{text_column}'")
+    return kept
 
 
 def _read_rows(path: Path, text_column: str, label_column: str) -> list[tuple[int, str, str]]:
