@@ -14,8 +14,9 @@ run config); optionally ``cache-dir`` and the device profile keys.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -41,6 +42,30 @@ from strategies.requirements import (
 )
 
 app = ClientApp()
+
+Handler = Callable[[Message, Context], Message]
+
+
+def on_worker(handler: Handler) -> Handler:
+    """Hand the message to the device worker named in the node config, if one answers.
+
+    See :mod:`flower_app.device_worker`: a long-lived process that keeps the model in
+    memory, so this process never imports torch. Without a worker (or when it cannot be
+    reached) the handler runs here.
+    """
+
+    @functools.wraps(handler)
+    def run(msg: Message, context: Context) -> Message:
+        socket = context.node_config.get("device-worker")
+        if socket:
+            from flower_app.device_worker import ask
+
+            content = ask(str(socket), msg, context)
+            if content is not None:
+                return Message(content, reply_to=msg)
+        return handler(msg, context)
+
+    return run
 
 
 @lru_cache(maxsize=8)
@@ -152,6 +177,7 @@ def node_profile(
 
 
 @app.query()
+@on_worker
 def query(msg: Message, context: Context) -> Message:
     """Who this node is: its client id, where its data comes from, how much it holds, its device profile."""
     config, source, root = _node(context)
@@ -171,6 +197,7 @@ def query(msg: Message, context: Context) -> Message:
 
 
 @app.train("split_forward")
+@on_worker
 def split_forward(msg: Message, context: Context) -> Message:
     """Split mode, first exchange: the boundary activations of every planned minibatch."""
     from flower_app.model import set_state
@@ -203,6 +230,7 @@ def _failure(msg: Message, failure: Failure) -> Message:
 
 
 @app.train("split_backward")
+@on_worker
 def split_backward(msg: Message, context: Context) -> Message:
     """Split mode, second exchange: replay the forwards, apply the server's gradients in order."""
     from flower_app.model import get_state, set_state
@@ -230,6 +258,7 @@ def split_backward(msg: Message, context: Context) -> Message:
 
 
 @app.train("local")
+@on_worker
 def local(msg: Message, context: Context) -> Message:
     """Local mode: train the lower prefix through an emulator of the upper layers, send the prefix."""
     from flower_app.local_mode import hold_back, train_local_round
@@ -269,6 +298,7 @@ def local(msg: Message, context: Context) -> Message:
 
 
 @app.train("upload")
+@on_worker
 def upload(msg: Message, context: Context) -> Message:
     """Centralized mode: send samples (token ids) or lower-layer activations, once, within budget."""
     from flower_app.centralized_mode import upload_activations, upload_samples

@@ -1,0 +1,64 @@
+"""A device worker answers a node's messages with the same replies as the node itself."""
+
+import json
+import threading
+
+from flower_app.client_app import app as client_app
+from flower_app.device_worker import serve
+from flower_app.runner import InProcessGrid, run_inprocess
+from flower_app.server_app import run_server
+
+RUN = {"config": "test", "run.num-rounds": 2, "strategy.policy": "threshold"}
+
+
+def _metrics(run_dir):
+    return [
+        {k: v for k, v in json.loads(line).items() if k != "wall-s"}
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+
+
+def test_a_run_through_the_worker_equals_a_run_without_it(tmp_path, monkeypatch):
+    # Prepare: one worker (a thread here, a process on a device) behind every node
+    import flower_app.client_app as client_mod
+
+    socket, stop, served = tmp_path / "worker.sock", threading.Event(), []
+    worker = threading.Thread(target=lambda: served.append(serve(socket, stop)), name="worker")
+    trained_in = []
+    real_job = client_mod._job
+    monkeypatch.setattr(
+        client_mod, "_job", lambda msg, ctx: trained_in.append(threading.current_thread().name) or real_job(msg, ctx)
+    )
+    worker.start()
+    try:
+        run_config = {**RUN, "run.run-dir": str(tmp_path / "with")}
+        grid = InProcessGrid(client_app, 3, run_config)
+        for context in grid.contexts.values():
+            context.node_config["device-worker"] = str(socket)
+        while not socket.exists():
+            pass
+
+        # Execute
+        with_worker = run_server(grid, run_config)
+        monkeypatch.setattr(client_mod, "_job", real_job)
+        without = run_inprocess({**RUN, "run.run-dir": str(tmp_path / "without")}, num_nodes=3)
+    finally:
+        stop.set()
+        worker.join()
+
+    # Assert: the same rounds, and the worker answered every message
+    assert with_worker["status"] == without["status"] == "completed"
+    assert _metrics(tmp_path / "with") == _metrics(tmp_path / "without")
+    assert served[0] >= 3 + 3 * 2  # 3 queries, then at least one message per node per round
+    assert trained_in and set(trained_in) == {"worker"}  # no node trained in its own process
+
+
+def test_without_a_worker_the_node_does_the_work_itself(tmp_path, caplog):
+    run_config = {**RUN, "run.run-dir": str(tmp_path / "run")}
+    grid = InProcessGrid(client_app, 3, run_config)
+    for context in grid.contexts.values():
+        context.node_config["device-worker"] = str(tmp_path / "nobody.sock")
+    with caplog.at_level("WARNING"):
+        summary = run_server(grid, run_config)
+    assert summary["status"] == "completed"
+    assert "unreachable" in caplog.text
