@@ -43,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flower_app import deploy  # noqa: E402
+from flower_app import deploy, device_worker  # noqa: E402
 from flower_app.device import CACHE_ENV  # noqa: E402
 
 NODES = 3
@@ -109,7 +109,8 @@ def time_rounds(out: Path, rounds: int, steps: int) -> dict[str, list[float]]:
 def _time_rounds(out: Path, rounds: int, steps: int, scratch: Path) -> dict[str, list[float]]:
     home = scratch / "flwr-home"
     env = {**deploy.flower_env(home), CACHE_ENV: str(scratch / "device-cache")}
-    link_port, *node_ports = deploy.free_ports(1 + NODES)
+    link_port, *node_ports = deploy.free_ports(1 + 2 * NODES)
+    node_ports, worker_node_ports = node_ports[:NODES], node_ports[NODES:]
     assert deploy.main(["connection", "--flwr-home", str(home), "--name", "bench"]
                        + ["--address", f"127.0.0.1:{link_port}", "--insecure"]) == 0  # fmt: skip
     with deploy.LocalProcesses(out / "logs", env) as fleet:
@@ -128,6 +129,19 @@ def _time_rounds(out: Path, rounds: int, steps: int, scratch: Path) -> dict[str,
             f"out-file='{out / 'empty.jsonl'}'"
         )
         flwr_run(fleet, "flwr-run-empty", ROOT / "bench" / "empty_app", empty_config, out)
+        # The same job again, each SuperNode handing its messages to a device worker (flower_app.device_worker).
+        for k in range(NODES):
+            fleet.stop(f"node-{k}")  # SIGTERM: Flower deactivates the node at once
+        sockets = [scratch / f"worker-{k}.sock" for k in range(NODES)]
+        for k, (port, socket) in enumerate(zip(worker_node_ports, sockets, strict=True)):
+            fleet.start(f"worker-{k}", [sys.executable, "-m", "flower_app.device_worker", "--socket", str(socket)])
+            node_config = f'partition-id={k} num-partitions={NODES} device-worker="{socket}"'
+            fleet.start(f"wnode-{k}", deploy.supernode_command(f"127.0.0.1:{link_port}", port, node_config))
+        while not all(device_worker.key_path(socket).is_file() for socket in sockets):
+            fleet.watch()
+            time.sleep(0.5)
+        workers_dir = out / "with-workers"
+        flwr_run(fleet, "flwr-run-workers", ROOT, f"{job(rounds, steps)} run.run-dir='{workers_dir}'", out)
     from flower_app.runner import run_inprocess
 
     overrides = dict(item.split("=", 1) for item in job(rounds, steps).split())
@@ -139,6 +153,7 @@ def _time_rounds(out: Path, rounds: int, steps: int, scratch: Path) -> dict[str,
         del os.environ[CACHE_ENV]
     return {
         "deployed": [r["wall-s"] for r in ours],
+        "workers": [r["wall-s"] for r in lines(workers_dir / "metrics.jsonl")],
         "floor": [r["wall-s"] for r in lines(out / "empty.jsonl")],
         "in-process": [r["wall-s"] for r in lines(out / "inprocess" / "metrics.jsonl")],
         "bytes": [down, up],
@@ -153,6 +168,7 @@ def print_times(times: dict[str, list[float]]) -> None:
     print(f"{'':34}{'rounds':>26}{'mean':>8}{'rounds 2+':>11}{'per message':>13}")
     for name, label in (
         ("deployed", "deployed (flwr run, 3 SuperNodes)"),
+        ("workers", "deployed, with device workers"),
         ("floor", "empty Flower app (the floor)"),
         ("in-process", "in-process (run_inprocess)"),
     ):
@@ -164,6 +180,8 @@ def print_times(times: dict[str, list[float]]) -> None:
     added = (statistics.mean(times["deployed"]) - statistics.mean(times["floor"])) / messages
     added_later = (statistics.mean(times["deployed"][1:]) - statistics.mean(times["floor"][1:])) / messages
     print(f"added per message: {added:.2f} s (rounds 2+, device caches warm: {added_later:.2f} s)")
+    with_workers = (statistics.mean(times["workers"][1:]) - statistics.mean(times["floor"][1:])) / messages
+    print(f"added per message with device workers: {with_workers:.2f} s (rounds 2+)")
 
 
 # --- peak memory --------------------------------------------------------------------------------
