@@ -43,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flower_app import deploy, device_worker  # noqa: E402
+from flower_app import deploy, device_worker, local_fleet  # noqa: E402
 from flower_app.device import CACHE_ENV  # noqa: E402
 
 NODES = 3
@@ -68,7 +68,7 @@ def job(rounds: int, steps: int) -> str:
     return f"config='base' run.num-rounds={rounds} train.steps-per-round={steps} strategy.policy='split'"
 
 
-def flwr_run(fleet: deploy.LocalProcesses, name: str, app: Path, run_config: str, out: Path) -> None:
+def flwr_run(fleet: local_fleet.LocalProcesses, name: str, app: Path, run_config: str, out: Path) -> None:
     """``flwr run APP bench --stream``; an error unless ``flwr ls`` says the run completed."""
     command = [deploy.tool("flwr"), "run", str(app), "bench", "--stream", "--run-config", run_config]
     proc = fleet.start(name, command, cwd=out)
@@ -108,17 +108,17 @@ def time_rounds(out: Path, rounds: int, steps: int) -> dict[str, list[float]]:
 
 def _time_rounds(out: Path, rounds: int, steps: int, scratch: Path) -> dict[str, list[float]]:
     home = scratch / "flwr-home"
-    env = {**deploy.flower_env(home), CACHE_ENV: str(scratch / "device-cache")}
-    link_port, *node_ports = deploy.free_ports(1 + 2 * NODES)
+    env = {**local_fleet.flower_env(home), CACHE_ENV: str(scratch / "device-cache")}
+    link_port, *node_ports = local_fleet.free_ports(1 + 2 * NODES)
     node_ports, worker_node_ports = node_ports[:NODES], node_ports[NODES:]
     assert deploy.main(["connection", "--flwr-home", str(home), "--name", "bench"]
                        + ["--address", f"127.0.0.1:{link_port}", "--insecure"]) == 0  # fmt: skip
-    with deploy.LocalProcesses(out / "logs", env) as fleet:
-        link = fleet.start("superlink", deploy.superlink_command(link_port), cwd=out)
-        deploy.wait_for_port(link_port, link, timeout_s=60)
+    with local_fleet.LocalProcesses(out / "logs", env) as fleet:
+        link = fleet.start("superlink", local_fleet.superlink_command(link_port), cwd=out)
+        local_fleet.wait_for_port(link_port, link, timeout_s=60)
         for k, port in enumerate(node_ports):
             node_config = f"partition-id={k} num-partitions={NODES}"
-            fleet.start(f"node-{k}", deploy.supernode_command(f"127.0.0.1:{link_port}", port, node_config))
+            fleet.start(f"node-{k}", local_fleet.supernode_command(f"127.0.0.1:{link_port}", port, node_config))
         ours_dir = out / "deployed"
         flwr_run(fleet, "flwr-run-ours", ROOT, f"{job(rounds, steps)} run.run-dir='{ours_dir}'", out)
         ours = lines(ours_dir / "metrics.jsonl")
@@ -136,7 +136,7 @@ def _time_rounds(out: Path, rounds: int, steps: int, scratch: Path) -> dict[str,
         for k, (port, socket) in enumerate(zip(worker_node_ports, sockets, strict=True)):
             fleet.start(f"worker-{k}", [sys.executable, "-m", "flower_app.device_worker", "--socket", str(socket)])
             node_config = f'partition-id={k} num-partitions={NODES} device-worker="{socket}"'
-            fleet.start(f"wnode-{k}", deploy.supernode_command(f"127.0.0.1:{link_port}", port, node_config))
+            fleet.start(f"wnode-{k}", local_fleet.supernode_command(f"127.0.0.1:{link_port}", port, node_config))
         while not all(device_worker.key_path(socket).is_file() for socket in sockets):
             fleet.watch()
             time.sleep(0.5)
@@ -264,7 +264,7 @@ def memory() -> list[tuple[str, str, dict]]:
 
 
 def _memory(scratch: Path) -> list[tuple[str, str, dict]]:
-    env = deploy.flower_env(scratch / "flwr-home")
+    env = local_fleet.flower_env(scratch / "flwr-home")
     llama = scratch / "random-llama-135m"
     made = in_subprocess(env, "--make-llama", str(llama))
     rows = []

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from flower_app import deploy
+from flower_app import deploy, local_fleet
 from flower_app.data import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,8 +82,8 @@ def online_nodes(env):
 def test_a_secure_deployment_survives_late_and_stopped_nodes(tmp_path, monkeypatch):
     # Prepare: certificates, keys, the CLI connection, four registered nodes and a stranger
     certs, keys, home, run_dir = tmp_path / "certs", tmp_path / "keys", tmp_path / "flwr-home", tmp_path / "run"
-    env = deploy.flower_env(home)
-    link_port, *node_ports = deploy.free_ports(6)
+    env = local_fleet.flower_env(home)
+    link_port, *node_ports = local_fleet.free_ports(6)
     names = ["device-0", "device-1", "device-2", "device-3"]
     assert deploy.main(["certs", "--out", str(certs), "--address", "127.0.0.1"]) == 0
     assert deploy.main(["keys", "--out", str(keys), *names, "stranger"]) == 0
@@ -94,14 +94,14 @@ def test_a_secure_deployment_survives_late_and_stopped_nodes(tmp_path, monkeypat
         write_device_data(tmp_path / f"reviews-{k}.csv", seed=100 + k)
 
     def start_node(name, k, port):
-        command = deploy.supernode_command(
+        command = local_fleet.supernode_command(
             address, port, node_config(k, tmp_path / f"reviews-{k}.csv"), certs / "ca.crt", keys / name
         )
         return fleet.start(name, command)
 
-    with deploy.LocalProcesses(tmp_path / "logs", env) as fleet:
-        link = fleet.start("superlink", deploy.superlink_command(link_port, certs=certs, auth=True), cwd=tmp_path)
-        deploy.wait_for_port(link_port, link, timeout_s=60)
+    with local_fleet.LocalProcesses(tmp_path / "logs", env) as fleet:
+        link = fleet.start("superlink", local_fleet.superlink_command(link_port, certs=certs, auth=True), cwd=tmp_path)
+        local_fleet.wait_for_port(link_port, link, timeout_s=60)
         monkeypatch.setenv("FLWR_HOME", str(home))  # `register` runs the flwr CLI in this environment
         assert deploy.main(["register", "--connection", "lan", *(str(keys / f"{n}.pub") for n in names)]) == 0
         stranger = start_node("stranger", 3, node_ports[4])

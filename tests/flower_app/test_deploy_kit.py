@@ -14,7 +14,7 @@ from flwr.cli.supernode.register import try_load_public_key
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 from flwr.supernode.cli.flower_supernode import _try_setup_client_authentication
 
-from flower_app import deploy
+from flower_app import deploy, local_fleet
 
 
 def _certs(tmp_path, *addresses):
@@ -220,8 +220,9 @@ def test_a_failed_registration_names_flwrs_reason():
 
 def test_the_commands_say_what_flower_needs():
     # Execute
-    link = deploy.superlink_command(9093, host="0.0.0.0", certs=deploy.Path("c"), auth=True)
-    node = deploy.supernode_command("10.0.0.1:9093", 9094, "device-id=3", deploy.Path("c/ca.crt"), deploy.Path("k"))
+    link = local_fleet.superlink_command(9093, host="0.0.0.0", certs=deploy.Path("c"), auth=True)
+    ca, key = deploy.Path("c/ca.crt"), deploy.Path("k")
+    node = local_fleet.supernode_command("10.0.0.1:9093", 9094, "device-id=3", ca, key)
 
     # Assert
     assert link[1:] == [
@@ -233,7 +234,8 @@ def test_the_commands_say_what_flower_needs():
         "--superlink", "10.0.0.1:9093", "--port", "9094", "--node-config", "device-id=3",
         "--root-certificates", "c/ca.crt", "--auth-supernode-private-key", "k",
     ]  # fmt: skip
-    assert "--insecure" in deploy.superlink_command(9093) and "--insecure" in deploy.supernode_command("a:1", 2, "")
+    assert "--insecure" in local_fleet.superlink_command(9093)
+    assert "--insecure" in local_fleet.supernode_command("a:1", 2, "")
 
 
 def test_local_processes_stop_what_they_started_in_other_sessions(tmp_path):
@@ -249,7 +251,7 @@ def test_local_processes_stop_what_they_started_in_other_sessions(tmp_path):
         "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True); "
         "time.sleep(600)"
     )
-    with deploy.LocalProcesses(tmp_path, deploy.flower_env(tmp_path)) as fleet:
+    with local_fleet.LocalProcesses(tmp_path, local_fleet.flower_env(tmp_path)) as fleet:
         parent = fleet.start("parent", [sys.executable, "-c", spawn])
         deadline = time.monotonic() + 30
         while not psutil.Process(parent.pid).children() and time.monotonic() < deadline:
