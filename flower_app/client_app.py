@@ -28,7 +28,8 @@ from flwr.clientapp import ClientApp
 
 from flower_app.config import Config, load_config
 from flower_app.data import Encoded, batch_plan
-from flower_app.device import DataSource, DevicePart, cache_root, device_part, node_data
+from flower_app.device import DevicePart, cache_root, device_part
+from flower_app.device_data import DataSource, node_data
 from strategies import wire
 from strategies.devices import PROFILE_KEYS, DeviceProfile, from_config, load_fleet_spec, sample_fleet, to_config
 from strategies.records import from_record, to_record

@@ -16,7 +16,8 @@ what a device prepares once is kept on its disk, under :func:`cache_root`:
   memory-mapped (pages are read as the layers run), with the tokenizer beside it;
   the key is a fingerprint of the checkpoint and of the split settings;
 - ``data/<data key>.npz``: the device's encoded samples, keyed by the data file
-  (path, size, modification time) or the partition, and by the tokenizer.
+  (path, size, modification time) or the partition, and by the tokenizer
+  (:mod:`flower_app.device_data`).
 
 Entries are written to a temporary name and renamed, so two SuperNodes sharing a
 cache never read a half-written file; an unreadable entry is rebuilt with a
@@ -38,8 +39,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from flower_app import data as data_mod
 from flower_app.config import Config
@@ -82,11 +81,11 @@ class DevicePart:
 # --- identities -----------------------------------------------------------------------------
 
 
-def _digest(parts: Mapping[str, Any]) -> str:
+def digest(parts: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def _file_identity(path: Path) -> dict[str, Any]:
+def file_identity(path: Path) -> dict[str, Any]:
     stat = path.stat()
     return {"path": str(path.resolve()), "size": stat.st_size, "mtime-ns": stat.st_mtime_ns}
 
@@ -102,10 +101,10 @@ def model_key(config: Config, label_names: Sequence[str]) -> str:
         source = {"random": m.source}
     elif Path(m.source).expanduser().is_dir():
         folder = Path(m.source).expanduser()
-        source = [_file_identity(p) for p in sorted(folder.iterdir()) if p.is_file()]
+        source = [file_identity(p) for p in sorted(folder.iterdir()) if p.is_file()]
     else:
         source = {"hub": m.source}
-    return _digest(
+    return digest(
         {
             "version": CACHE_VERSION,
             "source": source,
@@ -305,9 +304,9 @@ def _read_part(path: Path) -> DevicePart | None:
 def _write_part(folder: Path, part: DevicePart, tokenizer: Any) -> None:
     import torch
 
-    _private_dirs(folder)
+    private_dirs(folder)
     _save_tokenizer(tokenizer, folder / "tokenizer")
-    _atomic(folder / "part.pt", lambda handle: torch.save(part, handle))  # last: its presence means complete
+    atomic_write(folder / "part.pt", lambda handle: torch.save(part, handle))  # last: its presence means complete
 
 
 def _save_tokenizer(tokenizer: Any, folder: Path) -> None:
@@ -322,11 +321,11 @@ def _save_tokenizer(tokenizer: Any, folder: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _private_dirs(folder: Path) -> None:
+def private_dirs(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
-def _atomic(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
     """Write through a temporary file in the same folder, then rename: readers see all or nothing."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
@@ -347,108 +346,9 @@ def tokenizer_of(config: Config, root: Path) -> Any:
     folder = root / "parts" / part.key / "tokenizer"
     if not folder.is_dir():
         _, tokenizer = build_device_part(config, part.label_names, part.key)
-        _private_dirs(folder.parent)
+        private_dirs(folder.parent)
         _save_tokenizer(tokenizer, folder)
         return tokenizer
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     tokenizer.padding_side = "right"
     return tokenizer
-
-
-# --- the device's data -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DataSource:
-    """Where a node's samples come from: its own file, or a partition of the run's dataset.
-
-    ``client_id`` is the node's stable id (``device-id``, else ``partition-id``);
-    ``num_partitions`` is 0 for a node with its own file.
-    """
-
-    client_id: int
-    num_partitions: int
-    data_path: str = ""
-
-
-def node_data(config: Config, source: DataSource, root: Path) -> data_mod.Encoded:
-    """The node's encoded samples: from the cache, else read, checked, encoded and cached."""
-    labels = run_label_names(config)  # not the part itself: a cache hit must not load the model
-    key = _data_key(config, source, model_key(config, labels))
-    entry = root / "data" / f"{key}.npz"
-    cached = _read_encoded(entry)
-    if cached is not None:
-        return cached
-    tokenizer = tokenizer_of(config, root)
-    if source.data_path:
-        d = config.data
-        own = Path(source.data_path).expanduser()
-        dataset = data_mod.load_device_table(own, d.text_column, d.label_column, labels)
-    else:
-        dataset = partition_of(config, source.client_id, source.num_partitions)
-    encoded = data_mod.encode(tokenizer, dataset, config.model.max_length)
-    _private_dirs(entry.parent)
-    _atomic(entry, lambda handle: _write_encoded(handle, encoded))
-    return encoded
-
-
-def partition_of(config: Config, partition_id: int, num_partitions: int) -> data_mod.TextDataset:
-    """Partition ``partition_id`` of the run's training pool (seeded: the same on every machine)."""
-    if not 0 <= partition_id < num_partitions:
-        raise ValueError(f"partition-id {partition_id} is outside [0, {num_partitions})")
-    return _pool(config).subset(_partitions(config, num_partitions)[partition_id])
-
-
-# Once per process: a Ray actor serves hundreds of simulated nodes, each of which would
-# otherwise load, split and partition the whole dataset on its first message.
-@lru_cache(maxsize=2)
-def _pool(config: Config) -> data_mod.TextDataset:
-    d = config.data
-    dataset = data_mod.load_dataset(d.source, d.text_column, d.label_column, seed=config.run.seed, classes=d.classes)
-    return data_mod.train_test_split(dataset, d.test_size, config.run.seed)[0]
-
-
-@lru_cache(maxsize=4)
-def _partitions(config: Config, num_partitions: int) -> tuple[np.ndarray, ...]:
-    d = config.data
-    return tuple(data_mod.partition(_pool(config).labels, num_partitions, d.partitioner, d.alpha, config.run.seed))
-
-
-def _data_key(config: Config, source: DataSource, model: str) -> str:
-    d = config.data
-    if source.data_path:
-        path = Path(source.data_path).expanduser()
-        if not path.is_file():
-            raise data_mod.DataFileError(f"data-path '{source.data_path}' is not a file on this device")
-        origin: Any = {"file": _file_identity(path), "columns": [d.text_column, d.label_column]}
-    else:
-        dataset = _file_identity(Path(d.source).expanduser()) if Path(d.source).expanduser().is_file() else d.source
-        origin = {
-            "dataset": dataset,
-            "columns": [d.text_column, d.label_column, d.classes],
-            "split": [d.test_size, d.partitioner, d.alpha, config.run.seed],
-            "partition": [source.client_id, source.num_partitions],
-        }
-    tokens = {"model": model, "max-length": config.model.max_length}
-    return _digest({"version": CACHE_VERSION, "origin": origin, **tokens})
-
-
-def _write_encoded(handle: Any, encoded: data_mod.Encoded) -> None:
-    lengths = np.array([len(ids) for ids in encoded.ids], dtype=np.int64)
-    flat = np.fromiter((t for ids in encoded.ids for t in ids), dtype=np.int64, count=int(lengths.sum()))
-    np.savez(handle, flat=flat, lengths=lengths, labels=encoded.labels)
-
-
-def _read_encoded(path: Path) -> data_mod.Encoded | None:
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path) as stored:
-            flat, lengths, labels = stored["flat"], stored["lengths"], stored["labels"]
-        if int(lengths.sum()) != len(flat) or len(lengths) != len(labels):
-            raise ValueError("lengths do not match the stored tokens")
-    except Exception as err:
-        logger.warning("data cache %s is unreadable (%s: %s); rebuilding it", path, type(err).__name__, err)
-        return None
-    rows = np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
-    return data_mod.Encoded(tuple(tuple(r.tolist()) for r in rows), labels.astype(np.int64))

@@ -7,10 +7,12 @@ import pytest
 import torch
 
 from flower_app import device as device_mod
+from flower_app import device_data
 from flower_app.client_app import data_source
 from flower_app.config import load_config
 from flower_app.data import DataFileError, collate
-from flower_app.device import DataSource, device_part, node_data
+from flower_app.device import device_part
+from flower_app.device_data import DataSource, node_data
 from flower_app.emulator import build_emulator
 from flower_app.loading import build_random
 from flower_app.model import set_state
@@ -231,7 +233,7 @@ def test_a_process_serving_many_nodes_partitions_the_dataset_once(tmp_path, monk
     calls = []
     real = data_mod.partition
     monkeypatch.setattr(data_mod, "partition", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
-    device_mod._partitions.cache_clear()
+    device_data._partitions.cache_clear()
 
     # Execute
     encoded = [node_data(config, DataSource(i, 200), tmp_path / "cache") for i in range(200)]
