@@ -40,8 +40,8 @@ cleanly, keeping the checkpoint of the last completed round.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from logging import ERROR, INFO, WARNING
+from collections.abc import Callable, Iterable, Mapping
+from logging import ERROR, INFO
 from typing import Any
 
 import numpy as np
@@ -50,7 +50,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from strategies import membership, robust, server_modes, wire
+from strategies import fleet_changes, robust, server_modes, wire
 from strategies import messages as msgs
 from strategies import round_record as records
 from strategies.aggregation import Contribution
@@ -286,63 +286,19 @@ class SplitPrefixStrategy(Strategy):
     def _discover(self, grid: Grid, timeout: float) -> None:
         """Ask every connected node who it is; admit the fleet and plan it."""
         nodes = msgs.wait_for_nodes(grid, self.settings)
-        self._admit(grid, nodes, nodes, timeout, 0)
+        fleet_changes.admit_nodes(grid, self.fleet, nodes, nodes, timeout, 0)
         log(INFO, "%d of %d nodes answered the query", len(self.fleet.clients), len(nodes))
         self.fleet.plan(self.settings, self.shape)
         self._write_groups()
 
     def _refresh_fleet(self, grid: Grid, server_round: int, timeout: float) -> tuple[list[int], list[int]]:
-        """At a round's start: who left, who came back, who is new, and when a requery is due, whose
-        profile changed.
-
-        Re-plans the fleet if a client joined or changed; returns the partition ids that
-        joined (or came back) and left. No message is sent when no node is new and no
-        requery is due.
-        """
-        fleet, connected = self.fleet, set(grid.get_node_ids())
-        left, back = fleet.leave(connected), fleet.come_back(connected)
-        requery = membership.requery_due(server_round, self.first_round, self.settings.requery_every)
-        fleet.refused = {n: why for n, why in fleet.refused.items() if n in connected}
-        new = sorted(n for n in connected if n not in fleet.clients and (requery or n not in fleet.refused))
-        known = [c.node_id for c in fleet.active()] if requery else []
-        before = dict(fleet.assignments)
-        admission, changed = self._admit(grid, new, connected, timeout, server_round, known)
-        if admission.admitted or changed:
-            fleet.plan(self.settings, self.shape)
+        """At a round's start, :func:`strategies.fleet_changes.refresh`; groups.json again if re-planned."""
+        joined, left, replanned = fleet_changes.refresh(
+            grid, self.fleet, self.settings, self.shape, self.first_round, server_round, timeout
+        )
+        if replanned:
             self._write_groups()
-        membership.log_changes(server_round, admission, left, back, before, fleet.assignments)
-        return sorted([*back, *(i.partition_id for i in admission.admitted.values())]), list(left)
-
-    def _admit(
-        self,
-        grid: Grid,
-        new: Sequence[int],
-        connected: Collection[int],
-        timeout: float,
-        server_round: int,
-        known: Sequence[int] = (),
-    ) -> tuple[membership.Admission, list[int]]:
-        """Query the ``new`` and ``known`` nodes; admit new ones, take known ones' changed profiles.
-
-        Returns what was decided on the new nodes and the partition ids whose profile changed.
-        """
-        fleet = self.fleet
-        if not new and not known:
-            return membership.Admission({}, {}, {}), []
-        infos, answered = msgs.query(grid, [*new, *known], timeout, server_round)
-        for node in sorted(answered.unavailable & set(known)):
-            fleet.lose(node, "Flower reports its node unavailable")
-        changed, ignored = membership.profile_updates({n: infos[n] for n in known if n in infos}, fleet.clients)
-        admission = membership.admit({n: infos[n] for n in new if n in infos}, fleet.clients, connected)
-        for why in ignored.values():
-            log(WARNING, "%s", why)
-        for why in admission.refused.values():
-            log(WARNING, "%s; node left out", why)
-        fleet.refused |= {n: why for n, (_, why) in answered.failures.items() if n in new} | admission.refused
-        fleet.clients |= changed
-        for info in admission.admitted.values():
-            fleet.join(info)
-        return admission, sorted(i.partition_id for i in changed.values())
+        return joined, left
 
     def _write_groups(self) -> None:
         if self.run_dir is not None:

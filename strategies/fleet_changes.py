@@ -1,0 +1,85 @@
+"""The fleet between rounds: who is new, who left, who came back, whose profile changed.
+
+At the start of every round the strategy calls :func:`refresh`: one ``get_node_ids()``,
+and a query only for nodes not seen before (or for every known node when a requery is
+due, ``SplitSettings.requery_every``). The decisions themselves are the pure functions of
+:mod:`strategies.membership`; this module sends the queries and applies the decisions
+to the :class:`~strategies.fleet_state.FleetState`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from logging import WARNING
+
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from strategies import membership
+from strategies import messages as msgs
+from strategies.fleet_state import FleetState
+from strategies.settings import SplitSettings
+from strategies.workload import ModelShape
+
+
+def refresh(
+    grid: Grid,
+    fleet: FleetState,
+    settings: SplitSettings,
+    shape: ModelShape,
+    first_round: int,
+    server_round: int,
+    timeout: float,
+) -> tuple[list[int], list[int], bool]:
+    """At a round's start: who left, who came back, who is new, and when a requery is due, whose
+    profile changed.
+
+    Re-plans the fleet if a client joined or changed. Returns the partition ids that joined
+    (or came back), those that left, and whether the fleet was re-planned. No message is
+    sent when no node is new and no requery is due.
+    """
+    connected = set(grid.get_node_ids())
+    left, back = fleet.leave(connected), fleet.come_back(connected)
+    requery = membership.requery_due(server_round, first_round, settings.requery_every)
+    fleet.refused = {n: why for n, why in fleet.refused.items() if n in connected}
+    new = sorted(n for n in connected if n not in fleet.clients and (requery or n not in fleet.refused))
+    known = [c.node_id for c in fleet.active()] if requery else []
+    before = dict(fleet.assignments)
+    admission, changed = admit_nodes(grid, fleet, new, connected, timeout, server_round, known)
+    replanned = bool(admission.admitted or changed)
+    if replanned:
+        fleet.plan(settings, shape)
+    membership.log_changes(server_round, admission, left, back, before, fleet.assignments)
+    joined = sorted([*back, *(i.partition_id for i in admission.admitted.values())])
+    return joined, list(left), replanned
+
+
+def admit_nodes(
+    grid: Grid,
+    fleet: FleetState,
+    new: Sequence[int],
+    connected: Collection[int],
+    timeout: float,
+    server_round: int,
+    known: Sequence[int] = (),
+) -> tuple[membership.Admission, list[int]]:
+    """Query the ``new`` and ``known`` nodes; admit new ones, take known ones' changed profiles.
+
+    Returns what was decided on the new nodes and the partition ids whose profile changed.
+    """
+    if not new and not known:
+        return membership.Admission({}, {}, {}), []
+    infos, answered = msgs.query(grid, [*new, *known], timeout, server_round)
+    for node in sorted(answered.unavailable & set(known)):
+        fleet.lose(node, "Flower reports its node unavailable")
+    changed, ignored = membership.profile_updates({n: infos[n] for n in known if n in infos}, fleet.clients)
+    admission = membership.admit({n: infos[n] for n in new if n in infos}, fleet.clients, connected)
+    for why in ignored.values():
+        log(WARNING, "%s", why)
+    for why in admission.refused.values():
+        log(WARNING, "%s; node left out", why)
+    fleet.refused |= {n: why for n, (_, why) in answered.failures.items() if n in new} | admission.refused
+    fleet.clients |= changed
+    for info in admission.admitted.values():
+        fleet.join(info)
+    return admission, sorted(i.partition_id for i in changed.values())
