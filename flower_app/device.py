@@ -169,11 +169,12 @@ def build_device_part(config: Config, label_names: Sequence[str], key: str = "")
     partial = _partial_checkpoint(config)
     if partial is not None:
         model, tokenizer, total = partial
-        kept = _kept_of(total, m.split_layer, config.train.emulator_layers)
     else:
-        model, tokenizer = load(m.source, seed=config.run.seed, gguf_file=m.gguf_file or None)
+        model, tokenizer = load(
+            m.source, seed=config.run.seed, gguf_file=m.gguf_file or None, allow_download=m.allow_download
+        )
         total = model.config.num_hidden_layers
-        kept = _kept_of(total, m.split_layer, config.train.emulator_layers)
+    kept = _kept_of(total, m.split_layer, config.train.emulator_layers)
     family = detect_family(model.config)
     # The prefix values come from the server in every message; these only give the shapes.
     prefix = initial_prefix(model, family, m.prefix_length, config.run.seed, model.config.vocab_size)
