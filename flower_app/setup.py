@@ -17,6 +17,7 @@ import numpy as np
 
 from flower_app import data as data_mod
 from flower_app.config import Config
+from flower_app.lm_task import encode_for, label_words
 from flower_app.loading import load, set_offline_env
 from flower_app.model import ClientPart, ServerPart, SplitSpec, detect_family, get_state, initial_prefix, split
 
@@ -63,9 +64,7 @@ def build(config: Config) -> Setup:
 
 def verbalizer_ids(tokenizer: Any, words: str, label_names: Sequence[str]) -> tuple[int, ...]:
     """First token of each label word: the LM logits that act as class scores."""
-    chosen = [w.strip() for w in words.split(",")] if words else list(label_names)
-    if len(chosen) != len(label_names):
-        raise ValueError(f"model.verbalizer has {len(chosen)} words for {len(label_names)} labels")
+    chosen = label_words(words, label_names)
     ids = tuple(tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in chosen)
     if len(set(ids)) != len(ids):
         raise ValueError(f"model.verbalizer words {chosen} share a first token; choose distinct words")
@@ -96,10 +95,10 @@ def client_data(config: Config, partition_id: int, num_partitions: int) -> data_
     setup, parts = build(config), partitions(config, num_partitions)
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id {partition_id} is outside [0, {num_partitions})")
-    return data_mod.encode(setup.tokenizer, setup.pool.subset(parts[partition_id]), config.model.max_length)
+    return encode_for(setup.tokenizer, setup.pool.subset(parts[partition_id]), config)
 
 
 @lru_cache(maxsize=2)
 def test_data(config: Config) -> data_mod.Encoded:
     setup = build(config)
-    return data_mod.encode(setup.tokenizer, setup.test, config.model.max_length)
+    return encode_for(setup.tokenizer, setup.test, config)

@@ -7,7 +7,9 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from flower_app.lm_task import LmTally, lm_loss
 from flower_app.model import ClientPart, ServerPart, SplitSpec, trainable_named
 from strategies import wire
 
@@ -35,6 +37,52 @@ def class_logits(
     assert verbalizer_ids is not None, "an LM head scores classes through its verbalizer"
     last = mask.sum(1).long() - 1  # right padding: next-token logits after the last real token
     return logits[torch.arange(logits.shape[0]), last][:, list(verbalizer_ids)]
+
+
+def task_loss(
+    spec: SplitSpec,
+    logits: torch.Tensor,
+    mask: torch.Tensor,
+    labels: torch.Tensor,
+    verbalizer_ids: tuple[int, ...] | None,
+) -> torch.Tensor:
+    """The loss of every mode: cross-entropy over classes ``(B,)``, or over target tokens ``(B, T)``."""
+    if labels.dim() == 2:  # token targets: the causal-LM objective scores target tokens only
+        return lm_loss(logits, labels)
+    return F.cross_entropy(class_logits(spec, logits, mask, verbalizer_ids), labels)
+
+
+class EvalTally:
+    """Held-out loss and accuracy summed batch by batch, for either objective.
+
+    Classes: the mean cross-entropy and accuracy per sample. Token targets: the mean
+    cross-entropy per target token, its perplexity, and the accuracy of the verbalizer
+    classes (or of the next token, without a verbalizer).
+    """
+
+    def __init__(self, spec: SplitSpec, verbalizer_ids: tuple[int, ...] | None):
+        self.spec, self.verbalizer_ids = spec, verbalizer_ids
+        self.lm = LmTally()
+        self.loss, self.correct, self.samples = 0.0, 0, 0
+
+    def add(self, logits: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> None:
+        self.samples += len(labels)
+        if labels.dim() == 2:
+            self.lm.add(logits, labels, self.verbalizer_ids)
+            return
+        scores = class_logits(self.spec, logits, mask, self.verbalizer_ids)
+        self.loss += F.cross_entropy(scores, labels, reduction="sum").item()
+        self.correct += int((scores.argmax(-1) == labels).sum())
+
+    def metrics(self) -> dict[str, float]:
+        if self.lm.tokens:
+            lm = self.lm.metrics()
+            return {wire.LOSS: lm["loss"], wire.ACCURACY: lm["accuracy"], PERPLEXITY: lm["perplexity"]}
+        samples = max(self.samples, 1)
+        return {wire.LOSS: self.loss / samples, wire.ACCURACY: self.correct / samples}
+
+
+PERPLEXITY = "perplexity"
 
 
 def adam(parts: Sequence[ClientPart | ServerPart], lr: float, head_lr: float) -> torch.optim.Optimizer:

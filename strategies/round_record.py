@@ -182,6 +182,8 @@ def log_round(record: Mapping[str, Any], num_rounds: int) -> None:
 def run_summary(status: str, history: Sequence[Mapping[str, Any]], wall_s: float, policy: str) -> dict[str, Any]:
     """``summary.json``: status, rounds, final accuracy, total bytes, simulated time and energy."""
     evaluated = [r for r in history if "accuracy" in r]
+    # A causal-LM run is judged by its held-out perplexity too.
+    perplexity = evaluated[-1].get("eval-perplexity") if evaluated else None
     return {
         "status": status,
         "rounds": len(history),
@@ -193,4 +195,5 @@ def run_summary(status: str, history: Sequence[Mapping[str, Any]], wall_s: float
         "sim-clock-s": history[-1].get("sim-clock-s") if history else None,
         "energy-j": sum(r.get("energy-j", 0.0) for r in history),
         "policy": policy,
+        **({"final-eval-perplexity": perplexity} if perplexity is not None else {}),
     }

@@ -189,7 +189,8 @@ class Chunk:
     """One minibatch (or upload chunk) of a chunked record.
 
     ``inputs`` is ``(B, T, hidden)`` activations or ``(B, T)`` token ids; ``mask`` is
-    ``(B, T)`` and ``label`` ``(B,)``.
+    ``(B, T)`` and ``label`` ``(B,)`` classes, or ``(B, T)`` token targets for the
+    causal-LM objective (:data:`IGNORE_TARGET` where a position is not scored).
     """
 
     inputs: npt.NDArray[np.generic]
@@ -213,6 +214,9 @@ class ChunkLimits:
         Token ids must lie in ``[0, vocab_size)``.
     max_abs : float | None
         Largest activation magnitude accepted.
+    token_labels : bool | None
+        None accepts either form; True: labels are ``(B, T)`` token targets in ``[0, vocab_size)`` or
+        :data:`IGNORE_TARGET` (the causal-LM objective); False: ``(B,)`` classes.
     """
 
     max_rows: int | None = None
@@ -220,6 +224,10 @@ class ChunkLimits:
     num_labels: int | None = None
     vocab_size: int | None = None
     max_abs: float | None = None
+    token_labels: bool | None = None
+
+
+IGNORE_TARGET = -100  # a token target that is not scored (PyTorch's ignore_index)
 
 
 def _input_key(kind: str, i: int) -> str:
@@ -296,7 +304,8 @@ def decode_chunks(
 def _chunk_problem(chunk: Chunk, kind: str, hidden: int | None) -> str:
     inputs, mask, label = chunk.inputs, chunk.mask, chunk.label
     want_ndim = 3 if kind == ACTIVATIONS_KIND else 2
-    if inputs.ndim != want_ndim or mask.shape != inputs.shape[:2] or label.shape != inputs.shape[:1]:
+    labels_fit = label.shape in (inputs.shape[:1], inputs.shape[:2])  # classes or token targets
+    if inputs.ndim != want_ndim or mask.shape != inputs.shape[:2] or not labels_fit:
         return f"shapes {inputs.shape}, mask {mask.shape}, label {label.shape}"
     integers = (mask, label) if kind == ACTIVATIONS_KIND else (inputs, mask, label)
     if not all(np.issubdtype(a.dtype, np.integer) for a in integers):
@@ -314,12 +323,28 @@ def _limit_problem(chunk: Chunk, kind: str, limits: ChunkLimits) -> str:
         return f"{rows} rows, at most {limits.max_rows} were planned"
     if limits.max_tokens is not None and tokens > limits.max_tokens:
         return f"sequence length {tokens}, at most {limits.max_tokens}"
+    if limits.token_labels is not None and chunk.label.ndim != (2 if limits.token_labels else 1):
+        want = "(rows, tokens) token targets" if limits.token_labels else "(rows,) classes"
+        return f"labels of shape {chunk.label.shape}, expected {want}"
+    if chunk.label.ndim == 2:
+        return _token_target_problem(chunk.label, limits.vocab_size) or _mask_and_input_problem(chunk, kind, limits)
     if (
         limits.num_labels is not None
         and chunk.label.size
         and not (chunk.label.min() >= 0 and chunk.label.max() < limits.num_labels)
     ):
         return f"labels {chunk.label.min()}..{chunk.label.max()} outside [0, {limits.num_labels})"
+    return _mask_and_input_problem(chunk, kind, limits)
+
+
+def _token_target_problem(targets: npt.NDArray[np.generic], vocab_size: int | None) -> str:
+    scored = targets[targets != IGNORE_TARGET]
+    if scored.size and (scored.min() < 0 or (vocab_size is not None and scored.max() >= vocab_size)):
+        return f"token targets {scored.min()}..{scored.max()} outside [0, {vocab_size}) (or {IGNORE_TARGET})"
+    return ""
+
+
+def _mask_and_input_problem(chunk: Chunk, kind: str, limits: ChunkLimits) -> str:
     if not (chunk.mask.size == 0 or (chunk.mask.min() >= 0 and chunk.mask.max() <= 1)):
         return "mask values other than 0 and 1"
     if (
