@@ -112,8 +112,10 @@ def _data_key(config: Config, source: DataSource, model: str) -> str:
 def _write_encoded(handle: Any, encoded: data_mod.Encoded) -> None:
     lengths = np.array([len(ids) for ids in encoded.ids], dtype=np.int64)
     flat = np.fromiter((t for ids in encoded.ids for t in ids), dtype=np.int64, count=int(lengths.sum()))
-    starts = {} if encoded.prompt_lengths is None else {"prompt_lengths": encoded.prompt_lengths}
-    np.savez(handle, flat=flat, lengths=lengths, labels=encoded.labels, **starts)
+    arrays: dict[str, np.ndarray] = {"flat": flat, "lengths": lengths, "labels": encoded.labels}
+    if encoded.prompt_lengths is not None:
+        arrays["prompt_lengths"] = encoded.prompt_lengths
+    np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
 
 
 def _read_encoded(path: Path) -> data_mod.Encoded | None:
