@@ -11,7 +11,7 @@ Positions follow :mod:`flower_app.model`: the ``P`` prefix slots are positions
 ``0..P-1``, so the ``n``-th real token (from 0) sits at ``P + n``, on both sides.
 
 The Flower exchange of the same loop is in :mod:`flower_app.generate_app`.
-``python -m flower_app.generate --prompt "..."`` runs it in one process (see :func:`main`).
+``python -m flower_app.generate --prompt "..."`` runs it in one process (:mod:`flower_app.generate_cli`).
 """
 
 from __future__ import annotations
@@ -199,12 +199,28 @@ class GenerationResult:
     prompt_bytes_up: int = 0
     stopped: str = ""  # "eos" or "max-new-tokens"
     prefix_bytes_down: int = 0  # an exchange sends the device its trained prefix once
+    prompt_device_s: float = 0.0  # of device_s and server_s: the prompt and the first token
+    prompt_server_s: float = 0.0
+
+    def per_token(self) -> dict[str, float]:
+        """Bytes and seconds of one step after the prompt (0 when the first token was the last)."""
+        steps = len(self.token_ids) - 1
+        if steps < 1:
+            return {"bytes-up": 0.0, "bytes-down": 0.0, "device-s": 0.0, "server-s": 0.0}
+        return {
+            "bytes-up": (self.boundary_bytes_up - self.prompt_bytes_up) / steps,
+            "bytes-down": self.ids_bytes_down / steps,
+            "device-s": (self.device_s - self.prompt_device_s) / steps,
+            "server-s": (self.server_s - self.prompt_server_s) / steps,
+        }
 
 
 def to_wire(boundary: torch.Tensor | npt.NDArray[Any], dtype: str = "float32") -> npt.NDArray[Any]:
-    """The activations as they cross the link (an exchange hands over numpy already)."""
-    array = boundary.detach().cpu().numpy() if isinstance(boundary, torch.Tensor) else np.asarray(boundary)
-    return np.ascontiguousarray(array, dtype=WIRE_DTYPES[dtype])
+    """The activations as they cross the link: a tensor is cast to ``dtype``; an array that came
+    through an exchange is taken as it arrived (the device chose its dtype, and those bytes crossed)."""
+    if isinstance(boundary, torch.Tensor):
+        return np.ascontiguousarray(boundary.detach().cpu().numpy(), dtype=WIRE_DTYPES[dtype])
+    return np.asarray(boundary)
 
 
 Start = Callable[[], "torch.Tensor | npt.NDArray[Any]"]
@@ -231,26 +247,36 @@ def decode_loop(
         raise GenerationError(f"activation dtype '{wire_dtype}' must be one of {list(WIRE_DTYPES)}")
     sampling = sampling or Sampling()
     generator = torch.Generator().manual_seed(sampling.seed)
-    device_s = server_s = 0.0
-    tick = time.perf_counter()
-    boundary = to_wire(start(), wire_dtype)
-    device_s += time.perf_counter() - tick
+    boundary, device_s = _timed(lambda: to_wire(start(), wire_dtype))
     prompt_tokens, prompt_bytes, up, down = boundary.shape[1], boundary.nbytes, boundary.nbytes, 0
-    tick = time.perf_counter()
-    token = choose(server.start(torch.from_numpy(boundary)), sampling, generator)
-    server_s += time.perf_counter() - tick
+    token, server_s = _timed(lambda: choose(server.start(torch.from_numpy(boundary)), sampling, generator))
+    prompt_s = (device_s, server_s)
     tokens = [token]
     while token not in eos_ids and len(tokens) < max_new_tokens:
-        tick = time.perf_counter()
-        boundary = to_wire(step(token), wire_dtype)
-        device_s += time.perf_counter() - tick
-        up, down = up + boundary.nbytes, down + ID_BYTES
-        tick = time.perf_counter()
-        token = choose(server.step(torch.from_numpy(boundary)), sampling, generator)
-        server_s += time.perf_counter() - tick
+        boundary, spent = _timed(lambda sent: to_wire(step(sent), wire_dtype), token)
+        device_s, up, down = device_s + spent, up + boundary.nbytes, down + ID_BYTES
+        token, spent = _timed(lambda acts: choose(server.step(torch.from_numpy(acts)), sampling, generator), boundary)
+        server_s += spent
         tokens.append(token)
     stopped = "eos" if token in eos_ids else "max-new-tokens"
-    return GenerationResult("", tokens, up, down, device_s, server_s, prompt_tokens, prompt_bytes, stopped)
+    return GenerationResult(
+        "",
+        tokens,
+        up,
+        down,
+        device_s,
+        server_s,
+        prompt_tokens=prompt_tokens,
+        prompt_bytes_up=prompt_bytes,
+        stopped=stopped,
+        prompt_device_s=prompt_s[0],
+        prompt_server_s=prompt_s[1],
+    )
+
+
+def _timed(call: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    tick = time.perf_counter()
+    return call(*args), time.perf_counter() - tick
 
 
 def eos_ids_of(tokenizer: Any, eos_token_id: int | Sequence[int] | None = None) -> tuple[int, ...]:

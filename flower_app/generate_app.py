@@ -145,10 +145,12 @@ def generate_on_grid(
     max_new_tokens: int = 32,
     sampling: Sampling | None = None,
     eos_token_id: int | None = None,
-    wire_dtype: str = "float32",
     timeout: float = 60.0,
 ) -> GenerationResult:
-    """Generate with the device half on node ``node_id``; ``client_state`` is its trained lower prefix."""
+    """Generate with the device half on node ``node_id``; ``client_state`` is its trained lower prefix.
+
+    The device sends its activations in the run's ``train.activation-dtype``.
+    """
     device = RemoteDevice(grid, node_id, timeout)
     start = {ACTION: "start", PROMPT: prompt}
     try:
@@ -159,7 +161,6 @@ def generate_on_grid(
             max_new_tokens,
             sampling,
             eos_ids_of(tokenizer, eos_token_id),
-            wire_dtype,
         )
     finally:
         device.end()

@@ -26,6 +26,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, str]]:
     parser.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (0: all)")
     parser.add_argument("--top-p", type=float, default=1.0, help="sample among the likeliest tokens up to p")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    # One step is many tiny kernels: on small models extra threads cost more in sync than they save.
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1; 0: torch's default)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model.source=random-gpt2")
     args = parser.parse_args(argv)
@@ -62,17 +64,15 @@ def load_trained(setup: Any, run_dir: str) -> int:
 
 
 def report(result: GenerationResult) -> str:
-    """What crossed the link and how long each side took, per new token."""
-    new, steps = len(result.token_ids), max(len(result.token_ids) - 1, 1)
-    per_step_up = (result.boundary_bytes_up - result.prompt_bytes_up) / steps
+    """What crossed the link and how long each side took: for the prompt, then per new token."""
+    step = result.per_token()
     return "\n".join(
         [
-            f"{result.prompt_tokens} prompt tokens, {new} new tokens (stopped: {result.stopped})",
-            f"device -> server: {result.prompt_bytes_up} B for the prompt, then {per_step_up:.0f} B per token "
-            f"({result.boundary_bytes_up} B in all)",
-            f"server -> device: {result.ids_bytes_down / steps:.0f} B per token ({result.ids_bytes_down} B in all)",
-            f"device {1e3 * result.device_s / new:.2f} ms per token, server {1e3 * result.server_s / new:.2f} ms "
-            f"per token (prompt included; {result.device_s:.3f} s and {result.server_s:.3f} s in all)",
+            f"{result.prompt_tokens} prompt tokens, {len(result.token_ids)} new tokens (stopped: {result.stopped})",
+            f"prompt: {result.prompt_bytes_up} B up, device {result.prompt_device_s:.3f} s, "
+            f"server {result.prompt_server_s:.3f} s",
+            f"per new token: {step['bytes-up']:.0f} B up (its boundary activation), {step['bytes-down']:.0f} B down "
+            f"(its id), device {1e3 * step['device-s']:.2f} ms, server {1e3 * step['server-s']:.2f} ms",
         ]
     )
 
@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     """Exit 0 with the text, 2 with one line that names the problem (``--debug``: the traceback)."""
     from flower_app.config import load_config
     from flower_app.setup import build
+    from flower_app.training import torch_threads
     from strategies.checkpoint import CheckpointError
 
     args, overrides = parse(argv)
@@ -91,15 +92,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.run_dir:
             load_trained(setup, args.run_dir)
         sampling = Sampling(args.temperature, args.top_k, args.top_p, args.seed)
-        result = generate(
-            setup.client,
-            setup.server,
-            setup.tokenizer,
-            args.prompt,
-            args.max_new_tokens,
-            sampling,
-            wire_dtype=config.train.activation_dtype,
-        )
+        with torch_threads(args.threads):
+            result = generate(
+                setup.client,
+                setup.server,
+                setup.tokenizer,
+                args.prompt,
+                args.max_new_tokens,
+                sampling,
+                wire_dtype=config.train.activation_dtype,
+            )
     except (ValueError, KeyError, OSError, CheckpointError) as err:  # GenerationError is a ValueError
         if args.debug:
             raise

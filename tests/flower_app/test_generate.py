@@ -186,6 +186,20 @@ def test_exchange_through_the_grid_gives_the_direct_text():
     assert states[-1] is None
 
 
+def test_float16_activations_halve_the_bytes_up_through_the_grid():
+    job = {**LLAMA_JOB, "train.activation-dtype": "float16"}
+    setup = build(load_config(job))
+    grid = InProcessGrid(client_app, 1, job)
+
+    remote = generate_on_grid(
+        grid, grid.node_ids[0], setup.server, setup.tokenizer, "good movie w7", get_state(setup.client), 8
+    )
+    direct = generate(setup.client, setup.server, setup.tokenizer, "good movie w7", 8, wire_dtype="float16")
+
+    assert remote.token_ids == direct.token_ids
+    assert remote.prompt_bytes_up == 3 * 64 * 2 and remote.per_token()["bytes-up"] == 64 * 2
+
+
 def test_a_step_without_its_start_is_refused():
     grid = InProcessGrid(client_app, 1, LLAMA_JOB)
     device = RemoteDevice(grid, grid.node_ids[0], timeout=30)
@@ -215,7 +229,7 @@ def test_cli_generates_with_a_run_directory_checkpoint(tmp_path, capsys):
 
     # Assert
     assert code == 0 and out.strip() == expected != untrained
-    assert "B per token" in err and "ms per token" in err
+    assert "per new token: 256 B up (its boundary activation), 8 B down (its id)" in err  # 64 float32 values
 
 
 @pytest.mark.parametrize(
