@@ -14,7 +14,8 @@ The device tokenizes the prompt itself: the text never needs ids from the server
 deployed device runs every message in a new process, so its half of the session (the
 lower layers' key/values and the prefix it was sent) lives in ``context.state``, which
 Flower keeps on the SuperNode between the messages of a run. A ``session`` id in every
-message ties the steps to their start; a step of another session is refused.
+message ties the steps to their start; a step of another session is refused, and a
+new start replaces whatever session the node held (one session per node and run).
 """
 
 from __future__ import annotations

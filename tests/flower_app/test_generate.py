@@ -143,31 +143,24 @@ def test_sampler_is_seeded_and_top_k_1_is_greedy():
     assert len(set(draws(Sampling(temperature=1.0, top_p=0.5), 400))) == nucleus
 
 
-def _fresh_process(states):
-    """A fault hook that drops the device's in-memory part before each message (what a new process
-    per message does) and records what the node's context.state holds after it."""
-
-    def hook(index, message, call):
-        device_part.cache_clear()
-        reply = call()
-        arrays = grid_contexts[0].state.array_records.get(STATE_ARRAYS)
-        states.append(None if arrays is None else {k: tuple(a.shape) for k, a in arrays.items()})
-        return reply
-
-    grid_contexts = []
-    return hook, grid_contexts
-
-
 def test_exchange_through_the_grid_gives_the_direct_text():
     # Prepare: a "trained" lower prefix that the device only gets from the start message
     setup = build(load_config(LLAMA_JOB))
     initial = get_state(setup.client)
     trained = {k: v * 1.5 + 0.2 for k, v in initial.items()}
     states = []
-    hook, contexts = _fresh_process(states)
-    grid = InProcessGrid(client_app, 1, LLAMA_JOB, fault=hook)
+
+    def fresh_process(index, message, call):
+        """Drop the device's in-memory part before each message, as a new process per message does,
+        and record what the node's context.state holds after it."""
+        device_part.cache_clear()
+        reply = call()
+        arrays = grid.contexts[node].state.array_records.get(STATE_ARRAYS)
+        states.append(None if arrays is None else {k: tuple(a.shape) for k, a in arrays.items()})
+        return reply
+
+    grid = InProcessGrid(client_app, 1, LLAMA_JOB, fault=fresh_process)
     node = grid.node_ids[0]
-    contexts.append(grid.contexts[node])
 
     # Execute
     try:
