@@ -28,7 +28,7 @@ from flwr.clientapp import ClientApp
 
 from flower_app.config import Config, load_config
 from flower_app.data import Encoded, batch_plan
-from flower_app.device import DevicePart, cache_root, device_part
+from flower_app.device import DevicePart, cache_root, device_part, tokenizer_of
 from flower_app.device_data import DataSource, node_data
 from strategies import wire
 from strategies.devices import PROFILE_KEYS, DeviceProfile, from_config, load_fleet_spec, sample_fleet, to_config
@@ -321,3 +321,19 @@ def upload(msg: Message, context: Context) -> Message:
             uploaded = upload_activations(device.client, encoded, chosen, device.pad_id, job.plan.activation_dtype)
     metrics = MetricRecord({wire.NUM_EXAMPLES: len(chosen)})
     return Message(RecordDict({wire.UPLOAD_RECORD: to_record(uploaded), wire.METRICS: metrics}), reply_to=msg)
+
+
+@app.query("generate")
+def generate(msg: Message, context: Context) -> Message:
+    """Split generation, device side: embed the prompt or one chosen token, run the lower layers.
+
+    Not handed to a device worker: the worker gets an empty ``context.state``, and the
+    session's cache lives there between messages (see :mod:`flower_app.generate_app`).
+    """
+    from flower_app.generate_app import device_reply
+    from flower_app.training import torch_threads
+
+    config, root = _config(frozenset(context.run_config.items())), cache_root(context.node_config)
+    with torch_threads(config.run.client_threads):
+        client = device_part(config, root).client
+        return device_reply(msg, context, client, tokenizer_of(config, root), config.train.activation_dtype)

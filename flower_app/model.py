@@ -91,6 +91,32 @@ class PrefixCache:
         return torch.cat([prefix_key, key], dim=2), torch.cat([prefix_value, value], dim=2)
 
 
+class KVCache(PrefixCache):
+    """A :class:`PrefixCache` that also keeps the real tokens' key/values, for decoding one token at a time.
+
+    Each ``update`` appends the new key/values of a layer to what that layer saw
+    before and returns prefix + past + new, so a step runs only the new token
+    through the layers. The prefix is never copied into ``past``: it stays the
+    part's own parameter, and a serialised cache holds real tokens only.
+    """
+
+    def __init__(self, prefix: Mapping[int, torch.Tensor], past: Mapping[int, torch.Tensor] | None = None):
+        super().__init__(prefix)
+        self.past: dict[int, torch.Tensor] = dict(past or {})  # layer -> (2, B, nkv, L, hd)
+
+    @property
+    def past_length(self) -> int:
+        """Real tokens held (the same in every layer between two forwards)."""
+        return next(iter(self.past.values())).shape[3] if self.past else 0
+
+    def update(self, key, value, layer_idx, *args, **kwargs):
+        old = self.past.get(layer_idx)
+        if old is not None:
+            key, value = torch.cat([old[0], key], dim=2), torch.cat([old[1], value], dim=2)
+        self.past[layer_idx] = torch.stack([key, value])
+        return super().update(key, value, layer_idx)
+
+
 class _RecordingCache:
     """Keeps the key/values each layer computes (used to initialise the prefix)."""
 
@@ -115,15 +141,22 @@ def detect_family(config) -> str:
     raise ValueError(f"unsupported model_type '{model_type}'; supported families: {FAMILIES}")
 
 
-def attention_mask_4d(attention_mask: torch.Tensor, prefix_length: int, causal: bool) -> torch.Tensor:
-    """Boolean mask ``(B, 1, T, P+T)``: True where a query may attend to a key."""
-    batch, length = attention_mask.shape
+def attention_mask_4d(
+    attention_mask: torch.Tensor, prefix_length: int, causal: bool, past_length: int = 0
+) -> torch.Tensor:
+    """Boolean mask ``(B, 1, T, P+L+T)``: True where a query may attend to a key.
+
+    ``attention_mask`` covers the ``L = past_length`` tokens already in a cache and the
+    ``T`` new ones (the Hugging Face convention); the queries are the new tokens.
+    """
+    batch, total = attention_mask.shape
+    length = total - past_length
     prefix_valid = attention_mask.new_ones(batch, prefix_length)
-    keys = torch.cat([prefix_valid, attention_mask], dim=1).bool()  # (B, P+T)
-    allowed = keys[:, None, None, :].expand(batch, 1, length, prefix_length + length)
+    keys = torch.cat([prefix_valid, attention_mask], dim=1).bool()  # (B, P+L+T)
+    allowed = keys[:, None, None, :].expand(batch, 1, length, prefix_length + total)
     if causal:
-        query_pos = torch.arange(length, device=attention_mask.device)[:, None] + prefix_length
-        key_pos = torch.arange(prefix_length + length, device=attention_mask.device)[None, :]
+        query_pos = torch.arange(length, device=attention_mask.device)[:, None] + prefix_length + past_length
+        key_pos = torch.arange(prefix_length + total, device=attention_mask.device)[None, :]
         allowed = allowed & (key_pos <= query_pos)[None, None]
     return allowed
 
@@ -150,14 +183,20 @@ class _Stack(nn.Module):
     def prefix_length(self) -> int:
         return next(iter(self.prefix.values())).shape[2] if len(self.prefix) else 0
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, cache=None) -> torch.Tensor:
+    def prefix_tensors(self) -> dict[int, torch.Tensor]:
+        return {int(i): p for i, p in self.prefix.items()}
+
+    def forward(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, cache=None, past_length: int = 0
+    ) -> torch.Tensor:
+        """``past_length``: tokens already in ``cache`` (a :class:`KVCache`); ``attention_mask`` covers them too."""
         prefix_length = self.prefix_length
-        cache = cache or PrefixCache({int(i): p for i, p in self.prefix.items()})
-        mask = attention_mask_4d(attention_mask, prefix_length, causal=self.family != "bert")
+        cache = cache if cache is not None else PrefixCache(self.prefix_tensors())
+        mask = attention_mask_4d(attention_mask, prefix_length, causal=self.family != "bert", past_length=past_length)
         kwargs = {}
         if self.family == "llama":
             assert self.rotary is not None, "a llama stack is built with its rotary embedding"
-            positions = torch.arange(hidden.shape[1], device=hidden.device)[None] + prefix_length
+            positions = torch.arange(hidden.shape[1], device=hidden.device)[None] + prefix_length + past_length
             kwargs = {"position_embeddings": self.rotary(hidden, position_ids=positions), "position_ids": positions}
         for layer in self.layers:
             out = layer(hidden, attention_mask=mask, past_key_values=cache, **kwargs)
@@ -174,8 +213,9 @@ class ClientPart(nn.Module):
         self.embeddings = embeddings
         self.stack = stack
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        offset = self.stack.prefix_length
+    def embed(self, input_ids: torch.Tensor, past_length: int = 0) -> torch.Tensor:
+        """Token (and, for GPT-2 and BERT, position) embeddings; the first token sits at ``P + past_length``."""
+        offset = self.stack.prefix_length + past_length
         if self.family == "bert":
             return self.embeddings(input_ids=input_ids, past_key_values_length=offset)
         if self.family == "gpt2":
