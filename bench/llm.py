@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flower_app.generate import generate
 
 from flower_app import data as data_mod
 from flower_app.config import load_config, split_settings
+from flower_app.generate import generate
 from flower_app.lm_task import LmTally
 from flower_app.loading import load
 from flower_app.model import set_state

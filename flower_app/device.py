@@ -47,7 +47,11 @@ logger = logging.getLogger(__name__)
 
 CACHE_ENV = "HSP_CACHE_DIR"  # overrides the default cache folder (tests, shared devices)
 CACHE_VERSION = 1  # bump when the layout of a cache entry changes
-BUILT_IN_LABELS = {"rotten-tomatoes": ("rotten", "fresh"), "synthetic": ("negative", "positive")}
+BUILT_IN_LABELS = {
+    "rotten-tomatoes": ("rotten", "fresh"),
+    "guardian-headlines": ("headline",),
+    "synthetic": ("negative", "positive"),
+}
 
 
 def cache_root(node_config: Mapping[str, Any] | None = None) -> Path:

@@ -9,6 +9,7 @@ import torch
 
 from flower_app import data as data_mod
 from flower_app.config import load_config
+from flower_app.device import BUILT_IN_LABELS
 from flower_app.device_data import _read_encoded, _write_encoded
 from flower_app.lm_task import IGNORE, LmTally, Templates, encode_lm, lm_loss, templates_for, token_targets
 from flower_app.loading import tiny_tokenizer
@@ -148,3 +149,9 @@ def test_causal_lm_runs_learn_in_every_mode(tmp_path, policy):
     assert rounds[-1]["eval-loss"] < rounds[0]["eval-loss"] - 0.1
     assert rounds[-1]["eval-perplexity"] == pytest.approx(math.exp(rounds[-1]["eval-loss"]))
     assert summary["final-eval-perplexity"] == rounds[-1]["eval-perplexity"]
+
+
+@pytest.mark.parametrize("source", sorted(BUILT_IN_LABELS))
+def test_devices_know_the_class_names_of_every_built_in_source(source):
+    # A device maps labels without loading the run's dataset: the names must be the dataset's own.
+    assert BUILT_IN_LABELS[source] == data_mod.load_dataset(source).label_names
