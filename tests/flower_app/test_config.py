@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from flower_app.config import load_config, reference, to_dict
+from flower_app.config import CONF_DIR, load_config, reference, to_dict
 
 
 def test_yaml_defaults_and_overrides_merge():
@@ -72,3 +72,9 @@ def test_resolved_config_round_trips():
         load_config({"config": "test", **{f"{s}.{k}": v for s, kv in to_dict(config).items() for k, v in kv.items()}})
         == config
     )
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONF_DIR.glob("*.yaml")))
+def test_every_shipped_config_loads(name):
+    # A preset that no longer validates would fail only when a user picks it.
+    assert load_config({"config": name}).run.name

@@ -4,6 +4,7 @@ The conversion takes about 30 s, so every test that needs it is marked slow and 
 conversion per session (into the session's cache, see tests/conftest.py).
 """
 
+import copy
 import importlib.util
 import json
 import os
@@ -18,6 +19,7 @@ from transformers import LlamaForCausalLM
 from flower_app import loading
 from flower_app.config import load_config
 from flower_app.device import CACHE_ENV, device_part
+from flower_app.generate import generate
 from flower_app.loading import SMOLLM2_GGUF, build_random, load, smollm2_path
 from flower_app.model import SplitSpec, get_state, initial_prefix, set_state, split
 
@@ -169,11 +171,20 @@ def test_split_with_an_empty_prefix_equals_the_unsplit_forward(smollm2):
 
 
 @pytest.mark.slow
-def test_greedy_generation_knows_the_capital_of_france(smollm2):
+def test_greedy_split_generation_equals_hugging_face_generate(smollm2):
+    # Prepare: split() freezes and rewires its model, so the split side gets a copy
     model, tokenizer = smollm2
     prompt = tokenizer("The capital of France is", return_tensors="pt")
-    out = model.generate(**prompt, max_new_tokens=3, do_sample=False)
-    assert "Paris" in tokenizer.decode(out[0, prompt["input_ids"].shape[1] :])
+    expected = model.generate(**prompt, max_new_tokens=12, do_sample=False)[0, prompt["input_ids"].shape[1] :]
+    client, server = split(copy.deepcopy(model), SplitSpec(split_layer=2, prefix_length=0, head="lm"), {})
+
+    # Execute: the device runs 2 layers with its cache, the server 28 and the choice
+    result = generate(client, server, tokenizer, "The capital of France is", max_new_tokens=12)
+
+    # Assert: the same tokens, and a text that knows the answer (not a repeated token)
+    assert result.token_ids == expected.tolist()[: len(result.token_ids)]
+    assert len(result.token_ids) == len(expected) or result.stopped == "eos"
+    assert "Paris" in result.text
 
 
 @pytest.mark.slow
