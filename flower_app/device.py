@@ -119,6 +119,7 @@ def model_key(config: Config, label_names: Sequence[str]) -> str:
             "source": source,
             "gguf": m.gguf_file,
             "split": [m.split_layer, m.prefix_length, m.head, m.pooling, m.verbalizer],
+            "task": [config.data.objective, config.data.target],
             "emulator-layers": config.train.emulator_layers,
             "labels": list(label_names),
             "seed": config.run.seed,
@@ -175,7 +176,7 @@ def build_device_part(
     from flower_app.emulator import build_emulator
     from flower_app.loading import load, set_offline_env
     from flower_app.model import SplitSpec, detect_family, initial_prefix, split
-    from flower_app.setup import verbalizer_ids
+    from flower_app.setup import job_verbalizer
 
     set_offline_env()
     m = config.model
@@ -198,7 +199,7 @@ def build_device_part(
         upper.stack.first = kept[0]
     else:
         upper = build_emulator(server, list(kept))
-    verbalizer = verbalizer_ids(tokenizer, m.verbalizer, label_names) if m.head == "lm" else None
+    verbalizer = job_verbalizer(tokenizer, config, label_names)
     part = DevicePart(
         key, spec, client, upper, total - m.split_layer, tokenizer.pad_token_id, verbalizer, tuple(label_names)
     )

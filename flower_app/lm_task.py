@@ -80,6 +80,14 @@ def check_templates(templates: Templates) -> None:
         raise ValueError("data.target renders to nothing: the model would have no token to learn")
 
 
+def reads_classes(config: Config, num_labels: int) -> bool:
+    """Whether held-out accuracy is of classes (through the verbalizer) or of next tokens."""
+    d = config.data
+    if d.objective != "causal-lm":
+        return True
+    return num_labels >= 2 and "{label}" in templates_for(d.source, d.prompt, d.target).target
+
+
 def label_words(verbalizer: str, label_names: Sequence[str]) -> tuple[str, ...]:
     """The word of each class: ``model.verbalizer``'s, else the class names."""
     words = tuple(w.strip() for w in verbalizer.split(",")) if verbalizer else tuple(label_names)

@@ -17,7 +17,7 @@ import numpy as np
 
 from flower_app import data as data_mod
 from flower_app.config import Config
-from flower_app.lm_task import encode_for, label_words
+from flower_app.lm_task import encode_for, label_words, reads_classes
 from flower_app.loading import load, set_offline_env
 from flower_app.model import ClientPart, ServerPart, SplitSpec, detect_family, get_state, initial_prefix, split
 
@@ -57,9 +57,20 @@ def build(config: Config) -> Setup:
     prefix = initial_prefix(model, family, m.prefix_length, config.run.seed, model.config.vocab_size)
     client, server = split(model, spec, prefix, seed=config.run.seed)
     pool, test = data_mod.train_test_split(dataset, config.data.test_size, config.run.seed)
-    verbalizer = verbalizer_ids(tokenizer, m.verbalizer, dataset.label_names) if m.head == "lm" else None
+    verbalizer = job_verbalizer(tokenizer, config, dataset.label_names)
     state = {**get_state(client), **get_state(server)}
     return Setup(config, spec, client, server, tokenizer, tokenizer.pad_token_id, verbalizer, pool, test, state)
+
+
+def job_verbalizer(tokenizer: Any, config: Config, label_names: Sequence[str]) -> tuple[int, ...] | None:
+    """The verbalizer token ids when an LM head reads classes, else None.
+
+    A causal-LM job reads classes only when its target is the class word of two or more
+    classes (sentiment as an instruction); otherwise its accuracy is next-token accuracy.
+    """
+    if config.model.head != "lm" or not reads_classes(config, len(label_names)):
+        return None
+    return verbalizer_ids(tokenizer, config.model.verbalizer, label_names)
 
 
 def verbalizer_ids(tokenizer: Any, words: str, label_names: Sequence[str]) -> tuple[int, ...]:

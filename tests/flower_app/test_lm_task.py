@@ -14,6 +14,7 @@ from flower_app.device_data import _read_encoded, _write_encoded
 from flower_app.lm_task import IGNORE, LmTally, Templates, encode_lm, lm_loss, templates_for, token_targets
 from flower_app.loading import tiny_tokenizer
 from flower_app.runner import run_inprocess
+from flower_app.setup import job_verbalizer
 from strategies import wire
 
 LM = {"model.source": "random-gpt2", "model.head": "lm", "model.pooling": "last", "model.verbalizer": "bad,good"}
@@ -155,3 +156,19 @@ def test_causal_lm_runs_learn_in_every_mode(tmp_path, policy):
 def test_devices_know_the_class_names_of_every_built_in_source(source):
     # A device maps labels without loading the run's dataset: the names must be the dataset's own.
     assert BUILT_IN_LABELS[source] == data_mod.load_dataset(source).label_names
+
+
+def test_accuracy_reads_classes_only_when_the_target_is_the_class_word():
+    # Arrange
+    tokenizer = tiny_tokenizer(512)
+    lm = {"config": "test", **LM, "data.objective": "causal-lm"}
+
+    # Execute
+    instruction = job_verbalizer(tokenizer, load_config(lm), ("negative", "positive"))
+    continuation = job_verbalizer(tokenizer, load_config({**lm, "data.target": " {text}"}), ("negative", "positive"))
+    one_class = job_verbalizer(tokenizer, load_config(lm), ("headline",))
+
+    # Assert: the other two score next tokens (a verbalizer would judge nothing: accuracy 0)
+    vocab = tokenizer.get_vocab()
+    assert instruction == (vocab["bad"], vocab["good"])
+    assert continuation is None and one_class is None
