@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup device run run-inprocess scale lint test test-fast bench bench-robust bench-scale bench-deploy clean
+.PHONY: setup device run run-inprocess scale lint test test-fast bench bench-robust bench-scale bench-deploy bench-llm clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,10 @@ bench-robust: setup
 
 bench-scale: setup
 	$(PY) bench/scale.py
+
+# SmolLM2-135M split and prefix-tuned on 2 CPU cores: about 15-20 minutes.
+bench-llm: setup
+	$(PY) bench/llm.py
 
 # By hand, not in CI: deployed vs in-process seconds per round, Flower's floor, device memory.
 bench-deploy: setup
