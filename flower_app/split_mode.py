@@ -16,7 +16,7 @@ import torch
 
 from flower_app import data as data_mod
 from flower_app.model import ClientPart
-from flower_app.training import adam, to_wire
+from flower_app.training import adam, from_wire, to_wire
 from strategies import wire
 
 
@@ -85,5 +85,5 @@ def replay_step(
     ids, mask, _ = data_mod.collate(encoded, indices, pad_id)
     optimizer.zero_grad()
     boundary = client(ids, mask)  # (B, T, hidden)
-    boundary.backward(torch.as_tensor(np.asarray(grad, dtype=np.float32)))
+    boundary.backward(from_wire(grad))
     optimizer.step()

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from flower_app.lm_task import LmTally, lm_loss
 from flower_app.model import ClientPart, ServerPart, SplitSpec, trainable_named
 from strategies import wire
+from strategies.compression import dequantize_int8, quantize_int8
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -100,9 +101,15 @@ def adam(parts: Sequence[ClientPart | ServerPart], lr: float, head_lr: float) ->
 
 
 def to_wire(tensor: torch.Tensor, dtype: str) -> np.ndarray:
-    """float16 halves the bytes crossing the split; the receiver computes in float32."""
+    """float16 halves the bytes crossing the split, int8 quarters them; the receiver computes in float32."""
+    if dtype == "int8":
+        return quantize_int8(tensor.detach().numpy())  # (..., H + 4): values and a scale per vector
     return tensor.detach().to(DTYPES[dtype]).numpy()
 
 
 def from_wire(array: np.ndarray) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(array)).float()
+    """float32 of what crossed the split, in any wire dtype (int8 vectors are unpacked)."""
+    array = np.asarray(array)
+    if array.dtype == np.int8:
+        return torch.from_numpy(dequantize_int8(array))
+    return torch.as_tensor(array).float()

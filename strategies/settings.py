@@ -17,7 +17,8 @@ from strategies.requirements import TrainingRequirement
 from strategies.robust import RULES, UPDATE_CHECKS
 
 SERVER_SIDES = ("sequential", "parallel")
-ACTIVATION_DTYPES = {"float32": 4, "float16": 2}  # wire dtype -> bytes per value
+# wire dtype -> bytes per value; int8 adds a 4-byte scale per token vector (strategies.compression)
+ACTIVATION_DTYPES = {"float32": 4, "float16": 2, "int8": 1}
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class SplitSettings:
     head_lr : float (default: 0.01)
         Adam learning rate of a trainable head (server side, emulator, pool).
     activation_dtype : str (default: "float32")
-        Dtype of boundary activations and gradients on the wire ("float32" or "float16").
+        Dtype of boundary activations and gradients on the wire ("float32", "float16", or
+        "int8" with a scale per token vector).
     min_clients : int (default: 2)
         Fewest valid contributions a round needs; fewer stops the run cleanly.
     fraction_train : float (default: 1.0)

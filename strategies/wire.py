@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from strategies.compression import dequantize_int8
+
 # Message types (Flower routes "<category>.<action>" to the matching handler).
 QUERY = "query"
 TRAIN = "train"
@@ -292,13 +294,24 @@ def decode_chunks(
     width = hidden
     for i in range(n):
         chunk = Chunk(*(np.asarray(arrays[key]) for key in (_input_key(kind, i), mask_key(i), label_key(i))))
-        problem = _chunk_problem(chunk, kind, width) or _limit_problem(chunk, kind, limits or ChunkLimits())
+        chunk, problem = _unpacked(chunk, kind)
+        problem = problem or _chunk_problem(chunk, kind, width) or _limit_problem(chunk, kind, limits or ChunkLimits())
         if problem:
             problems.append(f"chunk {i}: {problem}")
         elif kind == ACTIVATIONS_KIND:
             width = chunk.inputs.shape[2]
         chunks.append(chunk)
     return chunks, problems
+
+
+def _unpacked(chunk: Chunk, kind: str) -> tuple[Chunk, str]:
+    """int8 activations unpacked to float32 (:mod:`strategies.compression`) before any check."""
+    if kind != ACTIVATIONS_KIND or chunk.inputs.dtype != np.int8:
+        return chunk, ""
+    try:
+        return Chunk(dequantize_int8(chunk.inputs), chunk.mask, chunk.label), ""
+    except ValueError as err:
+        return chunk, str(err)
 
 
 def _chunk_problem(chunk: Chunk, kind: str, hidden: int | None) -> str:

@@ -34,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from strategies.allocation import allocate
+from strategies.compression import SCALE_BYTES
 from strategies.costmodel import Workload
 from strategies.devices import DeviceProfile
 
@@ -90,7 +91,8 @@ class RoundPlan:
     emulator_layers : int
         Upper layers a local-mode emulator keeps (``server_layers``: the full model).
     activation_bytes : int
-        Bytes per activation value on the wire (4 for float32, 2 for float16).
+        Bytes per activation value on the wire (4 for float32, 2 for float16, 1 for int8,
+        which adds a scale per token vector: :func:`vector_bytes`).
     upload_kind : str
         ``"activations"`` or ``"samples"``: what a centralized client uploads.
     """
@@ -114,10 +116,15 @@ def _memory(shape: ModelShape, layers: int, batch_size: int) -> float:
     return weights + activations
 
 
+def vector_bytes(hidden: int, activation_bytes: int) -> int:
+    """Bytes of one token's boundary vector on the wire; int8 carries its scale too."""
+    return hidden * activation_bytes + (SCALE_BYTES if activation_bytes == 1 else 0)
+
+
 def boundary_bytes(shape: ModelShape, samples: float, activation_bytes: int) -> float:
     """Bytes of the boundary activations (or gradients) of ``samples`` samples, masks and labels."""
     tokens = samples * shape.mean_tokens
-    return tokens * (shape.hidden * activation_bytes + MASK_BYTES) + samples * LABEL_BYTES
+    return tokens * (vector_bytes(shape.hidden, activation_bytes) + MASK_BYTES) + samples * LABEL_BYTES
 
 
 def split_workload(shape: ModelShape, plan: RoundPlan) -> Workload:
@@ -127,7 +134,7 @@ def split_workload(shape: ModelShape, plan: RoundPlan) -> Workload:
         mode="split",
         client_flops=3 * shape.client_layers * _layer_flops(shape, tokens),
         uplink_bytes=boundary + shape.client_state_bytes,
-        downlink_bytes=tokens * shape.hidden * plan.activation_bytes + 2 * shape.client_state_bytes,
+        downlink_bytes=tokens * vector_bytes(shape.hidden, plan.activation_bytes) + 2 * shape.client_state_bytes,
         server_flops=2 * shape.server_layers * _layer_flops(shape, tokens),
         client_memory_bytes=_memory(shape, shape.client_layers, plan.batch_size),
     )
@@ -152,7 +159,7 @@ def local_workload(shape: ModelShape, plan: RoundPlan) -> Workload:
 
 def upload_row_bytes(shape: ModelShape, kind: str, activation_bytes: int) -> float:
     """Bytes one uploaded sample costs: its activations, or its token ids, with mask and label."""
-    per_token = shape.hidden * activation_bytes if kind == "activations" else ID_BYTES
+    per_token = vector_bytes(shape.hidden, activation_bytes) if kind == "activations" else ID_BYTES
     return shape.mean_tokens * (per_token + MASK_BYTES) + LABEL_BYTES
 
 

@@ -1,0 +1,86 @@
+"""int8 boundary tensors: round trips within the stated bound, hostile packings refused."""
+
+import numpy as np
+import pytest
+
+from strategies import wire
+from strategies.compression import LEVELS, SCALE_BYTES, dequantize_int8, quantize_int8
+
+
+def test_round_trip_is_within_half_a_step_of_each_vectors_scale():
+    # Arrange: vectors of very different magnitudes, as boundary activations are
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 7, 32)).astype(np.float32) * rng.uniform(1e-3, 50.0, size=(4, 7, 1)).astype(np.float32)
+
+    # Execute
+    packed = quantize_int8(x)
+    back = dequantize_int8(packed)
+
+    # Assert: a quarter of float32's bytes (plus the scale), and the error bound per vector
+    assert packed.dtype == np.int8 and packed.shape == (4, 7, 32 + SCALE_BYTES)
+    step = np.abs(x).max(-1, keepdims=True) / LEVELS
+    assert (np.abs(back - x) <= step / 2 + 1e-6 * step).all()
+    assert np.abs(back - x).max() > 0  # lossy: the check above is not vacuous
+
+
+def test_zero_vectors_and_extremes_survive():
+    x = np.array([[0.0, 0.0, 0.0], [-2.0, 1.0, 2.0]], dtype=np.float32)
+    back = dequantize_int8(quantize_int8(x))
+    assert np.array_equal(back[0], [0.0, 0.0, 0.0])
+    assert back[1, 0] == pytest.approx(-2.0) and back[1, 2] == pytest.approx(2.0)
+
+
+def test_hostile_packings_are_refused():
+    packed = quantize_int8(np.ones((2, 3, 8), dtype=np.float32))
+    bad_scale = packed.copy()
+    bad_scale[0, 0, -SCALE_BYTES:] = np.array([np.nan], dtype=np.float32).view(np.int8)
+    with pytest.raises(ValueError, match="non-finite scale"):
+        dequantize_int8(bad_scale)
+    with pytest.raises(ValueError, match="not int8-packed"):
+        dequantize_int8(packed[..., :SCALE_BYTES])
+    too_low = packed.copy()
+    too_low[0, 0, 0] = -128
+    with pytest.raises(ValueError, match="outside"):
+        dequantize_int8(too_low)
+    with pytest.raises(ValueError, match="non-finite"):
+        quantize_int8(np.array([[np.inf, 1.0]]))
+
+
+def test_the_chunk_codec_unpacks_int8_activations_before_checking_them():
+    # Arrange
+    x = np.random.default_rng(1).normal(size=(2, 5, 16)).astype(np.float32)
+    chunk = wire.Chunk(quantize_int8(x), np.ones((2, 5), np.int8), np.array([0, 1]))
+    arrays = wire.encode_chunks([chunk], wire.ACTIVATIONS_KIND)
+
+    # Execute
+    chunks, problems = wire.decode_chunks(arrays, wire.ACTIVATIONS_KIND, hidden=16)
+    broken = dict(arrays, **{"act.0": arrays["act.0"][..., :3]})
+    _, broken_problems = wire.decode_chunks(broken, wire.ACTIVATIONS_KIND, hidden=16)
+
+    # Assert
+    assert problems == [] and chunks[0].inputs.dtype == np.float32 and chunks[0].inputs.shape == (2, 5, 16)
+    assert np.abs(chunks[0].inputs - x).max() <= np.abs(x).max() / LEVELS
+    assert "not int8-packed" in broken_problems[0]
+
+
+@pytest.mark.parametrize("objective", ["classify", "causal-lm"])
+def test_int8_split_rounds_send_about_a_quarter_and_still_learn(tmp_path, objective):
+    # Execute: the same split job with float32 and with int8 boundary tensors
+    from flower_app.runner import run_inprocess
+    from strategies.rundir import RunDirectory
+
+    lm = {"model.source": "random-gpt2", "model.head": "lm", "model.pooling": "last", "model.verbalizer": "bad,good"}
+    task = lm | {"data.objective": "causal-lm"} if objective == "causal-lm" else {}
+    runs = {}
+    for dtype in ("float32", "int8"):
+        run_dir = tmp_path / dtype
+        overrides = {"config": "test", "run.run-dir": str(run_dir), "strategy.policy": "split", **task}
+        run_inprocess({**overrides, "train.activation-dtype": dtype}, num_nodes=4)
+        runs[dtype] = RunDirectory(run_dir).rounds()
+
+    # Assert: uplink and downlink shrink to about a quarter; the held-out loss still falls
+    up = {d: sum(r["bytes-up"] for r in rounds) for d, rounds in runs.items()}
+    down = {d: sum(r["bytes-down"] for r in rounds) for d, rounds in runs.items()}
+    assert up["int8"] < 0.33 * up["float32"] and down["int8"] < 0.33 * down["float32"]
+    assert runs["int8"][-1]["eval-loss"] < runs["int8"][0]["eval-loss"]
+    assert abs(runs["int8"][-1]["eval-loss"] - runs["float32"][-1]["eval-loss"]) < 0.05
