@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from flower_app.lm_task import OBJECTIVES, templates_for
 from strategies import wire
 from strategies.fleet import POLICIES, Policy
+from strategies.probing import AMOUNTS, CRITERIA, ProbePlan, parse_rounds
 from strategies.requirements import THRESHOLD_METRICS, TrainingRequirement
 from strategies.robust import RULES, UPDATE_CHECKS
 from strategies.settings import ACTIVATION_DTYPES, SERVER_SIDES, SplitSettings
@@ -153,6 +154,24 @@ class StrategySettings:
         low=1e-6,
     )
     cost_modes: str = _f(",".join(_P.cost_modes), "cost policy: modes a client may be given")
+    probe_dtype: str = _f(
+        "",
+        "probing: the optimized wire dtype tried against train.activation-dtype ('': no probing)",
+        choices=("", *ACTIVATION_DTYPES),
+    )
+    probe_rounds: str = _f("", "probing: comma-separated rounds that start a probe stage (two rounds each)")
+    probe_plateau: float = _f(
+        0.0,
+        "probing: also probe after a round whose held-out loss fell by less than this fraction (0: off)",
+        low=0.0,
+        high=0.99,
+    )
+    probe_amount: str = _f("loss", "probing: convergence amount, held-out loss drop or accuracy gain", choices=AMOUNTS)
+    probe_criterion: str = _f(
+        "rate",
+        "probing: keep the mode of higher amount per simulated second, or of higher accuracy",
+        choices=CRITERIA,
+    )
 
 
 @dataclass(frozen=True)
@@ -236,6 +255,7 @@ def from_dict(tree: Mapping[str, Any]) -> Config:
     for key in ("kmeans-modes", "cost-modes"):
         mode_list(config, key)
     check_objective(config)
+    split_settings(config)  # cross-checks: probe rounds, probe dtype
     return config
 
 
@@ -375,4 +395,11 @@ def split_settings(config: Config) -> SplitSettings:
         trim=s.trim,
         requirement=requirement(config),
         policy=policy(config),
+        probe=ProbePlan(
+            optimized=s.probe_dtype,
+            rounds=parse_rounds(s.probe_rounds),
+            plateau=s.probe_plateau,
+            amount=s.probe_amount,
+            criterion=s.probe_criterion,
+        ),
     )

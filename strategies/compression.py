@@ -46,6 +46,18 @@ def dequantize_int8(packed: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
     return values * scale
 
 
+def to_wire_dtype(values: npt.ArrayLike, dtype: str) -> npt.NDArray[Any]:
+    """A boundary tensor as it crosses the split: float32, float16, or int8 packed (from any of them)."""
+    array = np.asarray(values)
+    if array.dtype == np.int8:
+        array = dequantize_int8(array)
+    if dtype == "int8":
+        return quantize_int8(array)
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"wire dtype {dtype!r} must be float32, float16 or int8")
+    return array.astype(np.float16 if dtype == "float16" else np.float32, copy=False)
+
+
 def packed_width(hidden: int) -> int:
     """Last dimension of a packed ``hidden``-wide vector."""
     return hidden + SCALE_BYTES

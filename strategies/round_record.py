@@ -184,6 +184,7 @@ def run_summary(status: str, history: Sequence[Mapping[str, Any]], wall_s: float
     evaluated = [r for r in history if "accuracy" in r]
     # A causal-LM run is judged by its held-out perplexity too.
     perplexity = evaluated[-1].get("eval-perplexity") if evaluated else None
+    probes = [{"round": r["round"], **r["probe"]} for r in history if "chosen" in r.get("probe", {})]
     return {
         "status": status,
         "rounds": len(history),
@@ -196,4 +197,5 @@ def run_summary(status: str, history: Sequence[Mapping[str, Any]], wall_s: float
         "energy-j": sum(r.get("energy-j", 0.0) for r in history),
         "policy": policy,
         **({"final-eval-perplexity": perplexity} if perplexity is not None else {}),
+        **({"probes": probes} if probes else {}),
     }

@@ -23,6 +23,7 @@ from flwr.common.logger import log
 
 from strategies import wire
 from strategies.aggregation import Contribution, aggregate
+from strategies.compression import to_wire_dtype
 from strategies.fleet_state import FleetState, round_seed
 from strategies.interfaces import ServerModel
 from strategies.messages import answers, reason
@@ -101,7 +102,8 @@ def train_split_side(
         except Exception as err:  # one client's bad activations must not end the round
             rnd.drop(info.node_id, FailureCause.INVALID_REPLY, f"forward reply rejected: {reason(err)}")
             continue
-        outcome.gradients[info.node_id] = grads
+        # On the wire in the round's dtype: a probe may have switched it since the model was built.
+        outcome.gradients[info.node_id] = [to_wire_dtype(g, settings.activation_dtype) for g in grads]
         outcome.server_parts[info.node_id] = Contribution(trained, volume, f"server half of client {info.partition_id}")
         outcome.losses[info.node_id] = loss
         if settings.server_side == "sequential":

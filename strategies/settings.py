@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from strategies import wire
 from strategies.fleet import Policy
+from strategies.probing import ProbePlan
 from strategies.requirements import TrainingRequirement
 from strategies.robust import RULES, UPDATE_CHECKS
 
@@ -107,6 +108,7 @@ class SplitSettings:
     max_activation: float = 1e4
     requirement: TrainingRequirement = field(default_factory=TrainingRequirement)
     policy: Policy | None = None
+    probe: ProbePlan = field(default_factory=ProbePlan)
 
     def __post_init__(self) -> None:
         for name, value, choices in (
@@ -115,6 +117,7 @@ class SplitSettings:
             ("activation_dtype", self.activation_dtype, tuple(ACTIVATION_DTYPES)),
             ("update_check", self.update_check, UPDATE_CHECKS),
             ("aggregation", self.aggregation, RULES),
+            ("probe.optimized", self.probe.optimized or self.activation_dtype, tuple(ACTIVATION_DTYPES)),
         ):
             if value not in choices:
                 raise ValueError(f"{name}={value!r} must be one of {list(choices)}")

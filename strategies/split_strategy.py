@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from logging import ERROR, INFO
 from typing import Any
 
@@ -50,7 +51,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from strategies import fleet_changes, robust, server_modes, wire
+from strategies import fleet_changes, probing, robust, server_modes, wire
 from strategies import messages as msgs
 from strategies import round_record as records
 from strategies.aggregation import Contribution
@@ -65,6 +66,8 @@ from strategies.settings import SplitSettings
 from strategies.validation import spec_of
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+State = dict[str, np.ndarray]
+Settle = probing.Settle  # (the round's record, its tensors) -> (fields to add, the tensors to keep)
 
 
 class SplitPrefixStrategy(Strategy):
@@ -103,12 +106,18 @@ class SplitPrefixStrategy(Strategy):
         self.summary_record: dict[str, Any] = {}
         self.shape = shape = server_model.shape()  # constant over the run
         self.bounds = server_modes.Bounds(shape.hidden, server_model.limits())
+        self.basic_dtype = self.settings.activation_dtype  # what probes compare the optimized mode with
+        self.probed: list[str] = []  # modes a plateau probe has started from
+        self.decisions: list[dict[str, Any]] = []
         self.keys = server_modes.TensorKeys.of(server_model, self.settings.emulator_layers, shape)
 
     def resume(self, checkpoint: Checkpoint) -> None:
         """Continue after the checkpoint's round: fleet state, simulated clock, pool."""
         state = checkpoint.state
         self.fleet.restore(state, self.run_dir.load_pool() if self.run_dir is not None else {})
+        probe = state.get("probe") or {}  # a hot switch outlives a restart
+        self.settings = replace(self.settings, activation_dtype=probe.get("wire-dtype", self.settings.activation_dtype))
+        self.probed = list(probe.get("probed", []))
         self.ledger = EnergyLedger(rows=[], clock_s=float(state.get("clock-s", 0.0)))
         self.first_round = checkpoint.round + 1
 
@@ -154,18 +163,31 @@ class SplitPrefixStrategy(Strategy):
         history: list[dict[str, Any]] = []
         self.status = "running"
         self._finish(history, 0.0)  # a summary left by an earlier run must not stand for this one
+        start = probing.figures_of(result.evaluate_metrics_serverapp.get(self.first_round - 1))
         try:
-            for server_round in range(self.first_round, num_rounds + 1):
-                outcome = self.run_round(grid, self.state, server_round, num_rounds, timeout, train_config, evaluate_fn)
-                if outcome is None:
+            server_round = self.first_round
+            while server_round <= num_rounds:
+                args = (grid, num_rounds, timeout, train_config, evaluate_fn)
+                s = self.settings  # a probe may have switched the wire dtype
+                probe = probing.stage_due(s.probe, server_round, history, self.probed, s.activation_dtype)
+                if probe and server_round < num_rounds and start:
+                    outcomes = self._probe_stage(server_round, start, *args)
+                else:
+                    outcomes = [self.run_round(grid, self.state, server_round, *args[1:])]
+                for outcome in outcomes:
+                    if outcome is None:
+                        break
+                    self.state, record = outcome
+                    history.append(record)
+                    _add_round(result, record, self.state)
+                    start = probing.figures_of(record) or start
+                    server_round += 1
+                if outcomes[-1] is None:
                     self.status = (
                         f"stopped at round {server_round}: fewer than {self.settings.min_clients} valid contributions"
                     )
                     log(ERROR, "%s; the checkpoint of round %d is kept", self.status, server_round - 1)
                     break
-                self.state, record = outcome
-                history.append(record)
-                _add_round(result, record, self.state)
             else:
                 self.status = "completed"
         except BaseException as err:  # a kill, Ctrl-C or a crash: the summary says so, then it goes on up
@@ -184,9 +206,11 @@ class SplitPrefixStrategy(Strategy):
         timeout: float,
         train_config: ConfigRecord | None = None,
         evaluate_fn: EvaluateFn | None = None,
+        settle: Settle | None = None,
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
         """One round from the global tensors ``state``: the next ones and the round's record, or None
-        when too few contributions were valid."""
+        when too few contributions were valid. ``settle(record, state)``, once the round is
+        evaluated, may add to its record and choose the tensors to keep (a probe's decision)."""
         s, fleet = self.settings, self.fleet
         joined, left = self._refresh_fleet(grid, server_round, timeout)
         sampled = sample(fleet.active(), server_round, s)
@@ -221,7 +245,8 @@ class SplitPrefixStrategy(Strategy):
         contributions = ordered + server_modes.server_contributions(s, split, rnd.split)
         contributions += [pool_part] if pool_part is not None else []
         state = robust.robust_average(contributions, state, s.aggregation, s.trim)
-        return state, self._close_round(rnd, state, uploaded, evaluate_fn)
+        record, state = self._close_round(rnd, state, uploaded, evaluate_fn, settle)
+        return state, record
 
     def _collect(
         self, replies: Mapping[int, Message], mode: str, state: Mapping[str, np.ndarray], rnd: RoundState
@@ -233,12 +258,20 @@ class SplitPrefixStrategy(Strategy):
         return server_modes.collect_prefixes(replies, mode, expected, self.fleet, self.settings, rnd)
 
     def _close_round(
-        self, rnd: RoundState, state: dict[str, np.ndarray], uploaded: bool, evaluate_fn: EvaluateFn | None
-    ) -> dict[str, Any]:
+        self,
+        rnd: RoundState,
+        state: dict[str, np.ndarray],
+        uploaded: bool,
+        evaluate_fn: EvaluateFn | None,
+        settle: Settle | None = None,
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Price the round, evaluate, record; save metrics, ledger, pool and checkpoint."""
         sim, costs = records.simulate(rnd, self.fleet, self.settings, self.shape, self.ledger)
         evaluation = evaluate_fn(rnd.server_round, to_record(state)) if evaluate_fn is not None else None
         record = records.round_record(rnd, self.fleet, sim, costs, dict(evaluation) if evaluation else None)
+        if settle is not None:
+            extra, state = settle(record, state)
+            record.update(extra)
         records.log_round(record, rnd.num_rounds)
         if self.run_dir is not None:
             if uploaded:
@@ -246,8 +279,39 @@ class SplitPrefixStrategy(Strategy):
             self.run_dir.log_round(record)
             self.run_dir.log_ledger([r for r in self.ledger.rows if r["round"] == rnd.server_round])
             fleet_state = {"round": rnd.server_round, **self.fleet.dump(), "clock-s": self.ledger.clock_s}
+            fleet_state["probe"] = {"wire-dtype": self.settings.activation_dtype, "probed": list(self.probed)}
             self.run_dir.checkpoint(rnd.server_round, state, fleet_state)
-        return record
+        return record, state
+
+    def _probe_stage(
+        self,
+        server_round: int,
+        start: Mapping[str, float],
+        grid: Grid,
+        num_rounds: int,
+        timeout: float,
+        train_config: ConfigRecord | None,
+        evaluate_fn: EvaluateFn | None,
+    ) -> list[tuple[dict[str, np.ndarray], dict[str, Any]] | None]:
+        """Two rounds from the same tensors, optimized then basic; keep the better mode's tensors and mode."""
+        plan, origin = self.settings.probe, self.state
+        optimized, basic = (replace(self.settings, activation_dtype=d) for d in (plan.optimized, self.basic_dtype))
+        log(INFO, "probe at round %d: %s against %s", server_round, plan.optimized, self.basic_dtype)
+        self.probed.append(self.settings.activation_dtype)
+        self.settings, args = optimized, (num_rounds, timeout, train_config, evaluate_fn)
+        first = self.run_round(grid, origin, server_round, *args, settle=probing.mark(plan.optimized))
+        self.settings = basic
+        if first is None:
+            return [None]
+
+        def settle(record: dict[str, Any], state: State) -> tuple[dict[str, Any], State]:
+            chosen, extra = probing.judge(start, first[1], record, plan.optimized, self.basic_dtype, plan)
+            self.settings = optimized if chosen == plan.optimized else basic
+            self.decisions.append({"round": server_round, **extra})
+            log(INFO, "probe at round %d: %s", server_round, probing.describe(extra))
+            return {"probe": {"trial": self.basic_dtype, **extra}}, first[0] if chosen == plan.optimized else state
+
+        return [first, self.run_round(grid, origin, server_round + 1, *args, settle=settle)]
 
     # --- Flower's Strategy interface ----------------------------------------------------------
 
