@@ -9,7 +9,8 @@ that needs them: a ``query`` answers from the data cache without touching the mo
 A node's ``--node-config``: ``partition-id`` (and ``num-partitions``) for a node that
 holds a partition of the run's dataset (simulation), or ``device-id`` and
 ``data-path`` for a device with its own CSV/JSONL file (columns and classes from the
-run config); optionally ``cache-dir`` and the device profile keys.
+run config); optionally ``cache-dir``, the device profile keys and the channel keys
+(``channel-shadowing-db``, ``channel-shadowing-correlation``, ``channel-fading``).
 """
 
 from __future__ import annotations

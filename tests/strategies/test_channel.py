@@ -55,7 +55,8 @@ def test_a_round_gain_is_reproducible_from_seed_client_and_round_alone_and_moves
     # Assert
     assert late == first[-1] and again == first
     assert len(set(first)) == len(first)  # a new gain every round
-    assert gain_offset_db(process, 12, 3, 5) != first[4] and gain_offset_db(process, 11, 4, 5) != first[4]
+    shadowing = channel.shadowing_db(SHADOWING, 11, 3, 5)
+    assert channel.shadowing_db(SHADOWING, 12, 3, 5) != shadowing != channel.shadowing_db(SHADOWING, 11, 4, 5)
 
 
 def test_shadowing_has_the_configured_spread_and_round_to_round_correlation():
