@@ -9,7 +9,8 @@ that needs them: a ``query`` answers from the data cache without touching the mo
 A node's ``--node-config``: ``partition-id`` (and ``num-partitions``) for a node that
 holds a partition of the run's dataset (simulation), or ``device-id`` and
 ``data-path`` for a device with its own CSV/JSONL file (columns and classes from the
-run config); optionally ``cache-dir`` and the device profile keys.
+run config); optionally ``cache-dir``, the device profile keys and the channel keys
+(``channel-shadowing-db``, ``channel-shadowing-correlation``, ``channel-fading``).
 """
 
 from __future__ import annotations
@@ -30,8 +31,17 @@ from flower_app.config import Config, load_config
 from flower_app.data import Encoded, batch_plan
 from flower_app.device import DevicePart, cache_root, device_part, tokenizer_of
 from flower_app.device_data import DataSource, node_data
-from strategies import wire
-from strategies.devices import PROFILE_KEYS, DeviceProfile, from_config, load_fleet_spec, sample_fleet, to_config
+from strategies import channel, wire
+from strategies.channel import ChannelProcess
+from strategies.devices import (
+    PROFILE_KEYS,
+    DeviceProfile,
+    from_config,
+    load_fleet_spec,
+    sample_channels,
+    sample_fleet,
+    to_config,
+)
 from strategies.records import from_record, to_record
 from strategies.requirements import (
     Failure,
@@ -177,6 +187,27 @@ def node_profile(
     return _fleet(config.fleet.preset, num_partitions, config.run.seed)[partition_id]
 
 
+@lru_cache(maxsize=8)
+def _channels(preset: str, num_clients: int, seed: int) -> tuple[ChannelProcess, ...]:
+    return tuple(sample_channels(load_fleet_spec(preset), num_clients, seed))
+
+
+def node_channel(
+    config: Config, node_config: Mapping[str, Any], partition_id: int, num_partitions: int
+) -> ChannelProcess:
+    """How this device's channel gain changes by round (:mod:`strategies.channel`).
+
+    A deployed SuperNode may state it (``channel-shadowing-db=8 channel-fading=rayleigh``);
+    one that states its profile but no channel keeps a static channel; a simulated one takes
+    its entry of the fleet preset, like its profile.
+    """
+    if any(k in node_config for k in channel.CONFIG_KEYS.values()):
+        return channel.from_config(node_config)
+    if any(k in node_config for k in PROFILE_KEYS):
+        return channel.STATIC
+    return _channels(config.fleet.preset, num_partitions, config.run.seed)[partition_id]
+
+
 @app.query()
 @on_worker
 def query(msg: Message, context: Context) -> Message:
@@ -186,12 +217,15 @@ def query(msg: Message, context: Context) -> Message:
     # A device with its own file and no stated profile takes a preset entry like a partition would.
     fleet_size = source.num_partitions or max(config.data.num_partitions, source.client_id + 1)
     profile = node_profile(config, context.node_config, source.client_id, fleet_size)
+    process = node_channel(config, context.node_config, source.client_id, fleet_size)
     record = ConfigRecord(
         {
             wire.PARTITION_ID: source.client_id,
             wire.NUM_PARTITIONS: source.num_partitions,
             wire.NUM_AVAILABLE: len(encoded),
             **to_config(profile),
+            # The mean gain above, and how it moves by round (nothing for a static channel).
+            **channel.to_config(process),
         }
     )
     return Message(RecordDict({wire.PROFILE: record}), reply_to=msg)

@@ -126,7 +126,8 @@ class StrategySettings:
     wait_for_nodes_s: float = _f(_S.wait_for_nodes_s, "seconds to wait for min-clients nodes to connect", low=0.0)
     requery_every: int = _f(
         _S.requery_every,
-        "ask known clients for their device profile again every N rounds and re-plan if one changed (0: never)",
+        "ask known clients for their device profile again every N rounds and re-plan if one changed or a channel moves "
+        "(0: never)",
         low=0,
     )
     policy: str = _f(_P.name, "a mode for every client, or a grouping policy", choices=POLICIES)

@@ -16,6 +16,9 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
+from strategies import channel
+from strategies.channel import ChannelProcess
+
 FLEET_DIR = Path(__file__).resolve().parents[1] / "conf" / "fleet"
 
 
@@ -150,7 +153,7 @@ def _parse_float(name: str, value: Any) -> float:
 
 # Tier keys beyond the profile keys: dB forms that are converted, and the tier's own fields.
 _DB_KEYS = {"channel-gain-db": "channel-gain", "noise-dbm-per-hz": "noise-w"}
-_TIER_KEYS = set(PROFILE_KEYS) | set(_DB_KEYS) | {"name", "weight"}
+_TIER_KEYS = set(PROFILE_KEYS) | set(_DB_KEYS) | {"name", "weight", "channel"}
 
 
 def available_fleets() -> list[str]:
@@ -184,15 +187,33 @@ def sample_fleet(spec: Mapping[str, Any], num_clients: int, seed: int) -> list[D
     _validate_spec(spec)
     tiers = spec["tiers"]
     rng = np.random.default_rng(seed)
+    return [_sample_profile(tiers[i], rng) for i in _choose_tiers(tiers, num_clients, rng)]
+
+
+def sample_channels(spec: Mapping[str, Any], num_clients: int, seed: int) -> list[ChannelProcess]:
+    """Each client's channel process (:mod:`strategies.channel`), for the fleet ``sample_fleet`` draws.
+
+    A client takes its tier's ``channel:`` section over the preset's; static where neither has one.
+    """
+    if OmegaConf.is_config(spec):
+        spec = _spec_dict(OmegaConf.to_container(spec, resolve=True))
+    _validate_spec(spec)
+    tiers = spec["tiers"]
+    base = channel.from_section(spec.get("channel"), "fleet spec")
+    processes = [channel.merge(base, t.get("channel"), f"fleet tier '{t.get('name', i)}'") for i, t in enumerate(tiers)]
+    # The same first draw as sample_fleet's, so client i gets the tier its profile came from.
+    return [processes[i] for i in _choose_tiers(tiers, num_clients, np.random.default_rng(seed))]
+
+
+def _choose_tiers(tiers: list[Mapping[str, Any]], num_clients: int, rng: np.random.Generator) -> np.ndarray:
     weights = np.array([float(t["weight"]) for t in tiers])
-    choice = rng.choice(len(tiers), size=num_clients, p=weights / weights.sum())
-    return [_sample_profile(tiers[i], rng) for i in choice]
+    return rng.choice(len(tiers), size=num_clients, p=weights / weights.sum())
 
 
 def _sample_profile(tier: Mapping[str, Any], rng: np.random.Generator) -> DeviceProfile:
     values = {}
     for name, raw in tier.items():
-        if name in ("name", "weight"):
+        if name in ("name", "weight", "channel"):
             continue
         is_range = isinstance(raw, (list, tuple))
         values[name] = rng.uniform(float(raw[0]), float(raw[1])) if is_range else float(raw)
@@ -213,14 +234,18 @@ def _spec_dict(container: object) -> dict[str, Any]:
 
 def _validate_spec(spec: Mapping[str, Any]) -> None:
     for name in spec:
-        if name not in ("name", "description", "tiers"):
-            raise ValueError(f"unknown fleet spec key '{name}'; valid: name, description, tiers")
+        if name not in ("name", "description", "tiers", "channel"):
+            raise ValueError(f"unknown fleet spec key '{name}'; valid: name, description, tiers, channel")
+    channel.from_section(spec.get("channel"), "fleet spec")
     tiers = spec.get("tiers")
     if not tiers:
         raise ValueError("fleet spec needs a non-empty 'tiers' list")
     for i, tier in enumerate(tiers):
         label = tier.get("name", f"#{i}")
+        channel.from_section(tier.get("channel"), f"fleet tier '{label}'")
         for name, raw in tier.items():
+            if name == "channel":
+                continue
             if name not in _TIER_KEYS:
                 valid = sorted(_TIER_KEYS)
                 raise ValueError(f"fleet tier '{label}': unknown key '{name}'; valid keys: {valid}")

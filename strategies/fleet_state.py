@@ -22,7 +22,8 @@ import numpy as np
 from flwr.app import Message
 from flwr.common.logger import log
 
-from strategies import fleet, wire
+from strategies import channel, fleet, wire
+from strategies.channel import ChannelProcess
 from strategies.costmodel import Workload
 from strategies.devices import PROFILE_KEYS, DeviceProfile, from_config
 from strategies.grouping import ModeAssignment
@@ -42,6 +43,7 @@ class ClientInfo:
     num_available: int
     profile: DeviceProfile
     num_partitions: int = 0  # 0: a device with its own data, whose partition id is its device id
+    channel: ChannelProcess = channel.STATIC  # how the gain moves around the profile's by round
 
 
 def client_info(reply: Message, node: int) -> ClientInfo:
@@ -61,7 +63,7 @@ def client_info(reply: Message, node: int) -> ClientInfo:
     available = wire.as_int(profile[wire.NUM_AVAILABLE])
     if available < 0:
         raise ValueError(f"num-available {available} is negative")
-    return ClientInfo(node, partition_id, available, device, partitions)
+    return ClientInfo(node, partition_id, available, device, partitions, channel.from_config(profile))
 
 
 def round_seed(seed: int, server_round: int, partition_id: int) -> int:
@@ -104,6 +106,8 @@ class FleetState:
     unreachable: set[int] = field(default_factory=set)
     gone: set[int] = field(default_factory=set)
     refused: dict[int, str] = field(default_factory=dict)
+    channel_round: int | None = None  # whose channel the plan used (None: the mean gains)
+    seed: int = 0  # the run seed, which the channel draws hang on
 
     def dump(self) -> dict[str, Any]:
         """What a checkpoint keeps (JSON: int keys become strings)."""
@@ -143,10 +147,19 @@ class FleetState:
         """Minibatches a client trains this round (a local group: times its local epochs)."""
         return settings.steps * self.assignments[info.partition_id].local_epochs
 
-    def plan(self, settings: SplitSettings, shape: ModelShape) -> None:
-        """Group the fleet, give each client a mode, an allocation and an upload size."""
+    def planned_profile(self, info: ClientInfo) -> DeviceProfile:
+        """A client's profile as the plan sees it: with the channel gain of ``channel_round``."""
+        return channel.profile_at(info.profile, info.channel, self.seed, info.partition_id, self.channel_round)
+
+    def plan(self, settings: SplitSettings, shape: ModelShape, server_round: int = 1) -> None:
+        """Group the fleet, give each client a mode, an allocation and an upload size.
+
+        The plan of ``server_round`` sees each client's channel as the latest requery found it
+        (:func:`strategies.channel.planning_round`).
+        """
+        self.seed, self.channel_round = settings.seed, channel.planning_round(server_round, settings.requery_every)
         infos = {c.partition_id: c for c in self.clients.values()}
-        profiles = {p: c.profile for p, c in infos.items()}
+        profiles = {p: self.planned_profile(c) for p, c in infos.items()}
         policy = settings.fleet_policy
         self.workloads, self.upload_rows = fleet.fleet_workloads(
             policy,
@@ -171,7 +184,7 @@ class FleetState:
             self.assignments[partition_id],
             mode,
             settings.fleet_policy,
-            self.info(partition_id).profile,
+            self.planned_profile(self.info(partition_id)),
             self.workloads[partition_id],
         )
 
@@ -279,10 +292,14 @@ class FleetState:
             "modes": list(policy.modes),
             "threshold-flops": policy.threshold_flops if policy.name == "threshold" else None,
             "clients": {
-                str(p): fleet.describe(a, infos[p].profile, self.upload_rows[p])
+                str(p): fleet.describe(a, self.planned_profile(infos[p]), self.upload_rows[p])
                 for p, a in sorted(self.assignments.items())
             },
         }
+
+    def changing_channels(self) -> bool:
+        """Whether some client still sampled has a channel that changes by round."""
+        return any(not c.channel.static for c in self.active())
 
     def mode_counts(self, assignments: Mapping[int, ModeAssignment] | None = None) -> dict[str, int]:
         chosen = self.assignments if assignments is None else assignments

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 from flwr.common.logger import log
 
-from strategies import fleet, wire
+from strategies import channel, fleet, wire
 from strategies.costmodel import EnergyLedger, RoundCost, Workload, round_cost
-from strategies.fleet_state import FleetState
+from strategies.devices import DeviceProfile
+from strategies.fleet_state import ClientInfo, FleetState
 from strategies.records import content_bytes
 from strategies.requirements import FailureCause, count_causes
 from strategies.round_state import RoundState
@@ -74,13 +75,16 @@ def simulate(
             0.0 if mode == wire.CENTRALIZED_MODE else planned.server_flops * done,
             planned.client_memory_bytes,
         )
-        allocation, over = fleet.effective_allocation(assignment, info.profile)
-        costs[info.partition_id] = round_cost(info.profile, observed, allocation, policy.server_flops)
+        # The plan's allocation meets this round's channel, which may have faded since.
+        profile = channel_profile(info, settings.seed, rnd.server_round)
+        allocation, over = fleet.effective_allocation(assignment, profile)
+        costs[info.partition_id] = round_cost(profile, observed, allocation, policy.server_flops)
         extra[info.partition_id] = {
             "mode": mode,
             "group": assignment.group,
             "over-budget": over,
-            "energy-budget-j": info.profile.energy_budget_j,
+            "energy-budget-j": profile.energy_budget_j,
+            **channel_entry(info, profile),
         }
     pool_s = pool_server_flops(shape, rnd.pool_samples, settings.upload_kind) / policy.server_flops
     latency = ledger.record(rnd.server_round, costs, server_busy_s=pool_s, extra=extra)
@@ -92,6 +96,16 @@ def simulate(
         "over-budget": sum(e["over-budget"] for e in extra.values()),
     }
     return figures, costs
+
+
+def channel_profile(info: ClientInfo, seed: int, server_round: int) -> DeviceProfile:
+    """A client's profile with this round's channel gain (its own for a static channel)."""
+    return channel.profile_at(info.profile, info.channel, seed, info.partition_id, server_round)
+
+
+def channel_entry(info: ClientInfo, profile: DeviceProfile) -> dict[str, float]:
+    """``channel-gain-db`` the round used, for a changing channel only: a static fleet's records stay as they were."""
+    return {} if info.channel.static else {"channel-gain-db": round(channel.gain_db(profile), 3)}
 
 
 def round_record(
@@ -117,6 +131,8 @@ def round_record(
         }
         if pid in costs:
             entry.update({"sim-latency-s": costs[pid].latency_s, "energy-j": costs[pid].energy_j})
+            info = fleet_state.clients[n]
+            entry.update(channel_entry(info, channel_profile(info, fleet_state.seed, rnd.server_round)))
         clients[str(pid)] = entry
     every_loss = list(rnd.split.losses.values()) + list(rnd.local_losses.values())
     if rnd.pool_samples and rnd.pool_loss is not None:

@@ -352,7 +352,7 @@ class SplitPrefixStrategy(Strategy):
         nodes = msgs.wait_for_nodes(grid, self.settings)
         fleet_changes.admit_nodes(grid, self.fleet, nodes, nodes, timeout, 0)
         log(INFO, "%d of %d nodes answered the query", len(self.fleet.clients), len(nodes))
-        self.fleet.plan(self.settings, self.shape)
+        self.fleet.plan(self.settings, self.shape, self.first_round)
         self._write_groups()
 
     def _refresh_fleet(self, grid: Grid, server_round: int, timeout: float) -> tuple[list[int], list[int]]:
