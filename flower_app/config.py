@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from flower_app.lm_task import OBJECTIVES, templates_for
+from flower_app.lm_task import OBJECTIVES, check_objective
 from strategies import wire
 from strategies.fleet import POLICIES, Policy
 from strategies.probing import AMOUNTS, CRITERIA, ProbePlan, parse_rounds
@@ -255,19 +255,9 @@ def from_dict(tree: Mapping[str, Any]) -> Config:
     config = Config(**sections)
     for key in ("kmeans-modes", "cost-modes"):
         mode_list(config, key)
-    check_objective(config)
+    check_objective(config)  # causal-lm: an LM head and templates that render
     split_settings(config)  # cross-checks: probe rounds, probe dtype
     return config
-
-
-def check_objective(config: Config) -> None:
-    """The causal-LM objective needs a decoder's LM head and templates that render."""
-    d = config.data
-    if d.objective != "causal-lm":
-        return
-    if config.model.head != "lm":
-        raise ValueError("data.objective='causal-lm' needs model.head='lm' (a decoder: gpt2, llama, smollm2)")
-    templates_for(d.source, d.prompt, d.target)
 
 
 def mode_list(config: Config, key: str) -> tuple[str, ...]:

@@ -3,7 +3,7 @@
 The device (:class:`~flower_app.model.ClientPart`) embeds the prompt and runs the
 lower layers; the server (:class:`~flower_app.model.ServerPart`) runs the upper
 layers, the final norm and the LM head, and chooses the next token. Each side keeps
-a :class:`~flower_app.model.KVCache` of its own layers, so after the prompt only one
+a :class:`KVCache` of its own layers, so after the prompt only one
 token crosses per step: its boundary activation ``(1, 1, H)`` goes up, the chosen id
 comes back down.
 
@@ -25,12 +25,38 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from flower_app.model import ClientPart, KVCache, ServerPart
+from flower_app.model import ClientPart, PrefixCache, ServerPart
 
 DECODERS = ("gpt2", "llama")
 KV_PREFIX = "kv."  # device state: one array per lower layer, "kv.<layer>", shape (2, 1, n_kv_heads, L, head_dim)
 ID_BYTES = 8  # a chosen id travels as an int64
 WIRE_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+class KVCache(PrefixCache):
+    """A :class:`PrefixCache` that also keeps the real tokens' key/values, for decoding one token at a time.
+
+    Each ``update`` appends the new key/values of a layer to what that layer saw
+    before and returns prefix + past + new, so a step runs only the new token
+    through the layers. The prefix is never copied into ``past``: it stays the
+    part's own parameter, and a serialised cache holds real tokens only.
+    """
+
+    def __init__(self, prefix: Mapping[int, torch.Tensor], past: Mapping[int, torch.Tensor] | None = None):
+        super().__init__(prefix)
+        self.past: dict[int, torch.Tensor] = dict(past or {})  # layer -> (2, B, nkv, L, hd)
+
+    @property
+    def past_length(self) -> int:
+        """Real tokens held (the same in every layer between two forwards)."""
+        return next(iter(self.past.values())).shape[3] if self.past else 0
+
+    def update(self, key, value, layer_idx, *args, **kwargs):
+        old = self.past.get(layer_idx)
+        if old is not None:
+            key, value = torch.cat([old[0], key], dim=2), torch.cat([old[1], value], dim=2)
+        self.past[layer_idx] = torch.stack([key, value])
+        return super().update(key, value, layer_idx)
 
 
 class GenerationError(ValueError):

@@ -88,6 +88,16 @@ def reads_classes(config: Config, num_labels: int) -> bool:
     return num_labels >= 2 and "{label}" in templates_for(d.source, d.prompt, d.target).target
 
 
+def check_objective(config: Config) -> None:
+    """The causal-LM objective needs a decoder's LM head and templates that render."""
+    d = config.data
+    if d.objective != "causal-lm":
+        return
+    if config.model.head != "lm":
+        raise ValueError("data.objective='causal-lm' needs model.head='lm' (a decoder: gpt2, llama, smollm2)")
+    templates_for(d.source, d.prompt, d.target)
+
+
 def label_words(verbalizer: str, label_names: Sequence[str]) -> tuple[str, ...]:
     """The word of each class: ``model.verbalizer``'s, else the class names."""
     words = tuple(w.strip() for w in verbalizer.split(",")) if verbalizer else tuple(label_names)

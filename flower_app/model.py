@@ -91,32 +91,6 @@ class PrefixCache:
         return torch.cat([prefix_key, key], dim=2), torch.cat([prefix_value, value], dim=2)
 
 
-class KVCache(PrefixCache):
-    """A :class:`PrefixCache` that also keeps the real tokens' key/values, for decoding one token at a time.
-
-    Each ``update`` appends the new key/values of a layer to what that layer saw
-    before and returns prefix + past + new, so a step runs only the new token
-    through the layers. The prefix is never copied into ``past``: it stays the
-    part's own parameter, and a serialised cache holds real tokens only.
-    """
-
-    def __init__(self, prefix: Mapping[int, torch.Tensor], past: Mapping[int, torch.Tensor] | None = None):
-        super().__init__(prefix)
-        self.past: dict[int, torch.Tensor] = dict(past or {})  # layer -> (2, B, nkv, L, hd)
-
-    @property
-    def past_length(self) -> int:
-        """Real tokens held (the same in every layer between two forwards)."""
-        return next(iter(self.past.values())).shape[3] if self.past else 0
-
-    def update(self, key, value, layer_idx, *args, **kwargs):
-        old = self.past.get(layer_idx)
-        if old is not None:
-            key, value = torch.cat([old[0], key], dim=2), torch.cat([old[1], value], dim=2)
-        self.past[layer_idx] = torch.stack([key, value])
-        return super().update(key, value, layer_idx)
-
-
 class _RecordingCache:
     """Keeps the key/values each layer computes (used to initialise the prefix)."""
 
@@ -189,7 +163,7 @@ class _Stack(nn.Module):
     def forward(
         self, hidden: torch.Tensor, attention_mask: torch.Tensor, cache=None, past_length: int = 0
     ) -> torch.Tensor:
-        """``past_length``: tokens already in ``cache`` (a :class:`KVCache`); ``attention_mask`` covers them too."""
+        """``past_length``: tokens already in ``cache`` (``generate.KVCache``); ``attention_mask`` covers them too."""
         prefix_length = self.prefix_length
         cache = cache if cache is not None else PrefixCache(self.prefix_tensors())
         mask = attention_mask_4d(attention_mask, prefix_length, causal=self.family != "bert", past_length=past_length)

@@ -22,19 +22,12 @@ A round, for every sampled client (in order of partition id):
 4. Every contribution ``(tensors, num-examples)`` (client prefixes, the server's
    split-trained tensors, the pool's result) enters one data-volume weighted average.
 
-The fleet may change while the run goes on (:mod:`strategies.membership`): each round
-starts by asking the grid which nodes are connected; a client whose node left is no
-longer sampled, a node not seen before is queried and, if admitted, trains from that
-round on; every ``requery_every`` rounds the known clients are asked again. The fleet is
-re-planned (groups, modes, allocation) when a client joined or a profile changed; a
-round where nothing changed sends no message beyond its training.
-
-Flower's ``Strategy.start`` runs one train and one evaluate exchange a round; a split
-round has two train exchanges, so this class runs its own loop, with Flower's
-signature and Flower's :class:`~flwr.serverapp.strategy.Result`. Replies are
-validated before they touch the average; a bad or missing reply is dropped with its
-reason, and a round with fewer than ``min_clients`` contributions stops the run
-cleanly, keeping the checkpoint of the last completed round.
+The fleet may change during the run (:mod:`strategies.membership`, re-planned when a
+client joins or a profile changes); a probe stage (:mod:`strategies.probing`) may switch
+the wire dtype between rounds. Flower's ``Strategy.start`` runs one train and one
+evaluate exchange a round; a split round has two, so this class runs its own loop with
+Flower's signature and ``Result``. A bad or missing reply is dropped with its reason; a
+round with fewer than ``min_clients`` contributions stops the run, keeping the last checkpoint.
 """
 
 from __future__ import annotations
@@ -296,7 +289,6 @@ class SplitPrefixStrategy(Strategy):
         """Two rounds from the same tensors, optimized then basic; keep the better mode's tensors and mode."""
         plan, origin = self.settings.probe, self.state
         optimized, basic = (replace(self.settings, activation_dtype=d) for d in (plan.optimized, self.basic_dtype))
-        log(INFO, "probe at round %d: %s against %s", server_round, plan.optimized, self.basic_dtype)
         self.probed.append(self.settings.activation_dtype)
         self.settings, args = optimized, (num_rounds, timeout, train_config, evaluate_fn)
         first = self.run_round(grid, origin, server_round, *args, settle=probing.mark(plan.optimized))
@@ -308,7 +300,7 @@ class SplitPrefixStrategy(Strategy):
             chosen, extra = probing.judge(start, first[1], record, plan.optimized, self.basic_dtype, plan)
             self.settings = optimized if chosen == plan.optimized else basic
             self.decisions.append({"round": server_round, **extra})
-            log(INFO, "probe at round %d: %s", server_round, probing.describe(extra))
+            log(INFO, "probe at rounds %d-%d: %s", server_round, server_round + 1, probing.describe(extra))
             return {"probe": {"trial": self.basic_dtype, **extra}}, first[0] if chosen == plan.optimized else state
 
         return [first, self.run_round(grid, origin, server_round + 1, *args, settle=settle)]
@@ -394,8 +386,7 @@ def _add_round(result: Result, record: Mapping[str, Any], state: Mapping[str, np
 
 
 def _store(table: dict[int, MetricRecord], server_round: int, metrics: MetricRecord | None) -> None:
-    if metrics is not None:
-        table[server_round] = metrics
+    table.update({server_round: metrics} if metrics is not None else {})
 
 
 def _metric_record(record: Mapping[str, Any], exclude: tuple[str, ...]) -> MetricRecord:
