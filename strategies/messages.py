@@ -30,13 +30,21 @@ from strategies.settings import SplitSettings
 
 
 def plan_config(
-    settings: SplitSettings, fleet_state: FleetState, info: ClientInfo, server_round: int, extra: ConfigRecord
+    settings: SplitSettings,
+    fleet_state: FleetState,
+    info: ClientInfo,
+    server_round: int,
+    extra: ConfigRecord,
+    seed_round: int | None = None,
 ) -> ConfigRecord:
-    """The config of one client's train message this round (``extra``: the caller's own keys)."""
+    """The config of one client's train message this round (``extra``: the caller's own keys).
+
+    ``seed_round``: the round whose batch plans to draw (a probe's second trial repeats the first's).
+    """
     assignment = fleet_state.assignments[info.partition_id]
     plan = wire.TrainPlan(
         server_round=server_round,
-        seed=round_seed(settings.seed, server_round, info.partition_id),
+        seed=round_seed(settings.seed, seed_round or server_round, info.partition_id),
         steps=fleet_state.steps_of(info, settings),
         batch_size=settings.batch_size,
         lr=settings.lr,
@@ -69,6 +77,7 @@ def first_messages(
     arrays: ArrayRecord,
     config: ConfigRecord,
     keys_by_mode: Mapping[str, Sequence[str]],
+    seed_round: int | None = None,
 ) -> list[Message]:
     """The first message of each sampled client's round, by its mode.
 
@@ -84,7 +93,7 @@ def first_messages(
             continue
         records = {
             wire.ARRAYS: ArrayRecord({k: arrays[k] for k in keys_by_mode[mode]}),
-            wire.CONFIG: plan_config(settings, fleet_state, info, server_round, config),
+            wire.CONFIG: plan_config(settings, fleet_state, info, server_round, config, seed_round),
         }
         messages.append(message(info, wire.FIRST_MESSAGE[mode], server_round, records))
     return messages
@@ -97,6 +106,7 @@ def backward_messages(
     gradients: Mapping[int, Sequence[np.ndarray]],
     server_round: int,
     config: ConfigRecord,
+    seed_round: int | None = None,
 ) -> list[Message]:
     """``train.split_backward`` for each split client: its gradients and the lower prefix to replay."""
     client_record = to_record(client_part)
@@ -106,7 +116,7 @@ def backward_messages(
         records = {
             wire.ARRAYS: client_record,
             wire.GRADIENTS: to_record({wire.gradient_key(i): g for i, g in enumerate(grads)}),
-            wire.CONFIG: plan_config(settings, fleet_state, info, server_round, config),
+            wire.CONFIG: plan_config(settings, fleet_state, info, server_round, config, seed_round),
         }
         messages.append(message(info, wire.SPLIT_BACKWARD, server_round, records))
     return messages

@@ -14,13 +14,15 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
+from flwr.app import MetricRecord
 from flwr.common.logger import log
+from flwr.serverapp.strategy import Result
 
 from strategies import channel, fleet, wire
 from strategies.costmodel import EnergyLedger, RoundCost, Workload, round_cost
 from strategies.devices import DeviceProfile
 from strategies.fleet_state import ClientInfo, FleetState
-from strategies.records import content_bytes
+from strategies.records import content_bytes, to_record
 from strategies.requirements import FailureCause, count_causes
 from strategies.round_state import RoundState
 from strategies.settings import SplitSettings
@@ -215,3 +217,27 @@ def run_summary(status: str, history: Sequence[Mapping[str, Any]], wall_s: float
         **({"final-eval-perplexity": perplexity} if perplexity is not None else {}),
         **({"probes": probes} if probes else {}),
     }
+
+
+def add_to_result(result: Result, record: Mapping[str, Any], state: Mapping[str, np.ndarray]) -> None:
+    """A finished round into Flower's Result: its scalar figures, its evaluation, the tensors."""
+    server_round = record["round"]
+    result.arrays = to_record(state)
+    store(result.train_metrics_clientapp, server_round, metric_record(record, ("accuracy", "eval-")))
+    evaluation = {k: v for k, v in record.items() if k == wire.ACCURACY or k.startswith("eval-")}
+    store(result.evaluate_metrics_serverapp, server_round, MetricRecord(evaluation) if evaluation else None)
+
+
+def store(table: dict[int, MetricRecord], server_round: int, metrics: MetricRecord | None) -> None:
+    table.update({server_round: metrics} if metrics is not None else {})
+
+
+def metric_record(record: Mapping[str, Any], exclude: tuple[str, ...]) -> MetricRecord:
+    """The round's scalar figures as a Flower MetricRecord (per-client tables stay in metrics.jsonl)."""
+    return MetricRecord(
+        {
+            k: float(v) if isinstance(v, float) else int(v)
+            for k, v in record.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith(exclude)
+        }
+    )

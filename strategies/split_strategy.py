@@ -147,7 +147,7 @@ class SplitPrefixStrategy(Strategy):
         self.state = from_record(initial_arrays)
         result.arrays = initial_arrays
         if evaluate_fn is not None:
-            _store(
+            records.store(
                 result.evaluate_metrics_serverapp,
                 self.first_round - 1,
                 evaluate_fn(self.first_round - 1, initial_arrays),
@@ -172,7 +172,7 @@ class SplitPrefixStrategy(Strategy):
                         break
                     self.state, record = outcome
                     history.append(record)
-                    _add_round(result, record, self.state)
+                    records.add_to_result(result, record, self.state)
                     start = probing.figures_of(record) or start
                     server_round += 1
                 if outcomes[-1] is None:
@@ -200,6 +200,7 @@ class SplitPrefixStrategy(Strategy):
         train_config: ConfigRecord | None = None,
         evaluate_fn: EvaluateFn | None = None,
         settle: Settle | None = None,
+        seed_round: int | None = None,
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
         """One round from the global tensors ``state``: the next ones and the round's record, or None
         when too few contributions were valid. ``settle(record, state)``, once the round is
@@ -209,7 +210,14 @@ class SplitPrefixStrategy(Strategy):
         sampled = sample(fleet.active(), server_round, s)
         rnd = RoundState(server_round, num_rounds, sampled, dict(fleet.assignments), joined=joined, left=left)
         first = msgs.first_messages(
-            s, fleet, rnd.sampled, server_round, to_record(state), train_config or ConfigRecord(), self.keys.by_mode
+            s,
+            fleet,
+            rnd.sampled,
+            server_round,
+            to_record(state),
+            train_config or ConfigRecord(),
+            self.keys.by_mode,
+            seed_round,
         )
         rnd.first = msgs.exchange_in_round(grid, first, timeout, rnd)
         by_mode = {m: {n: r for n, r in rnd.first.items() if fleet.mode_of(n) == m} for m in wire.MODES}
@@ -222,7 +230,7 @@ class SplitPrefixStrategy(Strategy):
         if rnd.split.gradients:
             client_part = {k: state[k] for k in self.server_model.client_keys}
             backward = msgs.backward_messages(
-                s, fleet, client_part, rnd.split.gradients, server_round, train_config or ConfigRecord()
+                s, fleet, client_part, rnd.split.gradients, server_round, train_config or ConfigRecord(), seed_round
             )
             rnd.backward = msgs.exchange_in_round(grid, backward, timeout, rnd)
         split = self._collect(rnd.backward, wire.SPLIT_MODE, state, rnd)
@@ -303,7 +311,8 @@ class SplitPrefixStrategy(Strategy):
             log(INFO, "probe at rounds %d-%d: %s", server_round, server_round + 1, probing.describe(extra))
             return {"probe": {"trial": self.basic_dtype, **extra}}, first[0] if chosen == plan.optimized else state
 
-        return [first, self.run_round(grid, origin, server_round + 1, *args, settle=settle)]
+        # The same batch plans as the first trial: the two differ in their mode, not their data.
+        return [first, self.run_round(grid, origin, server_round + 1, *args, settle=settle, seed_round=server_round)]
 
     # --- Flower's Strategy interface ----------------------------------------------------------
 
@@ -374,27 +383,3 @@ class SplitPrefixStrategy(Strategy):
         if self.run_dir is not None:
             self.run_dir.write_summary(self.summary_record)
         log(INFO, "run %s: %s", self.status, self.summary_record)
-
-
-def _add_round(result: Result, record: Mapping[str, Any], state: Mapping[str, np.ndarray]) -> None:
-    """A finished round into Flower's Result: its scalar figures, its evaluation, the tensors."""
-    server_round = record["round"]
-    result.arrays = to_record(state)
-    _store(result.train_metrics_clientapp, server_round, _metric_record(record, ("accuracy", "eval-")))
-    evaluation = {k: v for k, v in record.items() if k == wire.ACCURACY or k.startswith("eval-")}
-    _store(result.evaluate_metrics_serverapp, server_round, MetricRecord(evaluation) if evaluation else None)
-
-
-def _store(table: dict[int, MetricRecord], server_round: int, metrics: MetricRecord | None) -> None:
-    table.update({server_round: metrics} if metrics is not None else {})
-
-
-def _metric_record(record: Mapping[str, Any], exclude: tuple[str, ...]) -> MetricRecord:
-    """The round's scalar figures as a Flower MetricRecord (per-client tables stay in metrics.jsonl)."""
-    return MetricRecord(
-        {
-            k: float(v) if isinstance(v, float) else int(v)
-            for k, v in record.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith(exclude)
-        }
-    )
