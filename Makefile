@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup device run run-inprocess scale lint test test-fast bench bench-robust bench-scale bench-deploy bench-llm clean
+.PHONY: setup device run run-inprocess scale lint test test-fast bench bench-robust bench-scale bench-deploy bench-llm bench-probe clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,10 @@ bench-robust: setup
 
 bench-scale: setup
 	$(PY) bench/scale.py
+
+# Probing int8 against float32 boundary tensors on two fleets, 3 seeds: a few minutes.
+bench-probe: setup
+	$(PY) bench/probe.py
 
 # SmolLM2-135M split and prefix-tuned on 2 CPU cores: about 15-20 minutes.
 bench-llm: setup
