@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from flower_app.cli import overrides_of
 from flower_app.generate import GenerationError, GenerationResult, Sampling, check_decoder, generate
 
 
@@ -31,12 +32,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, str]]:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model.source=random-gpt2")
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"override '{item}' is not key=value")
-        overrides[key] = value
+    overrides = overrides_of(parser, args.overrides)
     return args, overrides
 
 

@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     import json
     import sys
 
+    from flower_app.cli import overrides_of
     from strategies.checkpoint import CheckpointError
     from strategies.rundir import RunDirectoryError
 
@@ -166,12 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. config=test train.lr=0.02")
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"override '{item}' is not key=value")
-        overrides[key] = value
+    overrides = overrides_of(parser, args.overrides)
     try:
         summary = run_inprocess(overrides, num_nodes=args.nodes)
     except (ValueError, KeyError, OSError, CheckpointError, RunDirectoryError) as err:
