@@ -8,7 +8,7 @@ are its convergence amount (held-out loss drop, or accuracy gain) and its simula
 duration; their ratio is its convergence rate. The mode with the higher rate (or the
 higher accuracy reached, with ``criterion="accuracy"``) is kept, with the tensors it
 trained, and the run goes on in it without a restart. Ties go to the basic mode: a
-change must earn its keep.
+change must earn its keep. When neither trial converged, the one that lost less wins.
 
 A mode here is a wire dtype of the boundary tensors (``float32``, ``float16``, ``int8``):
 what the clients compute is the same, the bytes and the noise differ.
@@ -96,8 +96,13 @@ def rate(trial: Trial, kind: str) -> float:
 
 def decide(basic: Trial, optimized: Trial, plan: ProbePlan) -> tuple[str, dict[str, Any]]:
     """The mode to keep and the figures that decided it; a tie keeps the basic mode."""
-    if plan.criterion == "rate":
-        scores = {basic.mode: rate(basic, plan.amount), optimized.mode: rate(optimized, plan.amount)}
+    trials = (basic, optimized)
+    if plan.criterion == "rate" and any(t.amount(plan.amount) > 0 for t in trials):
+        scores = {t.mode: rate(t, plan.amount) for t in trials}
+    elif plan.criterion == "rate":
+        # Neither trial converged: a rate of divergence would favour the slower mode, so the
+        # one that lost less wins, whatever it took.
+        scores = {t.mode: t.amount(plan.amount) for t in trials}
     else:
         scores = {basic.mode: basic.end_accuracy, optimized.mode: optimized.end_accuracy}
     chosen = optimized.mode if scores[optimized.mode] > scores[basic.mode] else basic.mode

@@ -35,6 +35,13 @@ def test_the_faster_converging_mode_wins_and_a_tie_keeps_the_basic_one():
     assert decide(_trial("float32", 0.2, 9.0, 0.80), _trial("int8", 0.1, 1.0, 0.79), by_accuracy)[0] == "float32"
 
 
+def test_when_neither_trial_converges_the_one_that_lost_less_wins():
+    plan = ProbePlan(optimized="int8", rounds=(2,))
+    # float32 lost 0.012 in 3 s (-0.004/s), int8 lost 0.010 in 1 s (-0.010/s): int8 did less harm
+    chosen, figures = decide(_trial("float32", -0.012, 3.0), _trial("int8", -0.010, 1.0), plan)
+    assert chosen == "int8" and figures["trials"]["int8"]["score"] == pytest.approx(-0.010)
+
+
 def test_stages_start_at_listed_rounds_or_when_the_loss_stops_falling():
     rounds = ProbePlan(optimized="int8", rounds=(3,))
     plateau = ProbePlan(optimized="int8", plateau=0.05)
