@@ -1,22 +1,17 @@
 """bench/llm.py's plumbing on a tiny random Llama: every row is produced, and the PEFT reference
 starts from exactly the split model's prefix (else the comparison would not be fair)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "llm.py"
+from tests.benches import load_bench
 
 
 @pytest.mark.slow
 def test_llm_bench_runs_and_its_reference_starts_where_the_split_model_does(tmp_path):
     # Prepare
-    spec = importlib.util.spec_from_file_location("bench_llm", BENCH)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("llm")
 
     # Execute
     assert bench.main(["--model", "random-llama", "--quick", "--out", str(tmp_path)]) == 0

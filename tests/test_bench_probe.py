@@ -1,21 +1,16 @@
 """bench/probe.py's plumbing: both fleets, a decision per run, figures for each mode."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "probe.py"
+from tests.benches import load_bench
 
 
 @pytest.mark.slow
 def test_probe_bench_decides_on_both_fleets(tmp_path):
     # Prepare
-    spec = importlib.util.spec_from_file_location("bench_probe", BENCH)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("probe")
 
     # Execute
     assert bench.main(["--seeds", "0", "--rounds", "3", "--nodes", "3", "--out", str(tmp_path)]) == 0
