@@ -52,6 +52,7 @@ from strategies.checkpoint import Checkpoint
 from strategies.costmodel import EnergyLedger
 from strategies.fleet_state import FleetState, sample
 from strategies.interfaces import ServerModel
+from strategies.probe_stage import probe_stage
 from strategies.records import from_record, to_record
 from strategies.round_state import RoundState
 from strategies.rundir import RunDirectory
@@ -164,7 +165,7 @@ class SplitPrefixStrategy(Strategy):
                 s = self.settings  # a probe may have switched the wire dtype
                 probe = probing.stage_due(s.probe, server_round, history, self.probed, s.activation_dtype)
                 if probe and server_round < num_rounds and start:
-                    outcomes = self._probe_stage(server_round, start, *args)
+                    outcomes = probe_stage(self, server_round, start, *args)
                 else:
                     outcomes = [self.run_round(grid, self.state, server_round, *args[1:])]
                 for outcome in outcomes:
@@ -283,36 +284,6 @@ class SplitPrefixStrategy(Strategy):
             fleet_state["probe"] = {"wire-dtype": self.settings.activation_dtype, "probed": list(self.probed)}
             self.run_dir.checkpoint(rnd.server_round, state, fleet_state)
         return record, state
-
-    def _probe_stage(
-        self,
-        server_round: int,
-        start: Mapping[str, float],
-        grid: Grid,
-        num_rounds: int,
-        timeout: float,
-        train_config: ConfigRecord | None,
-        evaluate_fn: EvaluateFn | None,
-    ) -> list[tuple[dict[str, np.ndarray], dict[str, Any]] | None]:
-        """Two rounds from the same tensors, optimized then basic; keep the better mode's tensors and mode."""
-        plan, origin = self.settings.probe, self.state
-        optimized, basic = (replace(self.settings, activation_dtype=d) for d in (plan.optimized, self.basic_dtype))
-        self.probed.append(self.settings.activation_dtype)
-        self.settings, args = optimized, (num_rounds, timeout, train_config, evaluate_fn)
-        first = self.run_round(grid, origin, server_round, *args, settle=probing.mark(plan.optimized))
-        self.settings = basic
-        if first is None:
-            return [None]
-
-        def settle(record: dict[str, Any], state: State) -> tuple[dict[str, Any], State]:
-            chosen, extra = probing.judge(start, first[1], record, plan.optimized, self.basic_dtype, plan)
-            self.settings = optimized if chosen == plan.optimized else basic
-            self.decisions.append({"round": server_round, **extra})
-            log(INFO, "probe at rounds %d-%d: %s", server_round, server_round + 1, probing.describe(extra))
-            return {"probe": {"trial": self.basic_dtype, **extra}}, first[0] if chosen == plan.optimized else state
-
-        # The same batch plans as the first trial: the two differ in their mode, not their data.
-        return [first, self.run_round(grid, origin, server_round + 1, *args, settle=settle, seed_round=server_round)]
 
     # --- Flower's Strategy interface ----------------------------------------------------------
 

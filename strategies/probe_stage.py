@@ -1,0 +1,58 @@
+"""A probe stage as the strategy runs it: two trial rounds, the decision, the hot switch.
+
+The judging is pure (:mod:`strategies.probing`); this is the part with side effects: it
+swaps the strategy's settings for each trial, runs its rounds, and leaves the strategy in
+the winning mode with the winner's tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from logging import INFO
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from strategies import probing
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from strategies.split_strategy import SplitPrefixStrategy
+
+State = dict[str, np.ndarray]
+
+
+def probe_stage(
+    strategy: SplitPrefixStrategy,
+    server_round: int,
+    start: Mapping[str, float],
+    grid: Grid,
+    num_rounds: int,
+    timeout: float,
+    train_config: ConfigRecord | None,
+    evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None,
+) -> list[tuple[dict[str, np.ndarray], dict[str, Any]] | None]:
+    """Two rounds from the same tensors, optimized then basic; keep the better mode's tensors and mode."""
+    plan, origin = strategy.settings.probe, strategy.state
+    optimized, basic = (replace(strategy.settings, activation_dtype=d) for d in (plan.optimized, strategy.basic_dtype))
+    strategy.probed.append(strategy.settings.activation_dtype)
+    strategy.settings, args = optimized, (num_rounds, timeout, train_config, evaluate_fn)
+    first = strategy.run_round(grid, origin, server_round, *args, settle=probing.mark(plan.optimized))
+    strategy.settings = basic
+    if first is None:
+        return [None]
+
+    def settle(record: dict[str, Any], state: State) -> tuple[dict[str, Any], State]:
+        chosen, extra = probing.judge(start, first[1], record, plan.optimized, strategy.basic_dtype, plan)
+        strategy.settings = optimized if chosen == plan.optimized else basic
+        strategy.decisions.append({"round": server_round, **extra})
+        log(INFO, "probe at rounds %d-%d: %s", server_round, server_round + 1, probing.describe(extra))
+        return {"probe": {"trial": strategy.basic_dtype, **extra}}, first[0] if chosen == plan.optimized else state
+
+    # The same batch plans as the first trial: the two differ in their mode, not their data.
+    return [first, strategy.run_round(grid, origin, server_round + 1, *args, settle=settle, seed_round=server_round)]
