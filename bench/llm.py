@@ -34,7 +34,7 @@ import torch
 from flower_app import data as data_mod
 from flower_app.config import load_config, split_settings
 from flower_app.generate import generate
-from flower_app.lm_task import LmTally
+from flower_app.lm_task import LmTally, lm_loss
 from flower_app.loading import load
 from flower_app.model import set_state
 from flower_app.runner import run_inprocess
@@ -114,8 +114,6 @@ def peft_from(model: torch.nn.Module, setup: Setup):
 
 def train_peft(wrapped, setup: Setup, steps: int, batch: int, lr: float, seed: int, pool) -> float:
     """Centralized prefix tuning of the unsplit model: ``steps`` minibatches over ``pool``."""
-    from flower_app.lm_task import lm_loss
-
     optimizer = torch.optim.Adam([p for p in wrapped.parameters() if p.requires_grad], lr=lr)
     tick = time.perf_counter()
     for indices in data_mod.batch_plan(len(pool), steps, batch, seed):
@@ -151,8 +149,6 @@ def step_seconds(setup: Setup, batch: int, reps: int = 3) -> dict[str, float]:
         device_s = time.perf_counter() - tick
         upstream = boundary.clone().requires_grad_(True)
         tick = time.perf_counter()
-        from flower_app.lm_task import lm_loss
-
         lm_loss(server(upstream, mask), targets).backward()
         server_s = time.perf_counter() - tick
         tick = time.perf_counter()

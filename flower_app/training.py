@@ -14,6 +14,7 @@ from flower_app.model import ClientPart, ServerPart, SplitSpec, trainable_named
 from strategies import wire
 from strategies.compression import dequantize_int8, quantize_int8
 
+PERPLEXITY = "perplexity"  # a held-out metric of the causal-LM objective
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
@@ -81,9 +82,6 @@ class EvalTally:
             return {wire.LOSS: lm["loss"], wire.ACCURACY: lm["accuracy"], PERPLEXITY: lm["perplexity"]}
         samples = max(self.samples, 1)
         return {wire.LOSS: self.loss / samples, wire.ACCURACY: self.correct / samples}
-
-
-PERPLEXITY = "perplexity"
 
 
 def adam(parts: Sequence[ClientPart | ServerPart], lr: float, head_lr: float) -> torch.optim.Optimizer:
