@@ -9,7 +9,9 @@ accuracy is always measured.
 
 Rows: all-local (layer-drop emulator), all-split, all-centralized, prefix FedAvg
 (every client runs the whole model: a local emulator that keeps every layer; only
-the trainable tensors, prefix and head, travel), then the grouping policies threshold, cost and kmeans.
+the trainable tensors, prefix and head, travel), then the grouping policies threshold, cost and kmeans,
+and ``staged``, a policy schedule (``strategy.policy-schedule``): one round of ``cost``, two of
+``threshold``, then all split.
 
 Columns: simulated time until held-out accuracy first reaches ``--target``,
 final accuracy, uplink bytes, client energy, client-rounds over their energy
@@ -17,6 +19,13 @@ budget, real wall time.
 
     python bench/hetero.py [--nodes 20] [--rounds 8] [--target 0.72] [key=value ...]
     python bench/hetero.py --nodes 20 config=test        # tiny random model, seconds
+
+With ``--seeds 42,43,44`` each seed is a fleet of its own (``run.seed``: profiles, partitions,
+batch plans), run into ``--out/seed-N``; the bench then prints, for every target of
+``--targets`` (from:to:step), the seeds' mean simulated time to the target of the best single
+mode and of each policy, their ratio, and each row's mean final accuracy. A row reaches a target
+only when it does in every seed. ``--curve-from DIR ...`` prints that curve from earlier
+outputs (each DIR holds a ``hetero.json``) without training.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ ROWS = {
     "threshold": {"strategy.policy": "threshold"},
     "cost": {"strategy.policy": "cost"},
     "kmeans": {"strategy.policy": "kmeans"},
+    "staged": {"strategy.policy-schedule": "cost:1,threshold:2,split"},
 }
 SINGLE = ("all-local", "all-split", "all-centralized", "prefix FedAvg")
 
@@ -111,6 +121,61 @@ def verdict(rows: list[dict], target: float) -> str:
     )
 
 
+def series(row: dict) -> list[dict]:
+    """A ``hetero.json`` row's rounds in the form :func:`time_to_target` reads."""
+    return [
+        {"accuracy": a if a is not None else -1.0, "sim-clock-s": t}
+        for a, t in zip(row["accuracy"], row["sim-clock-s-by-round"], strict=True)
+    ]
+
+
+def mean_time(rows_by_seed: list[dict], target: float) -> float | None:
+    """Mean simulated time to ``target`` over seeds; None unless every seed reaches it."""
+    times = [time_to_target(series(r), target) for r in rows_by_seed]
+    return None if any(t is None for t in times) else sum(times) / len(times)  # type: ignore[misc]
+
+
+def curve(outputs: list[list[dict]], targets: list[float]) -> str:
+    """Speed-up of each policy over the best single mode, target by target, averaged over seeds.
+
+    ``outputs`` holds one ``hetero.json`` (a list of rows) per seed; rows are matched by name.
+    """
+    names = [r["name"] for r in outputs[0] if all(any(x["name"] == r["name"] for x in o) for o in outputs)]
+    by_name = {n: [next(x for x in o if x["name"] == n) for o in outputs] for n in names}
+    singles = [n for n in names if n in SINGLE]
+    policies = [n for n in names if n not in SINGLE]
+    final = {n: sum(r["final"] for r in rows) / len(rows) for n, rows in by_name.items()}
+    fmt = lambda t: f"{t:.1f}" if t is not None else "never"  # noqa: E731
+    head = f"{'target':>6} {'best single mode':<24}" + "".join(f" {p + ' s':>14} {'speed-up':>8}" for p in policies)
+    lines = [head, "-" * len(head)]
+    for target in targets:
+        reached = [(mean_time(by_name[n], target), n) for n in singles]
+        reached = [(t, n) for t, n in reached if t is not None]
+        t_single, single = min(reached) if reached else (None, "none")
+        line = f"{target:>6.3f} {single + ' ' + fmt(t_single):<24}"
+        for p in policies:
+            t = mean_time(by_name[p], target)
+            ratio = f"{t_single / t:.2f}x" if t and t_single else "-"
+            line += f" {fmt(t):>14} {ratio:>8}"
+        lines.append(line)
+    best = max(singles, key=lambda n: final[n]) if singles else None
+    lines.append("")
+    lines.append("mean final accuracy over seeds: " + ", ".join(f"{n} {final[n]:.4f}" for n in names))
+    if best is not None:
+        lines.append(
+            f"most accurate single mode: {best}; "
+            + ", ".join(f"{p} {100 * (final[p] - final[best]):+.1f} points" for p in policies)
+        )
+    return "\n".join(lines)
+
+
+def parse_targets(text: str) -> list[float]:
+    """``"0.70:0.78:0.01"`` -> [0.70, 0.71, ..., 0.78]."""
+    low, high, step = (float(x) for x in text.split(":"))
+    count = int(round((high - low) / step)) + 1
+    return [round(low + i * step, 6) for i in range(count)]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=20, help="clients in the fleet (default: 20)")
@@ -118,8 +183,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target", type=float, default=0.72, help="held-out accuracy to reach (default: 0.72)")
     parser.add_argument("--only", default="", help="comma-separated row names to run (default: all)")
     parser.add_argument("--out", default="runs/bench-hetero", help="parent of the runs' directories")
+    parser.add_argument("--seeds", default="", help="comma-separated seeds, one fleet each (default: the config's)")
+    parser.add_argument("--targets", default="0.70:0.78:0.01", help="from:to:step targets of the curve over seeds")
+    parser.add_argument("--curve-from", nargs="+", default=[], help="print the curve of these outputs; no training")
     parser.add_argument("overrides", nargs="*", help="config overrides for every row, e.g. fleet.preset=long-tail")
     args = parser.parse_args(argv)
+    targets = parse_targets(args.targets)
+    if args.curve_from:
+        print(curve([json.loads((Path(d) / "hetero.json").read_text()) for d in args.curve_from], targets))
+        return
+    if args.seeds:
+        outs = []
+        for seed in args.seeds.split(","):
+            out = Path(args.out) / f"seed-{seed.strip()}"
+            main(_rerun_args(args, seed.strip(), out))
+            outs.append(json.loads((out / "hetero.json").read_text()))
+        print(f"\nover seeds {args.seeds}:")
+        print(curve(outs, targets))
+        return
     base = {"run.num-rounds": args.rounds, "strategy.min-clients": 1}
     for item in args.overrides:
         key, sep, value = item.partition("=")
@@ -150,6 +231,15 @@ def main(argv: list[str] | None = None) -> None:
             indent=2,
         )
     )
+
+
+def _rerun_args(args: argparse.Namespace, seed: str, out: Path) -> list[str]:
+    """The arguments of one seed's run of :func:`main`."""
+    chosen = ["--only", args.only] if args.only else []
+    return [
+        "--nodes", str(args.nodes), "--rounds", str(args.rounds), "--target", str(args.target), *chosen,
+        "--out", str(out), *args.overrides, f"run.seed={seed}",
+    ]  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from flower_app.lm_task import OBJECTIVES, check_objective
 from strategies import wire
-from strategies.fleet import POLICIES, Policy
+from strategies.fleet import POLICIES, Policy, Schedule, parse_schedule
 from strategies.probing import AMOUNTS, CRITERIA, ProbePlan, parse_rounds
 from strategies.requirements import THRESHOLD_METRICS, TrainingRequirement
 from strategies.robust import RULES, UPDATE_CHECKS
@@ -131,6 +131,11 @@ class StrategySettings:
         low=0,
     )
     policy: str = _f(_P.name, "a mode for every client, or a grouping policy", choices=POLICIES)
+    policy_schedule: str = _f(
+        "",
+        "policies by stage, 'policy:rounds,...' (the last stage may leave out its rounds), e.g. 'cost:1,threshold'; "
+        "replaces strategy.policy ('': strategy.policy throughout)",
+    )
     threshold_flops: float = _f(
         _P.threshold_flops, "threshold policy: capability (FLOP/s) below which a client is weak", low=0.0
     )
@@ -346,8 +351,17 @@ def requirement(config: Config) -> TrainingRequirement:
 def policy(config: Config) -> Policy:
     """The config's grouping policy (``strategy.policy`` and its settings)."""
     s = config.strategy
+    try:
+        schedule = parse_schedule(s.policy_schedule)
+        return _policy(config, schedule[0][0] if schedule else s.policy, schedule)
+    except ValueError as err:
+        raise ValueError(f"config key 'strategy.policy-schedule'={s.policy_schedule!r}: {err}") from None
+
+
+def _policy(config: Config, name: str, schedule: Schedule) -> Policy:
+    s = config.strategy
     return Policy(
-        name=s.policy,
+        name=name,
         threshold_flops=s.threshold_flops,
         weak_mode=s.weak_mode,
         strong_mode=s.strong_mode,
@@ -357,6 +371,7 @@ def policy(config: Config) -> Policy:
         batch_size=config.train.batch_size,
         seed=config.run.seed,
         server_flops=config.fleet.server_flops,
+        schedule=schedule,
     )
 
 

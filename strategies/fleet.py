@@ -15,7 +15,7 @@ is told ``alloc-over-budget = true`` and runs at full speed; the ledger shows wh
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from strategies import wire
@@ -27,6 +27,8 @@ from strategies.wire import MODES
 from strategies.workload import ModelShape, RoundPlan, affordable_rows, local_workload, split_workload, upload_workload
 
 POLICIES = (*MODES, "threshold", "cost", "kmeans")
+# (policy name, rounds) stages of a schedule; rounds 0 in the last stage: until the run ends
+Schedule = tuple[tuple[str, int], ...]
 
 
 @dataclass(frozen=True)
@@ -43,10 +45,17 @@ class Policy:
     batch_size: int = 16
     seed: int = 0
     server_flops: float = 10e12
+    schedule: Schedule = ()
 
     def __post_init__(self) -> None:
         if self.name not in POLICIES:
             raise ValueError(f"policy '{self.name}' must be one of {list(POLICIES)}")
+        for stage, (name, rounds) in enumerate(self.schedule):
+            last = stage == len(self.schedule) - 1
+            if name not in POLICIES:
+                raise ValueError(f"policy schedule: '{name}' must be one of {list(POLICIES)}")
+            if rounds < (0 if last else 1):
+                raise ValueError(f"policy schedule: stage {stage + 1} ({name}) needs a number of rounds >= 1")
         for mode in (self.weak_mode, self.strong_mode, *self.kmeans_modes, *self.cost_modes):
             if mode not in MODES:
                 raise ValueError(f"mode '{mode}' must be one of {list(MODES)}")
@@ -61,9 +70,43 @@ class Policy:
         }.get(self.name, (self.name,))
         return tuple(m for m in MODES if m in chosen)
 
+    def at(self, server_round: int) -> Policy:
+        """The policy in effect at ``server_round``: its schedule's stage, or itself without one.
+
+        A schedule regroups the fleet as training goes: for example cheap, fast modes while
+        accuracy climbs quickly, then the accurate, slower ones (``cost:1,threshold``).
+        The stage is a function of the round alone, so a resumed run is in the same one.
+        """
+        end = 0
+        for name, rounds in self.schedule:
+            end += rounds
+            if server_round <= end or rounds == 0:
+                return replace(self, name=name)
+        return replace(self, name=self.schedule[-1][0]) if self.schedule else self
+
     def group_config(self, mode: str) -> GroupConfig:
         """A group's training config: local-mode groups take ``local_epochs`` passes a round."""
         return GroupConfig(mode, self.local_epochs if mode == "local" else 1, self.batch_size)
+
+
+def parse_schedule(text: str) -> Schedule:
+    """``"cost:1,threshold:2,split"`` as ``(("cost", 1), ("threshold", 2), ("split", 0))``.
+
+    Each stage is ``policy:rounds``; the last may leave out its rounds (it lasts until the end).
+    ValueError names the stage that is wrong.
+    """
+    stages = [part.strip() for part in text.split(",") if part.strip()]
+    out = []
+    for i, stage in enumerate(stages):
+        name, sep, rounds = stage.partition(":")
+        if not sep and i < len(stages) - 1:
+            raise ValueError(f"policy schedule stage '{stage}' needs its rounds, as in 'cost:2'")
+        try:
+            count = int(rounds) if sep else 0
+        except ValueError:
+            raise ValueError(f"policy schedule stage '{stage}': rounds must be a whole number") from None
+        out.append((name.strip(), count))
+    return tuple(out)
 
 
 def round_plan(

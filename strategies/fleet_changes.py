@@ -30,12 +30,14 @@ def refresh(
     first_round: int,
     server_round: int,
     timeout: float,
+    replan: bool = False,
 ) -> tuple[list[int], list[int], bool]:
     """At a round's start: who left, who came back, who is new, and when a requery is due, whose
     profile changed.
 
-    Re-plans the fleet if a client joined or changed, or at a requery when some client's channel
-    changes by round (the plan then takes this round's gains). Returns the partition ids that joined
+    Re-plans the fleet if ``replan`` says so (a new stage of the policy schedule), if a client
+    joined or changed, or at a requery when some client's channel changes by round (the plan
+    then takes this round's gains). Returns the partition ids that joined
     (or came back), those that left, and whether the fleet was re-planned. No message is
     sent when no node is new and no requery is due.
     """
@@ -48,7 +50,7 @@ def refresh(
     before = dict(fleet.assignments)
     admission, changed = admit_nodes(grid, fleet, new, connected, timeout, server_round, known)
     # A requery also finds every changing channel where this round took it (strategies.channel).
-    replanned = bool(admission.admitted or changed or (requery and fleet.changing_channels()))
+    replanned = bool(replan or admission.admitted or changed or (requery and fleet.changing_channels()))
     if replanned:
         fleet.plan(settings, shape, server_round)
     membership.log_changes(server_round, admission, left, back, before, fleet.assignments)

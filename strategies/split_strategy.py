@@ -143,6 +143,7 @@ class SplitPrefixStrategy(Strategy):
         (if given) evaluates the global tensors before the first round and after each.
         Federated evaluation is not used (``evaluate_config`` is accepted and unused).
         """
+        self._enter_stage(self.first_round)
         self.summary()
         started, result = time.time(), Result()
         self.state = from_record(initial_arrays)
@@ -329,12 +330,22 @@ class SplitPrefixStrategy(Strategy):
 
     def _refresh_fleet(self, grid: Grid, server_round: int, timeout: float) -> tuple[list[int], list[int]]:
         """At a round's start, :func:`strategies.fleet_changes.refresh`; groups.json again if re-planned."""
+        staged = self._enter_stage(server_round)
         joined, left, replanned = fleet_changes.refresh(
-            grid, self.fleet, self.settings, self.shape, self.first_round, server_round, timeout
+            grid, self.fleet, self.settings, self.shape, self.first_round, server_round, timeout, staged
         )
         if replanned:
             self._write_groups()
         return joined, left
+
+    def _enter_stage(self, server_round: int) -> bool:
+        """Take the policy schedule's stage for ``server_round``; whether it changed the policy."""
+        due = self.settings.fleet_policy.at(server_round)
+        if due == self.settings.fleet_policy:
+            return False
+        self.settings = replace(self.settings, policy=due)
+        log(INFO, "round %d: policy %s from now on (policy schedule)", server_round, due.name)
+        return True
 
     def _write_groups(self) -> None:
         if self.run_dir is not None:

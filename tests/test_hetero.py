@@ -299,3 +299,34 @@ def test_resume_keeps_exclusions_and_mode_changes(tmp_path):
     assert strip(resumed.rounds()) == strip(rounds)
     assert resumed.ledger() == whole.ledger()
     assert _groups(resumed) == _groups(whole)
+
+
+def test_a_policy_schedule_regroups_the_fleet_at_its_stages_and_after_a_resume(tmp_path):
+    # Prepare: everyone uploads in round 1, threshold groups in round 2, everyone splits after
+    overrides = {"strategy.policy-schedule": "centralized:1,threshold:1,split", "run.num-rounds": 4}
+
+    def kill(index, message, call):
+        if int(message.metadata.group_id) == 3:
+            raise KeyboardInterrupt  # the process dies in round 3, the last stage's first
+        return call()
+
+    # Execute
+    summary, whole = _run(tmp_path, "whole", **overrides)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "resumed", fault=kill, **overrides)
+    _, resumed = _run(tmp_path, "resumed", **overrides, **{"run.resume": True})
+
+    # Assert: each round ran in its stage's modes, and the run learned
+    rounds = whole.rounds()
+    assert [r["modes"] for r in rounds] == [
+        {"centralized": NODES, "local": 0, "split": 0},
+        {"centralized": 3, "local": 0, "split": 3},  # the bimodal fleet's phones and base stations
+        {"centralized": 0, "local": 0, "split": NODES},
+        {"centralized": 0, "local": 0, "split": NODES},
+    ]
+    assert summary["status"] == "completed" and summary["final-accuracy"] > 0.6
+    _assert_fault_free(rounds)
+    assert {c["mode"] for c in _groups(whole)["clients"].values()} == {"split"}
+    # The resumed run picked the stage of round 3 from the round alone
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "wall-s"} for r in rs]  # noqa: E731
+    assert strip(resumed.rounds()) == strip(rounds)

@@ -13,6 +13,7 @@ from strategies.fleet import (
     describe,
     effective_allocation,
     fleet_workloads,
+    parse_schedule,
     reassign,
     round_plan,
 )
@@ -385,3 +386,55 @@ def test_upload_cap_bounds_the_rows_and_a_tight_budget_lowers_them():
     assert allocate(rich, upload_workload(SHAPE, plan, 500)) is not None
     assert 1 <= rows[1] < 50
     assert allocate(tight, upload_workload(SHAPE, plan, rows[1] + 1)) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "stages"),
+    [
+        ("", ()),
+        ("split", (("split", 0),)),
+        ("cost:1, threshold", (("cost", 1), ("threshold", 0))),
+        ("centralized:2,threshold:3,split:1", (("centralized", 2), ("threshold", 3), ("split", 1))),
+    ],
+)
+def test_parse_schedule_reads_stages(text, stages):
+    assert parse_schedule(text) == stages
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("cost,split", "needs its rounds"),  # only the last stage may run to the end
+        ("cost:x,split", "whole number"),
+    ],
+)
+def test_parse_schedule_names_the_bad_stage(text, match):
+    with pytest.raises(ValueError, match=match):
+        parse_schedule(text)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "match"),
+    [
+        ((("cost", 1), ("fastest", 0)), "'fastest' must be one of"),
+        ((("cost", 0), ("split", 0)), "stage 1 \\(cost\\) needs a number of rounds"),
+    ],
+)
+def test_policy_rejects_a_bad_schedule(schedule, match):
+    with pytest.raises(ValueError, match=match):
+        Policy(schedule=schedule)
+
+
+def test_policy_at_follows_the_schedule_round_by_round():
+    # Prepare: one round of cost, two of threshold, then split to the end
+    policy = Policy(name="cost", schedule=(("cost", 1), ("threshold", 2), ("split", 0)))
+
+    # Execute
+    names = [policy.at(r).name for r in range(1, 7)]
+
+    # Assert: stage boundaries after rounds 1 and 3; the schedule travels with each stage
+    assert names == ["cost", "threshold", "threshold", "split", "split", "split"]
+    assert policy.at(2).schedule == policy.schedule
+    assert Policy(name="kmeans").at(5).name == "kmeans"  # no schedule: the policy itself
+    # A last stage with rounds still lasts to the end of the run
+    assert Policy(schedule=(("cost", 1), ("split", 1))).at(9).name == "split"

@@ -1,0 +1,46 @@
+"""bench/hetero.py's curve over targets and seeds, on hand-made rows (no training)."""
+
+import pytest
+
+from tests.benches import load_bench
+
+hetero = load_bench("hetero")
+
+
+def _row(name, accuracy, clock, final=None):
+    return {"name": name, "accuracy": accuracy, "sim-clock-s-by-round": clock, "final": final or accuracy[-1]}
+
+
+def test_mean_time_needs_every_seed_to_reach_the_target():
+    # Prepare: seed 1 reaches 0.75 in round 2 (20 s), seed 2 in round 1 (5 s), seed 3 never
+    rows = [_row("x", [0.70, 0.76], [10.0, 20.0]), _row("x", [0.75, 0.77], [5.0, 9.0])]
+    never = [*rows, _row("x", [0.70, 0.71], [1.0, 2.0])]
+
+    # Execute / Assert
+    assert hetero.mean_time(rows, 0.75) == pytest.approx(12.5)
+    assert hetero.mean_time(never, 0.75) is None
+    assert hetero.mean_time(rows, 0.70) == pytest.approx(7.5)
+
+
+def test_curve_compares_each_policy_with_the_best_single_mode_per_target():
+    # Prepare: one seed; all-centralized is fast but stops at 0.74, all-split is slow and accurate
+    seed = [
+        _row("all-centralized", [0.73, 0.74], [40.0, 41.0]),
+        _row("all-split", [0.70, 0.78, 0.80], [75.0, 150.0, 225.0]),
+        _row("staged", [0.73, 0.78, 0.795], [20.0, 50.0, 120.0]),
+    ]
+
+    # Execute
+    text = hetero.curve([seed], [0.70, 0.74, 0.78])
+
+    # Assert: 0.70 -> centralized 40 s against 20 s; 0.74 -> centralized 41 s against 50 s;
+    # 0.78 -> split 150 s against 50 s; finals 0.795 against split's 0.80
+    lines = text.splitlines()
+    assert "all-centralized 40.0" in lines[2] and lines[2].split()[-1] == "2.00x"
+    assert "all-centralized 41.0" in lines[3] and lines[3].split()[-1] == "0.82x"
+    assert "all-split 150.0" in lines[4] and lines[4].split()[-1] == "3.00x"
+    assert text.endswith("most accurate single mode: all-split; staged -0.5 points")
+
+
+def test_parse_targets_includes_both_ends():
+    assert hetero.parse_targets("0.70:0.78:0.02") == [0.70, 0.72, 0.74, 0.76, 0.78]
