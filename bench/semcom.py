@@ -76,8 +76,11 @@ def snr_sweep(base: dict[str, Any], snrs: Sequence[float], nodes: int, out: Path
                 "noiseless-training": evaluate_at(clean_dir, fixed, snr),
             }
         )
-        print(f"SNR {snr:>5g} dB: in the loop {rows[-1]['in-loop']:.4f}, noiseless training "
-              f"{rows[-1]['noiseless-training']:.4f}", flush=True)
+        print(
+            f"SNR {snr:>5g} dB: in the loop {rows[-1]['in-loop']:.4f}, noiseless training "
+            f"{rows[-1]['noiseless-training']:.4f}",
+            flush=True,
+        )
     return rows
 
 
@@ -115,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = [hetero.run_row(name, o, base, args.nodes, out) for name, o in POLICY_ROWS.items()]
         report["policies"] = [{k: v for k, v in r.items() if k != "rounds"} for r in rows]
         config = load_config(base)
-        print(f"\n{args.nodes} clients, {args.rounds} rounds, fleet preset {config.fleet.preset}, SNR per device profile")
+        print(
+            f"\n{args.nodes} clients, {args.rounds} rounds, fleet preset {config.fleet.preset}, SNR per device profile"
+        )
         print(hetero.table(rows, args.target))
     out.mkdir(parents=True, exist_ok=True)
     (out / "semcom.json").write_text(json.dumps(report, indent=2))

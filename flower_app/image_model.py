@@ -179,9 +179,7 @@ class ImageServerPart(nn.Module):
 
 
 def _named(prefix: str, modules: Mapping[str, nn.Module]) -> dict[str, nn.Parameter]:
-    return {
-        f"{prefix}{name}.{n}": p for name, m in modules.items() for n, p in m.named_parameters() if p.requires_grad
-    }
+    return {f"{prefix}{name}.{n}": p for name, m in modules.items() for n, p in m.named_parameters() if p.requires_grad}
 
 
 def build_parts(spec: ImageSpec, seed: int) -> tuple[ImageClientPart, ImageServerPart]:
@@ -190,9 +188,7 @@ def build_parts(spec: ImageSpec, seed: int) -> tuple[ImageClientPart, ImageServe
         raise ValueError(f"image.trainable='{spec.trainable}' must be one of {TRAINABLE}")
     torch.manual_seed(seed)
     c, e, d = spec.conv_width, spec.encoder_blocks, spec.decoder_blocks
-    stem = nn.Sequential(
-        nn.Conv2d(spec.channels, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()
-    )
+    stem = nn.Sequential(nn.Conv2d(spec.channels, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
     encoder = BlockStack([BasicBlock(c, c) for _ in range(e)], range(e))
     projection = nn.Conv2d(c, spec.boundary_channels, 1)
     entry = nn.Sequential(nn.Conv2d(spec.boundary_channels, c, 1), nn.ReLU())

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -167,8 +167,10 @@ def build_setup(config: Config) -> Any:
     pool, test = _dataset(config)
     spec = image_spec(config, pool)
     client, server = build_parts(spec, config.run.seed)
-    state = {**get_state(client), **get_state(server)}
-    return Setup(config, server.spec, client, server, None, 0, None, pool, test, state)
+    # Setup is typed for the text parts; the image parts answer the same calls.
+    client_part, server_part = cast(Any, client), cast(Any, server)
+    state = {**get_state(client_part), **get_state(server_part)}
+    return Setup(config, server.spec, client_part, server_part, None, 0, None, pool, test, state)
 
 
 @lru_cache(maxsize=4)

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from flower_app import setup as setup_mod
 from flower_app.channel_codec import Channel, normalize_power, profile_snr_db, quantize
 from flower_app.config import load_config, split_settings
 from flower_app.image_model import ImageSpec, build_parts
 from flower_app.image_server import ImageServer
 from flower_app.runner import run_inprocess
-from flower_app import setup as setup_mod
 from flower_app.setup import build
 from flower_app.training import from_wire, to_wire
 from strategies import wire
