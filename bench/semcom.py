@@ -69,6 +69,8 @@ def snr_sweep(base: dict[str, Any], snrs: Sequence[float], nodes: int, out: Path
     for snr in snrs:
         run_dir = out / f"in-loop-{snr:g}dB"
         summary = run_inprocess({**fixed, "image.snr-db": snr, "run.run-dir": str(run_dir)}, num_nodes=nodes)
+        if summary["status"] != "completed":
+            raise RuntimeError(f"the run at {snr:g} dB ended {summary['status']}: see {run_dir}")
         rows.append(
             {
                 "snr-db": snr,

@@ -17,6 +17,7 @@ from flower_app.setup import build
 from flower_app.training import from_wire, to_wire
 from strategies import wire
 from strategies.devices import DeviceProfile
+from strategies.workload import upload_row_bytes
 
 TINY = {
     "config": "image",
@@ -238,3 +239,19 @@ def test_image_job_evaluates_through_the_channel_at_the_configured_snr():
     # Assert
     assert len(setup_mod.test_data(config)) == 200
     assert clean_loss != noisy_loss
+
+
+def test_cost_model_counts_an_uploaded_image_by_its_pixels_and_a_boundary_by_its_positions():
+    # Prepare
+    config = load_config(TINY)
+    shape = ImageServer(build(config), split_settings(config)).shape()
+
+    # Execute
+    samples = upload_row_bytes(shape, "samples", 4)
+    activations = upload_row_bytes(shape, "activations", 4)
+
+    # Assert: 64 pixel ids of 4 bytes (+ a mask byte each); 16 positions of 4 float32 symbols
+    assert (shape.mean_tokens, shape.hidden, shape.client_layers, shape.server_layers) == (16, 4, 2, 2)
+    assert samples == 64 * (4 + 1) + 8
+    assert activations == 16 * (4 * 4 + 1) + 8
+    assert shape.layer_params == 2 * 9 * 8 * 8 + 2 * 2 * 8  # two 3x3 convs and two batch norms of width 8
