@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup device run run-inprocess scale lint test test-fast bench bench-robust bench-scale bench-deploy bench-llm bench-probe clean
+.PHONY: setup device run run-inprocess scale lint test test-fast bench bench-robust bench-scale bench-deploy bench-llm bench-probe bench-semcom clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,10 @@ test-fast: setup
 bench: setup
 	$(PY) bench/comm.py
 	$(PY) bench/hetero.py --nodes 20 --rounds 6
+
+# Image semantic communication: accuracy against SNR, grouping against plain FL (a few minutes).
+bench-semcom: setup
+	nice -n 10 $(PY) bench/semcom.py --nodes 4 --rounds 4
 
 bench-robust: setup
 	$(PY) bench/robust.py --nodes 10 --rounds 3

@@ -150,13 +150,32 @@ class Job:
 def _job(msg: Message, context: Context) -> Job:
     config, source, root = _node(context)
     cfg = msg.content.config_records[wire.CONFIG]
-    return Job(
+    job = Job(
         config,
         device_part(config, root),
         node_data(config, source, root),
         wire.TrainPlan.from_config(cfg),
         requirement_from_config(cfg),
     )
+    if config.task.family == "image":
+        fleet_size = source.num_partitions or max(config.data.num_partitions, source.client_id + 1)
+        profile = node_profile(config, context.node_config, source.client_id, fleet_size)
+        job.device.client.channel.configure(device_snr_db(config, profile), job.plan.seed)
+    return job
+
+
+def device_snr_db(config: Config, profile: DeviceProfile) -> float | None:
+    """The SNR of this device's encoding in training forwards (None: noiseless).
+
+    From its channel profile (``p h / N0B``) or the config's ``image.snr-db``; None when the
+    channel is noiseless or only the test sees noise (``image.channel-train=false``).
+    """
+    from flower_app.channel_codec import profile_snr_db
+
+    i = config.image
+    if i.channel == "noiseless" or not i.channel_train:
+        return None
+    return profile_snr_db(profile) if i.snr_source == "profile" else i.snr_db
 
 
 def _declined(msg: Message, job: Job) -> Message | None:

@@ -28,6 +28,8 @@ from strategies.requirements import THRESHOLD_METRICS, TrainingRequirement
 from strategies.robust import RULES, UPDATE_CHECKS
 from strategies.settings import ACTIVATION_DTYPES, SERVER_SIDES, SplitSettings
 
+FAMILIES = ("text", "image")
+IMAGE_DATASETS = ("digits", "mnist", "cifar10")
 # The strategy's defaults are the config's: one default per setting.
 _S, _P, _R = SplitSettings(), Policy(), TrainingRequirement()
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -209,6 +211,45 @@ class EvalSettings:
 
 
 @dataclass(frozen=True)
+class TaskSettings:
+    family: str = _f(
+        "text", "task family: prefix tuning of a transformer on text, or image semantic communication", choices=FAMILIES
+    )
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """The image task (``task.family=image``): data, split network and channel."""
+
+    dataset: str = _f(
+        "digits", "scikit-learn's 8x8 digits (packaged), or MNIST/CIFAR-10 from image.data-root", choices=IMAGE_DATASETS
+    )
+    data_root: str = _f("", "folder holding torchvision's MNIST/CIFAR-10 files (never downloaded)")
+    conv_width: int = _f(32, "channels of the stem and of every residual block", low=1, high=1024)
+    encoder_blocks: int = _f(2, "residual blocks on the device", low=1, high=64)
+    decoder_blocks: int = _f(2, "residual blocks on the server (local mode's emulator drops some)", low=1, high=64)
+    boundary_channels: int = _f(8, "channel symbols per feature-map position sent over the channel", low=1, high=1024)
+    trainable: str = _f(
+        "full", "every weight, or only batch-norm scale/shift adapters and the head", choices=("full", "adapters")
+    )
+    channel: str = _f(
+        "awgn", "the split's channel: AWGN after power normalisation, or noiseless", choices=("awgn", "noiseless")
+    )
+    channel_train: bool = _f(True, "noise in the training forwards too (false: noiseless training, noisy test)")
+    snr_source: str = _f(
+        "profile", "each device's SNR: p h / N0B of its channel profile, or image.snr-db", choices=("profile", "config")
+    )
+    snr_db: float = _f(
+        10.0,
+        "SNR in dB of the server's evaluation and pool training (and of devices: snr-source=config)",
+        low=-40.0,
+        high=100.0,
+    )
+    quant_bits: int = _f(0, "bits per channel symbol of a uniform quantiser (0: none)", low=0, high=16)
+    augment: int = _f(0, "seeded augmented copies (random affine) of each training image (0: none)", low=0, high=16)
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunSettings = field(default_factory=RunSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
@@ -218,6 +259,8 @@ class Config:
     requirement: RequirementSettings = field(default_factory=RequirementSettings)
     fleet: FleetSettings = field(default_factory=FleetSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    task: TaskSettings = field(default_factory=TaskSettings)
+    image: ImageSettings = field(default_factory=ImageSettings)
 
 
 def load_config(run_config: Mapping[str, Any] | None = None) -> Config:

@@ -154,6 +154,10 @@ def run_label_names(config: Config) -> tuple[str, ...]:
 @lru_cache(maxsize=4)
 def device_part(config: Config, root: Path) -> DevicePart:
     """The device part for a run config: from the cache under ``root``, else built and cached."""
+    if config.task.family == "image":  # a small network, built from the seed in memory
+        from flower_app.image_task import device_part as image_device_part
+
+        return image_device_part(config)
     labels = run_label_names(config)
     key = model_key(config, labels)
     folder = root / "parts" / key

@@ -47,7 +47,18 @@ class DataSource:
 
 
 def node_data(config: Config, source: DataSource, root: Path) -> data_mod.Encoded:
-    """The node's encoded samples: from the cache, else read, checked, encoded and cached."""
+    """The node's encoded samples: from the cache, else read, checked, encoded and cached.
+
+    The image task reads its partition of ``image.dataset`` in memory (see :mod:`flower_app.image_task`).
+    """
+    if config.task.family == "image":
+        from flower_app.image_task import partition_encoded
+
+        if source.data_path:
+            raise data_mod.DataFileError(
+                "task.family=image reads partitions of image.dataset; a node's own data-path is for text"
+            )
+        return partition_encoded(config, source.client_id, source.num_partitions)
     labels = run_label_names(config)  # not the part itself: a cache hit must not load the model
     key = _data_key(config, source, model_key(config, labels))
     entry = root / "data" / f"{key}.npz"

@@ -104,6 +104,8 @@ def build_emulator(server: ServerPart, keep: int | Sequence[int]) -> ServerPart:
     layers keep their global ``layer_idx``, by which :class:`PrefixCache`
     finds each one's prefix (and GPT-2 may scale its attention).
     """
+    if not isinstance(server, ServerPart):  # another task family's part drops its own layers
+        return server.emulator(spaced_layers(server.stack.indices, keep) if isinstance(keep, int) else tuple(keep))
     kept = kept_layers(server, keep)
     position = {index: p for p, index in enumerate(server_layers(server))}
     layers = nn.ModuleList([server.stack.layers[position[i]] for i in kept])

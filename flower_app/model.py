@@ -203,6 +203,10 @@ class ClientPart(nn.Module):
         """Boundary activations ``(B, T, H)`` for token ids ``(B, T)``."""
         return self.stack(self.embed(input_ids), attention_mask)
 
+    def boundary_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The mask of the boundary activations: a token's activation sits at the token's place."""
+        return attention_mask
+
 
 class ServerPart(nn.Module):
     """Upper layers, final norm, output head and their prefix."""
@@ -349,7 +353,13 @@ def check_spec(spec: SplitSpec, config, family: str) -> None:
 
 
 def trainable_named(part: ClientPart | ServerPart) -> dict[str, nn.Parameter]:
-    """Trainable tensors of a part under their wire names (``prefix.<layer>``, ``head.*``)."""
+    """Trainable tensors of a part under their wire names (``prefix.<layer>``, ``head.*``).
+
+    A part of another task family names its own (``trainable_named()``, see :mod:`flower_app.image_model`).
+    """
+    own = getattr(part, "trainable_named", None)
+    if own is not None:
+        return own()
     named: dict[str, nn.Parameter] = {}
     for i, param in part.stack.prefix.items():
         named[wire.prefix_key(int(i))] = param

@@ -20,6 +20,7 @@ from flower_app.setup import build
 from strategies.checkpoint import Checkpoint
 from strategies.records import to_record
 from strategies.rundir import RunDirectory, RunDirectoryError
+from strategies.settings import SplitSettings
 from strategies.split_strategy import SplitPrefixStrategy
 
 app = ServerApp()
@@ -40,7 +41,7 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
     """Run a whole job on a grid (Flower's, or the in-process one); return its summary."""
     config = load_config(run_config)
     settings = split_settings(config)
-    server = SplitServer(build(config), settings)
+    server = server_model(config, settings)
     run_dir = RunDirectory(config.run.run_dir)
     strategy = SplitPrefixStrategy(server, settings, run_dir)
     initial = server.initial_state()
@@ -86,6 +87,15 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
     return strategy.summary_record
 
 
+def server_model(config: Config, settings: SplitSettings) -> SplitServer:
+    """The server's half of the job's task family, as the strategy reaches it."""
+    if config.task.family == "image":
+        from flower_app.image_server import ImageServer
+
+        return ImageServer(build(config), settings)
+    return SplitServer(build(config), settings)
+
+
 def job_fingerprint(config: Config, initial: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """What a resumed run must share with the run it continues: model, split, prefix, data, seed, tensors."""
     sections = to_dict(config)
@@ -93,6 +103,7 @@ def job_fingerprint(config: Config, initial: Mapping[str, np.ndarray]) -> dict[s
     return {
         "model": {k: v for k, v in sections["model"].items() if k != "allow-download"},
         "data": data,
+        **({"image": sections["image"]} if config.task.family == "image" else {}),
         "seed": config.run.seed,
         "tensors": {name: list(array.shape) for name, array in sorted(initial.items())},
     }

@@ -33,13 +33,17 @@ class Setup:
     tokenizer: Any
     pad_id: int
     verbalizer_ids: tuple[int, ...] | None
-    pool: data_mod.TextDataset
-    test: data_mod.TextDataset
+    pool: Any  # data_mod.TextDataset (an ImageSet for the image task)
+    test: Any
     initial_state: dict[str, np.ndarray]
 
 
 @lru_cache(maxsize=2)
 def build(config: Config) -> Setup:
+    if config.task.family == "image":
+        from flower_app.image_task import build_setup
+
+        return build_setup(config)
     set_offline_env()
     m = config.model
     model, tokenizer = load(
@@ -103,6 +107,10 @@ def partitions(config: Config, num_partitions: int) -> tuple[np.ndarray, ...]:
 @lru_cache(maxsize=4096)
 def client_data(config: Config, partition_id: int, num_partitions: int) -> data_mod.Encoded:
     """The encoded partition a client holds (seeded: same on every machine)."""
+    if config.task.family == "image":
+        from flower_app.image_task import partition_encoded
+
+        return partition_encoded(config, partition_id, num_partitions)
     setup, parts = build(config), partitions(config, num_partitions)
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id {partition_id} is outside [0, {num_partitions})")
@@ -112,4 +120,8 @@ def client_data(config: Config, partition_id: int, num_partitions: int) -> data_
 @lru_cache(maxsize=2)
 def test_data(config: Config) -> data_mod.Encoded:
     setup = build(config)
+    if config.task.family == "image":
+        from flower_app.image_task import encode_images
+
+        return encode_images(setup.test)
     return encode_for(setup.tokenizer, setup.test, config)

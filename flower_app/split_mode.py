@@ -29,7 +29,8 @@ def forward_chunks(
         for indices in plan:
             ids, mask, labels = data_mod.collate(encoded, indices, pad_id)  # (B, T), (B, T), (B,)
             boundary = to_wire(client(ids, mask), dtype)  # (B, T, hidden)
-            chunks.append(wire.Chunk(boundary, mask.numpy().astype(np.int8), labels.numpy()))
+            boundary_mask = client.boundary_mask(mask)  # the input's mask, or the image encoder's positions
+            chunks.append(wire.Chunk(boundary, boundary_mask.numpy().astype(np.int8), labels.numpy()))
     return chunks
 
 

@@ -87,11 +87,14 @@ class EvalTally:
 def adam(parts: Sequence[ClientPart | ServerPart], lr: float, head_lr: float) -> torch.optim.Optimizer:
     """Adam over the parts' prefix at ``lr`` and their trainable head at ``head_lr``.
 
+    Any other trainable tensor (the image task's encoder and decoder weights) trains at ``lr``
+    with the prefix.
+
     The one optimizer of every mode: the client's replay, the server's split side,
     the local emulator and the centralized pool all train the same tensors alike.
     """
     named = [(name, p) for part in parts for name, p in trainable_named(part).items()]
-    groups = [{"params": [p for n, p in named if wire.is_prefix(n)], "lr": lr}]
+    groups = [{"params": [p for n, p in named if not wire.is_head(n)], "lr": lr}]
     head = [p for n, p in named if wire.is_head(n)]
     if head:
         groups.append({"params": head, "lr": head_lr})

@@ -219,6 +219,10 @@ class ChunkLimits:
     token_labels : bool | None
         None accepts either form; True: labels are ``(B, T)`` token targets in ``[0, vocab_size)`` or
         :data:`IGNORE_TARGET` (the causal-LM objective); False: ``(B,)`` classes.
+    sample_tokens, boundary_tokens : int | None
+        For a model of fixed-size inputs (an image: one id per pixel, one boundary vector per
+        feature-map position): the exact length of token-id rows and of activation rows, with
+        every position real (mask all ones). None: any length up to ``max_tokens``, right-padded.
     """
 
     max_rows: int | None = None
@@ -227,6 +231,8 @@ class ChunkLimits:
     vocab_size: int | None = None
     max_abs: float | None = None
     token_labels: bool | None = None
+    sample_tokens: int | None = None
+    boundary_tokens: int | None = None
 
 
 IGNORE_TARGET = -100  # a token target that is not scored (PyTorch's ignore_index)
@@ -336,6 +342,9 @@ def _limit_problem(chunk: Chunk, kind: str, limits: ChunkLimits) -> str:
         return f"{rows} rows, at most {limits.max_rows} were planned"
     if limits.max_tokens is not None and tokens > limits.max_tokens:
         return f"sequence length {tokens}, at most {limits.max_tokens}"
+    exact = limits.boundary_tokens if kind == ACTIVATIONS_KIND else limits.sample_tokens
+    if exact is not None and (tokens != exact or (chunk.mask.size and chunk.mask.min() != 1)):
+        return f"sequence length {tokens} with padding, expected exactly {exact} real positions"
     if limits.token_labels is not None and chunk.label.ndim != (2 if limits.token_labels else 1):
         want = "(rows, tokens) token targets" if limits.token_labels else "(rows,) classes"
         return f"labels of shape {chunk.label.shape}, expected {want}"

@@ -64,7 +64,10 @@ class ModelShape:
     head_bytes : int
         Bytes of the trainable head (0 when frozen).
     mean_tokens : float
-        Mean tokens per sample after truncation.
+        Mean tokens per sample after truncation (boundary vectors per sample).
+    sample_tokens : float (default: 0.0)
+        Token ids per sample in a samples upload, when they differ from the boundary's
+        (an image: a pixel each, against a vector per feature-map position); 0: ``mean_tokens``.
     """
 
     layer_params: int
@@ -76,6 +79,7 @@ class ModelShape:
     layer_prefix_bytes: int
     head_bytes: int
     mean_tokens: float
+    sample_tokens: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -159,8 +163,9 @@ def local_workload(shape: ModelShape, plan: RoundPlan) -> Workload:
 
 def upload_row_bytes(shape: ModelShape, kind: str, activation_bytes: int) -> float:
     """Bytes one uploaded sample costs: its activations, or its token ids, with mask and label."""
-    per_token = vector_bytes(shape.hidden, activation_bytes) if kind == "activations" else ID_BYTES
-    return shape.mean_tokens * (per_token + MASK_BYTES) + LABEL_BYTES
+    if kind == "activations":
+        return shape.mean_tokens * (vector_bytes(shape.hidden, activation_bytes) + MASK_BYTES) + LABEL_BYTES
+    return (shape.sample_tokens or shape.mean_tokens) * (ID_BYTES + MASK_BYTES) + LABEL_BYTES
 
 
 def upload_workload(shape: ModelShape, plan: RoundPlan, rows: int) -> Workload:
