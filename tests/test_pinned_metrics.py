@@ -27,8 +27,10 @@ from strategies.rundir import RunDirectory
 
 FIXTURE = Path(__file__).parent / "data" / "pinned_metrics.json"
 # Floats may differ in the last bits on another CPU (other SIMD kernels, other summation order
-# inside torch and BLAS); 1e-6 relative is far above that and far below any behaviour change.
-REL_TOL, ABS_TOL = 1e-6, 1e-12
+# inside torch and BLAS), and float16 on the wire can turn such a bit into a value rounded to
+# its other neighbour: the float16 scenario's train-loss came out 1.6e-6 relative apart on an
+# AMD EPYC. 1e-4 relative is far above that and far below any behaviour change.
+REL_TOL, ABS_TOL = 1e-4, 1e-12
 
 
 def _crash_and_vanish(index, message, call):
