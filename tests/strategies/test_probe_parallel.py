@@ -190,10 +190,11 @@ def test_with_fewer_than_two_participants_the_stage_probes_sequentially(tmp_path
     assert rounds[2]["probe"]["variant"] == "sequential"
 
 
-def test_a_resumed_run_stays_in_the_dtype_a_parallel_stage_chose(tmp_path):
-    # Prepare: a 2-round run whose stage kept the half of the larger lower prefix
-    first, _, _, _, _ = _run(tmp_path, _by_prefix(1))
-    chosen = first.settings.activation_dtype
+@pytest.mark.parametrize("sign", [1, -1])  # one of the two keeps int8, the other float32
+def test_a_resumed_run_stays_in_the_dtype_a_parallel_stage_chose(tmp_path, sign):
+    # Prepare: a 2-round run whose stage kept the half of the larger (sign 1) or smaller lower prefix
+    first, _, _, _, run_dir = _run(tmp_path, _by_prefix(sign))
+    chosen = run_dir.rounds()[1]["probe"]["chosen"]
     checkpoint = load_checkpoint(tmp_path)
     assert checkpoint is not None and checkpoint.state["probe"]["wire-dtype"] == chosen
 
