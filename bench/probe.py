@@ -63,13 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=6)
     parser.add_argument("--probe-round", type=int, default=2)
     parser.add_argument("--target", type=float, default=0.9)
+    parser.add_argument("--fleets", nargs="+", choices=list(FLEETS), default=list(FLEETS))
     parser.add_argument("--out", default="runs/bench-probe")
     parser.add_argument("overrides", nargs="*", help="key=value run-config overrides (default config=test)")
     args = parser.parse_args(argv)
     base = {"config": "test", "strategy.policy": "split", "run.num-rounds": args.rounds}
     base.update(dict(item.split("=", 1) for item in args.overrides))
     out, started, rows = Path(args.out), time.perf_counter(), []
-    for fleet, preset in FLEETS.items():
+    for fleet, preset in ((f, FLEETS[f]) for f in args.fleets):
         for seed in args.seeds:
             common = {**base, "fleet.preset": str(preset), "run.seed": seed}
             where = out / fleet / f"seed{seed}"
