@@ -7,10 +7,12 @@ links, where compute does) and each seed, three whole split runs on the in-proce
 - all float32 and all int8: the simulated time until held-out accuracy first reaches
   ``--target``, the final accuracy; the better mode is the one that gets there sooner (if
   neither does, the lower final held-out loss);
-- a probing run: at round ``--probe-round`` one round in int8 and one in float32 from the
-  same tensors and batch plans, the faster-converging one kept (strategy.probe-*).
+- a sequential probing run: at round ``--probe-round`` one round in int8 and one in float32
+  from the same tensors and batch plans, the faster-converging one kept (strategy.probe-*);
+- a parallel probing run (``strategy.probe-variant=parallel``): at round ``--probe-round``
+  one round, half the clients in int8 and half in float32 from the same tensors.
 
-The table shows whether the probe's decision agrees with the better mode.
+The table shows whether each variant's decision agrees with the better mode.
 
     python bench/probe.py                                  # tiny random BERT (config=test), minutes
     python bench/probe.py --seeds 0 1 2 --rounds 6 key=value ...
@@ -48,6 +50,12 @@ def better(float32: list[dict], int8: list[dict], target: float) -> str:
     return min((t if t is not None else float("inf"), mode) for mode, t in times.items())[1]
 
 
+def decided(rounds: list[dict]) -> tuple[str, dict[str, float]]:
+    """A probing run's decision and each mode's score (rate, or loss change when neither converged)."""
+    probe = next(r["probe"] for r in rounds if "chosen" in r.get("probe", {}))
+    return probe["chosen"], {m: t["score"] for m, t in probe.get("trials", {}).items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -55,13 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=6)
     parser.add_argument("--probe-round", type=int, default=2)
     parser.add_argument("--target", type=float, default=0.9)
+    parser.add_argument("--fleets", nargs="+", choices=list(FLEETS), default=list(FLEETS))
     parser.add_argument("--out", default="runs/bench-probe")
     parser.add_argument("overrides", nargs="*", help="key=value run-config overrides (default config=test)")
     args = parser.parse_args(argv)
     base = {"config": "test", "strategy.policy": "split", "run.num-rounds": args.rounds}
     base.update(dict(item.split("=", 1) for item in args.overrides))
     out, started, rows = Path(args.out), time.perf_counter(), []
-    for fleet, preset in FLEETS.items():
+    for fleet, preset in ((f, FLEETS[f]) for f in args.fleets):
         for seed in args.seeds:
             common = {**base, "fleet.preset": str(preset), "run.seed": seed}
             where = out / fleet / f"seed{seed}"
@@ -71,31 +80,18 @@ def main(argv: list[str] | None = None) -> int:
             }
             probe = {"strategy.probe-dtype": "int8", "strategy.probe-rounds": str(args.probe_round)}
             probed = run({**common, **probe}, where / "probe", args.nodes)
-            decision = next(r["probe"]["chosen"] for r in probed if "chosen" in r.get("probe", {}))
+            halves = run({**common, **probe, "strategy.probe-variant": "parallel"}, where / "parallel", args.nodes)
             best = better(single["float32"], single["int8"], args.target)
-            trials = next(r["probe"]["trials"] for r in probed if "trials" in r.get("probe", {}))
-            rows.append(
-                {
-                    "fleet": fleet,
-                    "seed": seed,
-                    "decision": decision,
-                    "better": best,
-                    "agrees": decision == best,
-                    "rate": {m: t["score"] for m, t in trials.items()},
-                    "time-to-target": {
-                        **{d: time_to_target(r, args.target) for d, r in single.items()},
-                        "probe": time_to_target(probed, args.target),
-                    },
-                    "final-accuracy": {
-                        **{d: r[-1]["accuracy"] for d, r in single.items()},
-                        "probe": probed[-1]["accuracy"],
-                    },
-                    "uplink-mb": {
-                        **{d: sum(x["bytes-up"] for x in r) / 1e6 for d, r in single.items()},
-                        "probe": sum(x["bytes-up"] for x in probed) / 1e6,
-                    },
-                }
-            )
+            decision, rate = decided(probed)
+            row = {"fleet": fleet, "seed": seed, "decision": decision, "better": best, "agrees": decision == best}
+            row["rate"] = rate
+            row["parallel"] = dict(zip(("decision", "rate"), decided(halves), strict=True))
+            row["parallel"]["agrees"] = row["parallel"]["decision"] == best
+            runs = {**single, "probe": probed, "parallel": halves}
+            row["time-to-target"] = {d: time_to_target(r, args.target) for d, r in runs.items()}
+            row["final-accuracy"] = {d: r[-1]["accuracy"] for d, r in runs.items()}
+            row["uplink-mb"] = {d: sum(x["bytes-up"] for x in r) / 1e6 for d, r in runs.items()}
+            rows.append(row)
     print_table(rows, args.target)
     print(f"\nbench wall time {time.perf_counter() - started:.0f} s")
     out.mkdir(parents=True, exist_ok=True)
@@ -109,20 +105,32 @@ def _s(value: float | None) -> str:
 
 def print_table(rows: list[dict], target: float) -> None:
     print(f"\nsimulated seconds to accuracy {target} (- : not reached); rate: held-out loss drop per simulated s")
+    print("seq: two trial rounds one after the other; par: one round, half the clients in each mode")
     print(
-        f"{'fleet':<14}{'seed':>5}  {'float32':>8}{'int8':>8}{'probe':>8}  {'better':>8}{'probe chose':>12}"
-        f"{'agrees':>7}  {'rate f32':>9}{'rate int8':>10}  {'final acc f32/int8/probe':>25}  uplink MB f32/int8"
+        f"{'fleet':<14}{'seed':>5}  {'float32':>8}{'int8':>8}{'seq':>8}{'par':>8}  {'better':>8}"
+        f"{'seq chose':>10}{'par chose':>10}  {'rate f32/int8 seq':>18}  {'rate f32/int8 par':>18}"
+        f"  {'final acc f32/int8/seq/par':>27}"
     )
     for r in rows:
-        t, a, u = r["time-to-target"], r["final-accuracy"], r["uplink-mb"]
+        t, a, p = r["time-to-target"], r["final-accuracy"], r["parallel"]
         print(
-            f"{r['fleet']:<14}{r['seed']:>5}  {_s(t['float32'])}{_s(t['int8'])}{_s(t['probe'])}  {r['better']:>8}"
-            f"{r['decision']:>12}{'yes' if r['agrees'] else 'NO':>7}"
-            f"  {r['rate']['float32']:>9.4f}{r['rate']['int8']:>10.4f}"
-            f"  {a['float32']:>8.3f}/{a['int8']:.3f}/{a['probe']:.3f}  {u['float32']:>8.2f}/{u['int8']:.2f}"
+            f"{r['fleet']:<14}{r['seed']:>5}  {_s(t['float32'])}{_s(t['int8'])}{_s(t['probe'])}{_s(t['parallel'])}"
+            f"  {r['better']:>8}{_chose(r):>10}{_chose(p):>10}  {_rates(r['rate']):>18}  {_rates(p['rate']):>18}"
+            f"  {a['float32']:>8.3f}/{a['int8']:.3f}/{a['probe']:.3f}/{a['parallel']:.3f}"
         )
-    agreed = sum(r["agrees"] for r in rows)
-    print(f"\nthe probe chose the better mode in {agreed} of {len(rows)} runs")
+    for name, agreed in (
+        ("sequential", [r["agrees"] for r in rows]),
+        ("parallel", [r["parallel"]["agrees"] for r in rows]),
+    ):
+        print(f"the {name} probe chose the better mode in {sum(agreed)} of {len(rows)} runs")
+
+
+def _chose(row: dict) -> str:
+    return row["decision"] + ("" if row["agrees"] else " (NO)")
+
+
+def _rates(rate: dict[str, float]) -> str:
+    return f"{rate.get('float32', float('nan')):.4f}/{rate.get('int8', float('nan')):.4f}"
 
 
 if __name__ == "__main__":

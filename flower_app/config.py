@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from flower_app.lm_task import OBJECTIVES, check_objective
 from strategies import wire
 from strategies.fleet import POLICIES, Policy, Schedule, parse_schedule
-from strategies.probing import AMOUNTS, CRITERIA, ProbePlan, parse_rounds
+from strategies.probing import AMOUNTS, CRITERIA, VARIANTS, ProbePlan, parse_rounds
 from strategies.requirements import THRESHOLD_METRICS, TrainingRequirement
 from strategies.robust import RULES, UPDATE_CHECKS
 from strategies.settings import ACTIVATION_DTYPES, SERVER_SIDES, SplitSettings
@@ -167,7 +167,7 @@ class StrategySettings:
         "probing: the optimized wire dtype tried against train.activation-dtype ('': no probing)",
         choices=("", *ACTIVATION_DTYPES),
     )
-    probe_rounds: str = _f("", "probing: comma-separated rounds that start a probe stage (two rounds each)")
+    probe_rounds: str = _f("", "probing: comma-separated rounds that start a probe stage")
     probe_plateau: float = _f(
         0.0,
         "probing: also probe after a round whose held-out loss fell by less than this fraction (0: off)",
@@ -180,6 +180,7 @@ class StrategySettings:
         "probing: keep the mode of higher amount per simulated second, or of higher accuracy",
         choices=CRITERIA,
     )
+    probe_variant: str = _f("sequential", "probing: two trial rounds, or one round on two halves", choices=VARIANTS)
 
 
 @dataclass(frozen=True)
@@ -450,5 +451,6 @@ def split_settings(config: Config) -> SplitSettings:
             plateau=s.probe_plateau,
             amount=s.probe_amount,
             criterion=s.probe_criterion,
+            variant=s.probe_variant,
         ),
     )

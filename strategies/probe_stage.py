@@ -52,7 +52,8 @@ def probe_stage(
         strategy.settings = optimized if chosen == plan.optimized else basic
         strategy.decisions.append({"round": server_round, **extra})
         log(INFO, "probe at rounds %d-%d: %s", server_round, server_round + 1, probing.describe(extra))
-        return {"probe": {"trial": strategy.basic_dtype, **extra}}, first[0] if chosen == plan.optimized else state
+        entry = {"trial": strategy.basic_dtype, "variant": "sequential", **extra}
+        return {"probe": entry}, first[0] if chosen == plan.optimized else state
 
     # The same batch plans as the first trial: the two differ in their mode, not their data.
     return [first, strategy.run_round(grid, origin, server_round + 1, *args, settle=settle, seed_round=server_round)]

@@ -27,6 +27,7 @@ import numpy as np
 Settle = Callable[[dict[str, Any], dict[str, np.ndarray]], tuple[dict[str, Any], dict[str, np.ndarray]]]
 CRITERIA = ("rate", "accuracy")
 AMOUNTS = ("loss", "accuracy")
+VARIANTS = ("sequential", "parallel")  # two trial rounds, or one round on two halves of the clients
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class ProbePlan:
     optimized : str
         The optimized mode's wire dtype ("" turns probing off).
     rounds : tuple[int, ...]
-        Rounds that start a probe stage (each stage takes that round and the next).
+        Rounds that start a probe stage (sequential: that round and the next; parallel: that round).
     plateau : float
         Also probe after a round whose held-out loss fell by less than this fraction
         of the loss before it (0: off). At most once per mode in use.
@@ -46,6 +47,10 @@ class ProbePlan:
         Convergence amount: ``"loss"`` (held-out loss drop) or ``"accuracy"`` (gain).
     criterion : str
         ``"rate"`` (amount per simulated second) or ``"accuracy"`` (accuracy reached).
+    variant : str
+        ``"sequential"``: a stage is two rounds, one per mode, the state restored between
+        them; ``"parallel"``: a stage is one round, each half of the clients in one mode
+        (:mod:`strategies.probe_parallel`).
     """
 
     optimized: str = ""
@@ -53,8 +58,11 @@ class ProbePlan:
     plateau: float = 0.0
     amount: str = "loss"
     criterion: str = "rate"
+    variant: str = "sequential"
 
     def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"probe variant {self.variant!r} must be one of {list(VARIANTS)}")
         if self.amount not in AMOUNTS:
             raise ValueError(f"probe amount {self.amount!r} must be one of {list(AMOUNTS)}")
         if self.criterion not in CRITERIA:

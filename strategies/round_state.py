@@ -38,6 +38,24 @@ class SplitOutcome:
 
 
 @dataclass
+class TrainedPart:
+    """What a round's clients (or one half of them, in a parallel probe) yielded, before averaging.
+
+    ``split`` and ``local``: validated prefix contributions by node id; ``pool``: the
+    server's result on the centralized pool; ``uploaded``: whether an upload arrived.
+    """
+
+    split: dict[int, Contribution]
+    local: dict[int, Contribution]
+    pool: Contribution | None
+    uploaded: bool
+
+    @property
+    def accepted(self) -> dict[int, Contribution]:
+        return {**self.split, **self.local}
+
+
+@dataclass
 class RoundState:
     """Everything one round produces on its way to the next global tensors and its record."""
 

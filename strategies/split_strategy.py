@@ -52,9 +52,10 @@ from strategies.checkpoint import Checkpoint
 from strategies.costmodel import EnergyLedger
 from strategies.fleet_state import FleetState, sample
 from strategies.interfaces import ServerModel
+from strategies.probe_parallel import parallel_stage
 from strategies.probe_stage import probe_stage
 from strategies.records import from_record, to_record
-from strategies.round_state import RoundState
+from strategies.round_state import RoundState, TrainedPart
 from strategies.rundir import RunDirectory
 from strategies.settings import SplitSettings
 from strategies.validation import spec_of
@@ -165,8 +166,9 @@ class SplitPrefixStrategy(Strategy):
                 args = (grid, num_rounds, timeout, train_config, evaluate_fn)
                 s = self.settings  # a probe may have switched the wire dtype
                 probe = probing.stage_due(s.probe, server_round, history, self.probed, s.activation_dtype)
-                if probe and server_round < num_rounds and start:
-                    outcomes = probe_stage(self, server_round, start, *args)
+                parallel = s.probe.variant == "parallel"
+                if probe and (server_round < num_rounds or parallel) and start:
+                    outcomes = (parallel_stage if parallel else probe_stage)(self, server_round, start, *args)
                 else:
                     outcomes = [self.run_round(grid, self.state, server_round, *args[1:])]
                 for outcome in outcomes:
@@ -207,10 +209,33 @@ class SplitPrefixStrategy(Strategy):
         """One round from the global tensors ``state``: the next ones and the round's record, or None
         when too few contributions were valid. ``settle(record, state)``, once the round is
         evaluated, may add to its record and choose the tensors to keep (a probe's decision)."""
-        s, fleet = self.settings, self.fleet
+        s = self.settings
+        rnd = self.begin_round(grid, server_round, num_rounds, timeout)
+        part = self.train_part(grid, state, rnd, s, timeout, train_config, seed_round)
+        if not self.enough_contributions(rnd, part.accepted):
+            return None
+        state = self.average(part, state, rnd, s)
+        record, state = self.close_round(rnd, state, part.uploaded, evaluate_fn, settle)
+        return state, record
+
+    def begin_round(self, grid: Grid, server_round: int, num_rounds: int, timeout: float) -> RoundState:
+        """The fleet's changes at the round's start, then the round's sample."""
         joined, left = self._refresh_fleet(grid, server_round, timeout)
-        sampled = sample(fleet.active(), server_round, s)
-        rnd = RoundState(server_round, num_rounds, sampled, dict(fleet.assignments), joined=joined, left=left)
+        sampled = sample(self.fleet.active(), server_round, self.settings)
+        return RoundState(server_round, num_rounds, sampled, dict(self.fleet.assignments), joined=joined, left=left)
+
+    def train_part(
+        self,
+        grid: Grid,
+        state: dict[str, np.ndarray],
+        rnd: RoundState,
+        s: SplitSettings,
+        timeout: float,
+        train_config: ConfigRecord | None = None,
+        seed_round: int | None = None,
+    ) -> TrainedPart:
+        """Both exchanges with ``rnd.sampled`` in the settings ``s``, the server's side trained from ``state``."""
+        fleet, server_round = self.fleet, rnd.server_round
         first = msgs.first_messages(
             s,
             fleet,
@@ -236,20 +261,29 @@ class SplitPrefixStrategy(Strategy):
             )
             rnd.backward = msgs.exchange_in_round(grid, backward, timeout, rnd)
         split = self._collect(rnd.backward, wire.SPLIT_MODE, state, rnd)
-        accepted = {**split, **local}
+        return TrainedPart(split, local, pool_part, uploaded)
+
+    def enough_contributions(self, rnd: RoundState, accepted: Mapping[int, Contribution]) -> bool:
+        """Apply the failure policy to the round; whether ``min_clients`` contributions were valid."""
+        s, fleet = self.settings, self.fleet
         succeeded = [fleet.clients[n].partition_id for n in accepted] + rnd.pool_members
         if fleet.react(rnd.failures, succeeded, s, rnd.unavailable):
             self._write_groups()
         if len(accepted) + len(rnd.pool_members) < s.min_clients:
-            records.log_dropped(server_round, {records.client_name(n, fleet): w for n, w in rnd.dropped().items()})
-            return None
-        ordered = [accepted[n] for n in sorted(accepted, key=lambda n: fleet.clients[n].partition_id)]
+            records.log_dropped(rnd.server_round, {records.client_name(n, fleet): w for n, w in rnd.dropped().items()})
+            return False
+        return True
+
+    def average(
+        self, part: TrainedPart, state: dict[str, np.ndarray], rnd: RoundState, s: SplitSettings
+    ) -> dict[str, np.ndarray]:
+        """The volume-weighted (or robust) average of a part's contributions, from ``state``."""
+        accepted = part.accepted
+        ordered = [accepted[n] for n in sorted(accepted, key=lambda n: self.fleet.clients[n].partition_id)]
         ordered, rnd.bounded = robust.bound_updates(ordered, state, s.update_check, s.update_bound)
-        contributions = ordered + server_modes.server_contributions(s, split, rnd.split)
-        contributions += [pool_part] if pool_part is not None else []
-        state = robust.robust_average(contributions, state, s.aggregation, s.trim)
-        record, state = self._close_round(rnd, state, uploaded, evaluate_fn, settle)
-        return state, record
+        contributions = ordered + server_modes.server_contributions(s, part.split, rnd.split)
+        contributions += [part.pool] if part.pool is not None else []
+        return robust.robust_average(contributions, state, s.aggregation, s.trim)
 
     def _collect(
         self, replies: Mapping[int, Message], mode: str, state: Mapping[str, np.ndarray], rnd: RoundState
@@ -260,7 +294,7 @@ class SplitPrefixStrategy(Strategy):
         expected = spec_of({k: state[k] for k in keys})
         return server_modes.collect_prefixes(replies, mode, expected, self.fleet, self.settings, rnd)
 
-    def _close_round(
+    def close_round(
         self,
         rnd: RoundState,
         state: dict[str, np.ndarray],
