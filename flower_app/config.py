@@ -27,6 +27,7 @@ from strategies.probing import AMOUNTS, CRITERIA, ProbePlan, parse_rounds
 from strategies.requirements import THRESHOLD_METRICS, TrainingRequirement
 from strategies.robust import RULES, UPDATE_CHECKS
 from strategies.settings import ACTIVATION_DTYPES, SERVER_SIDES, SplitSettings
+from strategies.train_modes import probe_mode
 
 # The strategy's defaults are the config's: one default per setting.
 _S, _P, _R = SplitSettings(), Policy(), TrainingRequirement()
@@ -111,6 +112,7 @@ class TrainSettings:
     local_eval_size: int = _f(
         _S.local_eval_size, "local mode: held-back samples a client evaluates on (0: none)", low=0
     )
+    upload_topk: float = _f(_S.upload_topk, "split/local: top fraction of each update sent up (1: dense)", 1e-6, 1.0)
 
 
 @dataclass(frozen=True)
@@ -156,10 +158,9 @@ class StrategySettings:
     )
     cost_modes: str = _f(",".join(_P.cost_modes), "cost policy: modes a client may be given")
     probe_dtype: str = _f(
-        "",
-        "probing: the optimized wire dtype tried against train.activation-dtype ('': no probing)",
-        choices=("", *ACTIVATION_DTYPES),
+        "", "probing: probe-mode limited to a wire dtype ('': none)", choices=("", *ACTIVATION_DTYPES)
     )
+    probe_mode: str = _f("", "probing: the optimized mode, float16, int8, topk:F or plan:M ('': probe-dtype's)")
     probe_rounds: str = _f("", "probing: comma-separated rounds that start a probe stage (two rounds each)")
     probe_plateau: float = _f(
         0.0,
@@ -370,6 +371,7 @@ def split_settings(config: Config) -> SplitSettings:
         lr=t.lr,
         head_lr=t.head_lr,
         activation_dtype=t.activation_dtype,
+        upload_topk=t.upload_topk,
         min_clients=s.min_clients,
         fraction_train=s.fraction_train,
         wait_for_nodes_s=s.wait_for_nodes_s,
@@ -387,7 +389,7 @@ def split_settings(config: Config) -> SplitSettings:
         requirement=requirement(config),
         policy=policy(config),
         probe=ProbePlan(
-            optimized=s.probe_dtype,
+            optimized=probe_mode(s.probe_mode, s.probe_dtype),
             rounds=parse_rounds(s.probe_rounds),
             plateau=s.probe_plateau,
             amount=s.probe_amount,

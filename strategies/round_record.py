@@ -63,7 +63,9 @@ def simulate(
         mode = assignment.mode
         planned = fleet_state.workloads[info.partition_id][mode]
         steps = settings.steps * assignment.local_epochs
-        done = rnd.steps_done.get(node, steps) / steps
+        # The workload was planned for ``planned_steps``; a longer plan (a probe's plan:M) costs more.
+        planned_steps = (fleet_state.planned_steps or settings.steps) * assignment.local_epochs
+        done = rnd.steps_done.get(node, steps) / planned_steps
         failure = rnd.failures.get(node)
         declined = failure is not None and failure.cause in DECLINED
         if declined:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
 from logging import ERROR, INFO
 from typing import Any
 
@@ -57,7 +56,7 @@ from strategies.records import from_record, to_record
 from strategies.round_state import RoundState
 from strategies.rundir import RunDirectory
 from strategies.settings import SplitSettings
-from strategies.validation import spec_of
+from strategies.train_modes import apply_mode
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 State = dict[str, np.ndarray]
@@ -100,7 +99,8 @@ class SplitPrefixStrategy(Strategy):
         self.summary_record: dict[str, Any] = {}
         self.shape = shape = server_model.shape()  # constant over the run
         self.bounds = server_modes.Bounds(shape.hidden, server_model.limits())
-        self.basic_dtype = self.settings.activation_dtype  # what probes compare the optimized mode with
+        self.basic_settings = self.settings  # what probes compare the optimized mode with
+        self.basic_dtype = self.mode = self.settings.activation_dtype  # the basic mode's name; the mode in use
         self.probed: list[str] = []  # modes a plateau probe has started from
         self.decisions: list[dict[str, Any]] = []
         self.keys = server_modes.TensorKeys.of(server_model, self.settings.emulator_layers, shape)
@@ -109,8 +109,10 @@ class SplitPrefixStrategy(Strategy):
         """Continue after the checkpoint's round: fleet state, simulated clock, pool."""
         state = checkpoint.state
         self.fleet.restore(state, self.run_dir.load_pool() if self.run_dir is not None else {})
-        probe = state.get("probe") or {}  # a hot switch outlives a restart
-        self.settings = replace(self.settings, activation_dtype=probe.get("wire-dtype", self.settings.activation_dtype))
+        probe = state.get("probe") or {}  # a hot switch outlives a restart (older checkpoints: a wire dtype)
+        self.mode = str(probe.get("mode", probe.get("wire-dtype", self.mode)))
+        if self.mode != self.basic_dtype:
+            self.settings = apply_mode(self.basic_settings, self.mode)
         self.probed = list(probe.get("probed", []))
         self.ledger = EnergyLedger(rows=[], clock_s=float(state.get("clock-s", 0.0)))
         self.first_round = checkpoint.round + 1
@@ -162,8 +164,8 @@ class SplitPrefixStrategy(Strategy):
             server_round = self.first_round
             while server_round <= num_rounds:
                 args = (grid, num_rounds, timeout, train_config, evaluate_fn)
-                s = self.settings  # a probe may have switched the wire dtype
-                probe = probing.stage_due(s.probe, server_round, history, self.probed, s.activation_dtype)
+                s = self.settings  # a probe may have switched the mode
+                probe = probing.stage_due(s.probe, server_round, history, self.probed, self.mode)
                 if probe and server_round < num_rounds and start:
                     outcomes = probe_stage(self, server_round, start, *args)
                 else:
@@ -256,8 +258,7 @@ class SplitPrefixStrategy(Strategy):
         keys = list(self.server_model.client_keys)
         if mode == wire.LOCAL_MODE:
             keys += list(self.keys.local_reply)
-        expected = spec_of({k: state[k] for k in keys})
-        return server_modes.collect_prefixes(replies, mode, expected, self.fleet, self.settings, rnd)
+        return server_modes.collect_prefixes(replies, mode, {k: state[k] for k in keys}, self.fleet, self.settings, rnd)
 
     def _close_round(
         self,
@@ -281,7 +282,11 @@ class SplitPrefixStrategy(Strategy):
             self.run_dir.log_round(record)
             self.run_dir.log_ledger([r for r in self.ledger.rows if r["round"] == rnd.server_round])
             fleet_state = {"round": rnd.server_round, **self.fleet.dump(), "clock-s": self.ledger.clock_s}
-            fleet_state["probe"] = {"wire-dtype": self.settings.activation_dtype, "probed": list(self.probed)}
+            fleet_state["probe"] = {
+                "wire-dtype": self.settings.activation_dtype,
+                "mode": self.mode,
+                "probed": list(self.probed),
+            }
             self.run_dir.checkpoint(rnd.server_round, state, fleet_state)
         return record, state
 
