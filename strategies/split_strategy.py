@@ -24,10 +24,11 @@ A round, for every sampled client (in order of partition id):
 
 The fleet may change during the run (:mod:`strategies.membership`, re-planned when a
 client joins or a profile changes); a probe stage (:mod:`strategies.probing`) may switch
-the mode (wire dtype, top-k uploads, plan length) between rounds. Flower's ``Strategy.start`` runs one train and one
-evaluate exchange a round; a split round has two, so this class runs its own loop with
-Flower's signature and ``Result``. A bad or missing reply is dropped with its reason; a
-round with fewer than ``min_clients`` contributions stops the run, keeping the last checkpoint.
+the mode (wire dtype, top-k uploads, plan length) between rounds. Flower's
+``Strategy.start`` runs one train and one evaluate exchange a round; a split round has
+two, so this class runs its own loop with Flower's signature and ``Result``. A bad or
+missing reply is dropped with its reason; a round with fewer than ``min_clients``
+contributions stops the run, keeping the last checkpoint.
 """
 
 from __future__ import annotations
