@@ -8,9 +8,13 @@ from flower_app.config import load_config, split_settings
 from flower_app.runner import run_inprocess
 from strategies import probing, wire
 from strategies.checkpoint import load_checkpoint
+from strategies.costmodel import EnergyLedger
+from strategies.round_record import simulate
 from strategies.settings import SplitSettings
 from strategies.train_modes import Mode, apply_mode, parse_mode
 from tests.replies import arrays, spy
+from tests.strategies.fakes import FakeGrid, FakeServerModel
+from tests.strategies.test_round_pieces import SETTINGS, _fleet, _split_round
 
 
 def test_mode_specs_parse_and_change_one_setting_of_the_basic_ones():
@@ -35,6 +39,23 @@ def test_mode_specs_parse_and_change_one_setting_of_the_basic_ones():
 def test_bad_mode_settings_fail_at_start_naming_the_key(overrides, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_config({"config": "test", **overrides})
+
+
+def test_a_longer_plan_is_priced_for_the_steps_it_trains():
+    # Prepare: a fleet planned for 2 steps a round, and a round of plan:3 (6 steps in one exchange)
+    FakeGrid({})  # messages outside a Flower runtime need its task identity
+    state = _fleet()
+    rnd = _split_round(state)
+
+    # Execute
+    _, basic = simulate(rnd, state, SETTINGS, FakeServerModel().shape(), EnergyLedger())
+    _, longer = simulate(rnd, state, apply_mode(SETTINGS, "plan:3"), FakeServerModel().shape(), EnergyLedger())
+
+    # Assert: three times the compute on both sides, the same bytes
+    for pid in basic:
+        assert longer[pid].compute_s == pytest.approx(3 * basic[pid].compute_s)
+        assert longer[pid].server_s == pytest.approx(3 * basic[pid].server_s)
+        assert longer[pid].uplink_s == basic[pid].uplink_s
 
 
 def test_the_older_probe_dtype_key_still_names_the_mode():
