@@ -9,7 +9,7 @@ from flower_app.runner import run_inprocess
 from strategies import wire
 from strategies.records import content_bytes, to_record
 from strategies.sparsify import sparse_bytes
-from tests.replies import arrays, spy
+from tests.replies import arrays, spy, volume
 
 FRACTION = 0.1
 
@@ -60,4 +60,15 @@ def test_a_top_tenth_run_learns_sends_a_tenth_of_the_entries_and_drops_a_bad_spa
     for r, i, reply in backward:
         forward = next(f for rr, ii, t, f in replies if (rr, ii, t) == (r, i, wire.SPLIT_FORWARD))
         assert rounds[r - 1]["clients"][str(i)]["bytes-up"] == content_bytes(forward) + content_bytes(reply)
-    assert np.isfinite(losses).all()
+    # round 1's average is of the rebuilt uploads: global + sent entries, weighted by volume
+    assert "bounded" not in rounds[0]
+    first = [(i, reply) for r, i, reply in backward if r == 1]
+    for key in ("prefix.0", "prefix.1"):
+        rebuilt = []
+        for i, reply in first:
+            dense = starts[(1, i)][key].ravel().copy()
+            sparse = arrays(reply, wire.SPARSE)
+            dense[sparse[key + ":idx"]] += sparse[key + ":val"]
+            rebuilt.append(dense.reshape(starts[(1, i)][key].shape))
+        expected = np.average(np.stack(rebuilt), axis=0, weights=[volume(reply) for _, reply in first])
+        np.testing.assert_allclose(starts[(2, 0)][key], expected, rtol=1e-6, atol=1e-7)
