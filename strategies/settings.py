@@ -128,8 +128,6 @@ class SplitSettings:
                 raise ValueError(f"{name}={value!r} must be one of {list(choices)}")
         if self.probe.optimized:
             parse_mode(self.probe.optimized)
-        if self.probe.optimized == self.activation_dtype:
-            raise ValueError(f"probe mode {self.probe.optimized!r} is the basic mode already (the activation dtype)")
         if not 0.0 < self.upload_topk <= 1.0:  # also refuses NaN
             raise ValueError(f"upload_topk={self.upload_topk!r} must be in (0, 1]")
         for name in ("steps", "batch_size", "min_clients", "max_strikes"):
