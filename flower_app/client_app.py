@@ -31,6 +31,7 @@ from flower_app.config import Config, load_config
 from flower_app.data import Encoded, batch_plan
 from flower_app.device import DevicePart, cache_root, device_part, tokenizer_of
 from flower_app.device_data import DataSource, node_data
+from flower_app.sparse_upload import sparse_upload
 from strategies import channel, wire
 from strategies.channel import ChannelProcess
 from strategies.devices import (
@@ -284,6 +285,7 @@ def _failure(msg: Message, failure: Failure) -> Message:
 
 
 @app.train("split_backward")
+@sparse_upload
 @on_worker
 def split_backward(msg: Message, context: Context) -> Message:
     """Split mode, second exchange: replay the forwards, apply the server's gradients in order."""
@@ -312,6 +314,7 @@ def split_backward(msg: Message, context: Context) -> Message:
 
 
 @app.train("local")
+@sparse_upload
 @on_worker
 def local(msg: Message, context: Context) -> Message:
     """Local mode: train the lower prefix through an emulator of the upper layers, send the prefix."""

@@ -21,9 +21,10 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from flower_app.lm_task import OBJECTIVES, check_objective
+from flower_app.strategy_settings import mode_list, split_settings
 from strategies import wire
-from strategies.fleet import POLICIES, Policy, Schedule, parse_schedule
-from strategies.probing import AMOUNTS, CRITERIA, VARIANTS, ProbePlan, parse_rounds
+from strategies.fleet import POLICIES, Policy
+from strategies.probing import AMOUNTS, CRITERIA, VARIANTS
 from strategies.requirements import THRESHOLD_METRICS, TrainingRequirement
 from strategies.robust import RULES, UPDATE_CHECKS
 from strategies.settings import ACTIVATION_DTYPES, SERVER_SIDES, SplitSettings
@@ -113,6 +114,7 @@ class TrainSettings:
     local_eval_size: int = _f(
         _S.local_eval_size, "local mode: held-back samples a client evaluates on (0: none)", low=0
     )
+    upload_topk: float = _f(_S.upload_topk, "split/local: top fraction of each update sent up (1: dense)", 1e-6, 1.0)
 
 
 @dataclass(frozen=True)
@@ -163,10 +165,9 @@ class StrategySettings:
     )
     cost_modes: str = _f(",".join(_P.cost_modes), "cost policy: modes a client may be given")
     probe_dtype: str = _f(
-        "",
-        "probing: the optimized wire dtype tried against train.activation-dtype ('': no probing)",
-        choices=("", *ACTIVATION_DTYPES),
+        "", "probing: probe-mode limited to a wire dtype ('': none)", choices=("", *ACTIVATION_DTYPES)
     )
+    probe_mode: str = _f("", "probing: the optimized mode, float16, int8, topk:F or plan:M ('': probe-dtype's)")
     probe_rounds: str = _f("", "probing: comma-separated rounds that start a probe stage")
     probe_plateau: float = _f(
         0.0,
@@ -309,16 +310,6 @@ def from_dict(tree: Mapping[str, Any]) -> Config:
     return config
 
 
-def mode_list(config: Config, key: str) -> tuple[str, ...]:
-    """A comma-separated ``strategy.<key>`` as modes, each checked."""
-    text = getattr(config.strategy, key.replace("-", "_"))
-    modes = tuple(m.strip() for m in text.split(",") if m.strip())
-    bad = [m for m in modes if m not in wire.MODES]
-    if not modes or bad:
-        raise ValueError(f"config key 'strategy.{key}'={text!r} must list modes among {list(wire.MODES)}")
-    return modes
-
-
 def _section(cls_name, values: Mapping[str, Any], prefix: str):
     cls = globals()[cls_name] if isinstance(cls_name, str) else cls_name
     kwargs = {}
@@ -377,80 +368,3 @@ def reference() -> list[tuple[str, Any, str]]:
         for spec in dataclasses.fields(getattr(Config(), section.name)):
             rows.append((f"{section.name}.{spec.name.replace('_', '-')}", spec.default, spec.metadata["help"]))
     return rows
-
-
-def requirement(config: Config) -> TrainingRequirement:
-    """The config's requirement section as the wire-level requirement (0 means no bound)."""
-    r = config.requirement
-    return TrainingRequirement(
-        min_samples=r.min_samples,
-        target_samples=r.target_samples or None,
-        max_samples=r.max_samples or None,
-        max_train_s=r.max_train_s or None,
-        threshold_metric=r.threshold_metric,
-        threshold_value=None if r.threshold_value < 0 else r.threshold_value,
-    )
-
-
-def policy(config: Config) -> Policy:
-    """The config's grouping policy (``strategy.policy`` and its settings)."""
-    s = config.strategy
-    try:
-        schedule = parse_schedule(s.policy_schedule)
-        return _policy(config, schedule[0][0] if schedule else s.policy, schedule)
-    except ValueError as err:
-        raise ValueError(f"config key 'strategy.policy-schedule'={s.policy_schedule!r}: {err}") from None
-
-
-def _policy(config: Config, name: str, schedule: Schedule) -> Policy:
-    s = config.strategy
-    return Policy(
-        name=name,
-        threshold_flops=s.threshold_flops,
-        weak_mode=s.weak_mode,
-        strong_mode=s.strong_mode,
-        kmeans_modes=mode_list(config, "kmeans-modes"),
-        cost_modes=mode_list(config, "cost-modes"),
-        local_epochs=config.train.local_epochs,
-        batch_size=config.train.batch_size,
-        seed=config.run.seed,
-        server_flops=config.fleet.server_flops,
-        schedule=schedule,
-    )
-
-
-def split_settings(config: Config) -> SplitSettings:
-    """The one settings object of the strategy and the server's half, from the run config."""
-    t, s = config.train, config.strategy
-    return SplitSettings(
-        seed=config.run.seed,
-        steps=t.steps_per_round,
-        batch_size=t.batch_size,
-        lr=t.lr,
-        head_lr=t.head_lr,
-        activation_dtype=t.activation_dtype,
-        min_clients=s.min_clients,
-        fraction_train=s.fraction_train,
-        wait_for_nodes_s=s.wait_for_nodes_s,
-        requery_every=s.requery_every,
-        server_side=s.server_side,
-        emulator_layers=t.emulator_layers,
-        upload_kind=t.upload_kind,
-        upload_rows=t.upload_rows,
-        local_eval_size=t.local_eval_size,
-        max_activation=s.max_activation,
-        update_check=s.update_check,
-        update_bound=s.update_bound,
-        aggregation=s.aggregation,
-        trim=s.trim,
-        requirement=requirement(config),
-        policy=policy(config),
-        probe=ProbePlan(
-            optimized=s.probe_dtype,
-            rounds=parse_rounds(s.probe_rounds),
-            plateau=s.probe_plateau,
-            amount=s.probe_amount,
-            criterion=s.probe_criterion,
-            variant=s.probe_variant,
-        ),
-    )

@@ -41,6 +41,9 @@ from flwr.supercore.task_identity import TaskIdentity
 logger = logging.getLogger(__name__)
 
 WORKER_KEY = "device-worker"  # the node config key that names the worker's socket
+# Set in the node config of messages the worker runs: what needs the node's context.state
+# (a top-k upload's residual, flower_app.sparse_upload) is left to the ClientApp process.
+IN_WORKER_KEY = "in-device-worker"
 
 
 class WorkerError(RuntimeError):
@@ -94,6 +97,7 @@ def answer(request: Mapping[str, Any]) -> dict[str, Any]:
     from flower_app.client_app import app
 
     node_config = {k: v for k, v in request["node-config"].items() if k != WORKER_KEY}  # no hand-off from here
+    node_config[IN_WORKER_KEY] = True
     context = Context(request["run-id"], request["node-id"], node_config, RecordDict(), request["run-config"])
     # A Message outside a Flower runtime needs the process task identity (see flower_app.runner).
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, request["run-id"], SUPERLINK_NODE_ID

@@ -10,7 +10,8 @@ to the :class:`~strategies.fleet_state.FleetState`.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from logging import WARNING
+from dataclasses import replace
+from logging import INFO, WARNING
 
 from flwr.common.logger import log
 from flwr.serverapp import Grid
@@ -20,6 +21,15 @@ from strategies import messages as msgs
 from strategies.fleet_state import FleetState
 from strategies.settings import SplitSettings
 from strategies.workload import ModelShape
+
+
+def stage_of(settings: SplitSettings, server_round: int) -> SplitSettings | None:
+    """The settings under the policy schedule's stage of ``server_round``; None when it is the current one."""
+    due = settings.fleet_policy.at(server_round)
+    if due == settings.fleet_policy:
+        return None
+    log(INFO, "round %d: policy %s from now on (policy schedule)", server_round, due.name)
+    return replace(settings, policy=due)
 
 
 def refresh(

@@ -108,6 +108,7 @@ class FleetState:
     refused: dict[int, str] = field(default_factory=dict)
     channel_round: int | None = None  # whose channel the plan used (None: the mean gains)
     seed: int = 0  # the run seed, which the channel draws hang on
+    planned_steps: int = 0  # steps per round the workloads were planned for (a probe may train more)
 
     def dump(self) -> dict[str, Any]:
         """What a checkpoint keeps (JSON: int keys become strings)."""
@@ -158,6 +159,7 @@ class FleetState:
         (:func:`strategies.channel.planning_round`).
         """
         self.seed, self.channel_round = settings.seed, channel.planning_round(server_round, settings.requery_every)
+        self.planned_steps = settings.steps
         infos = {c.partition_id: c for c in self.clients.values()}
         profiles = {p: self.planned_profile(c) for p, c in infos.items()}
         policy = settings.fleet_policy

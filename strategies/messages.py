@@ -54,6 +54,7 @@ def plan_config(
         local_eval_size=settings.local_eval_size,
         upload_kind=settings.upload_kind,
         upload_rows=fleet_state.upload_rows.get(info.partition_id, 0),
+        upload_topk=settings.upload_topk,
     )
     return ConfigRecord(
         {

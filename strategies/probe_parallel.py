@@ -22,7 +22,7 @@ are the whole trained state a switch has to keep.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from logging import INFO
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ from strategies.probe_stage import probe_stage
 from strategies.records import to_record
 from strategies.round_state import RoundState, SplitOutcome, TrainedPart
 from strategies.settings import SplitSettings
+from strategies.train_modes import apply_mode
 
 if TYPE_CHECKING:
     from strategies.split_strategy import SplitPrefixStrategy
@@ -143,8 +144,9 @@ def parallel_round(
 ) -> Outcome:
     """The round: each half trained from the global tensors and averaged on its own; the winner kept."""
     s, origin = strategy.settings, strategy.state
-    settings = [replace(s, activation_dtype=mode) for mode in (s.probe.optimized, strategy.basic_dtype)]
-    strategy.probed.append(s.activation_dtype)
+    modes = (s.probe.optimized, strategy.basic_dtype)
+    settings = [apply_mode(strategy.basic_settings, mode) for mode in modes]  # a dtype, topk:F or plan:M
+    strategy.probed.append(strategy.mode)
     rnd = strategy.begin_round(grid, server_round, num_rounds, timeout)
     clients = split_halves(rnd.sampled, rnd.assignments, s.seed, server_round)
     halves = [RoundState(server_round, num_rounds, list(c), rnd.assignments) for c in clients]
@@ -156,14 +158,15 @@ def parallel_round(
     merge_halves(rnd, halves)
     if not strategy.enough_contributions(rnd, accepted):
         return None
-    ran = [Half(st, h, p, c) for st, h, p, c in zip(settings, halves, parts, candidates, strict=True)]
+    ran = [Half(m, st, h, p, c) for m, st, h, p, c in zip(modes, settings, halves, parts, candidates, strict=True)]
     return keep_the_winner(strategy, rnd, ran, start, evaluate_fn)
 
 
 @dataclass(frozen=True)
 class Half:
-    """One half of a parallel stage: its settings (its wire dtype), round state, contributions, candidate."""
+    """One half of a parallel stage: its mode and settings, round state, contributions, candidate."""
 
+    mode: str
     settings: SplitSettings
     rnd: RoundState
     part: TrainedPart
@@ -178,7 +181,7 @@ def keep_the_winner(
     evaluate_fn: EvaluateFn | None,
 ) -> Outcome:
     """Evaluate and time each half, judge, and close the round with the winner's candidate and mode."""
-    server_round, (optimized, basic) = rnd.server_round, (h.settings.activation_dtype for h in halves)
+    server_round, (optimized, basic) = rnd.server_round, (h.mode for h in halves)
     evaluations = [evaluate_fn(server_round, to_record(h.candidate)) if evaluate_fn else None for h in halves]
     trials = [
         {**probing.figures_of(dict(e or {})), "sim-latency-s": seconds(strategy, h)}
@@ -189,10 +192,10 @@ def keep_the_winner(
     else:
         chosen, extra = basic, {"chosen": basic, "reason": "a half had no valid contributions"}
     won = 0 if chosen == optimized and chosen != basic else 1
-    strategy.settings = halves[won].settings
+    strategy.settings, strategy.mode = halves[won].settings, halves[won].mode
     strategy.decisions.append({"round": server_round, "variant": "parallel", **extra})
     log(INFO, "probe at round %d (parallel halves): %s", server_round, probing.describe(extra))
-    names = {h.settings.activation_dtype: [c.partition_id for c in h.rnd.sampled] for h in halves}
+    names = {h.mode: [c.partition_id for c in h.rnd.sampled] for h in halves}
     entry = {"probe": {"variant": "parallel", "halves": names, **extra}}
     kept = evaluations[won]
     evaluate = None if evaluate_fn is None else lambda _round, _arrays: kept  # evaluated above

@@ -8,7 +8,6 @@ the winning mode with the winner's tensors.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from logging import INFO
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +17,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from strategies import probing
+from strategies.train_modes import apply_mode
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -39,17 +39,18 @@ def probe_stage(
 ) -> list[tuple[dict[str, np.ndarray], dict[str, Any]] | None]:
     """Two rounds from the same tensors, optimized then basic; keep the better mode's tensors and mode."""
     plan, origin = strategy.settings.probe, strategy.state
-    optimized, basic = (replace(strategy.settings, activation_dtype=d) for d in (plan.optimized, strategy.basic_dtype))
-    strategy.probed.append(strategy.settings.activation_dtype)
+    basic = strategy.basic_settings
+    optimized = apply_mode(basic, plan.optimized)  # strategies.train_modes: a dtype, topk:F or plan:M
+    strategy.probed.append(strategy.mode)
     strategy.settings, args = optimized, (num_rounds, timeout, train_config, evaluate_fn)
     first = strategy.run_round(grid, origin, server_round, *args, settle=probing.mark(plan.optimized))
-    strategy.settings = basic
+    strategy.settings, strategy.mode = basic, strategy.basic_dtype
     if first is None:
         return [None]
 
     def settle(record: dict[str, Any], state: State) -> tuple[dict[str, Any], State]:
         chosen, extra = probing.judge(start, first[1], record, plan.optimized, strategy.basic_dtype, plan)
-        strategy.settings = optimized if chosen == plan.optimized else basic
+        strategy.settings, strategy.mode = optimized if chosen == plan.optimized else basic, chosen
         strategy.decisions.append({"round": server_round, **extra})
         log(INFO, "probe at rounds %d-%d: %s", server_round, server_round + 1, probing.describe(extra))
         entry = {"trial": strategy.basic_dtype, "variant": "sequential", **extra}

@@ -10,8 +10,9 @@ higher accuracy reached, with ``criterion="accuracy"``) is kept, with the tensor
 trained, and the run goes on in it without a restart. Ties go to the basic mode: a
 change must earn its keep. When neither trial converged, the one that lost less wins.
 
-A mode here is a wire dtype of the boundary tensors (``float32``, ``float16``, ``int8``):
-what the clients compute is the same, the bytes and the noise differ.
+A mode is named by its spec (:mod:`strategies.train_modes`): a wire dtype of the boundary
+tensors (``float16``, ``int8``), top-k uploads (``topk:0.1``) or a longer replay plan
+(``plan:2``); the basic mode by its wire dtype (``float32``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class ProbePlan:
     Parameters
     ----------
     optimized : str
-        The optimized mode's wire dtype ("" turns probing off).
+        The optimized mode's spec, e.g. ``"int8"``, ``"topk:0.1"``, ``"plan:2"`` ("" turns probing off).
     rounds : tuple[int, ...]
         Rounds that start a probe stage (sequential: that round and the next; parallel: that round).
     plateau : float

@@ -63,7 +63,9 @@ def simulate(
         mode = assignment.mode
         planned = fleet_state.workloads[info.partition_id][mode]
         steps = settings.steps * assignment.local_epochs
-        done = rnd.steps_done.get(node, steps) / steps
+        # The workload was planned for ``planned_steps``; a longer plan (a probe's plan:M) costs more.
+        planned_steps = (fleet_state.planned_steps or settings.steps) * assignment.local_epochs
+        done = rnd.steps_done.get(node, steps) / planned_steps
         failure = rnd.failures.get(node)
         declined = failure is not None and failure.cause in DECLINED
         if declined:
@@ -176,6 +178,17 @@ def client_name(node: int, fleet_state: FleetState) -> str:
 def log_dropped(server_round: int, dropped: Mapping[str, str]) -> None:
     for name, why in sorted(dropped.items()):
         log(WARNING, "round %d: client %s dropped: %s", server_round, name, why)
+
+
+def log_settings(s: SplitSettings) -> None:
+    """The strategy's one line at the start of a run."""
+    policy = s.fleet_policy
+    log(
+        INFO,
+        f"SplitPrefixStrategy: policy {policy.name} (modes {','.join(policy.modes)}), {s.steps} steps x "
+        f"batch {s.batch_size} per client per round, lr {s.lr:g}, {s.activation_dtype} on the wire, "
+        f"min {s.min_clients} clients",
+    )
 
 
 def log_round(record: Mapping[str, Any], num_rounds: int) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 from flwr.app import Message
 from flwr.common.logger import log
 
-from strategies import wire
+from strategies import sparsify, wire
 from strategies.aggregation import Contribution, aggregate
 from strategies.compression import to_wire_dtype
 from strategies.fleet_state import FleetState, round_seed
@@ -31,7 +31,7 @@ from strategies.records import from_record
 from strategies.requirements import FailureCause
 from strategies.round_state import RoundState, SplitOutcome
 from strategies.settings import SplitSettings
-from strategies.validation import ArraySpec, judge, spec_of, validate_num_examples, validate_upload
+from strategies.validation import judge, spec_of, validate_num_examples, validate_upload
 from strategies.workload import ModelShape
 
 POOL_ID = 2**31 - 1  # seeds the server's pool training apart from every partition
@@ -135,17 +135,22 @@ def server_contributions(
 def collect_prefixes(
     replies: Mapping[int, Message],
     mode: str,
-    expected: Mapping[str, ArraySpec],
+    start: Mapping[str, np.ndarray],
     fleet_state: FleetState,
     settings: SplitSettings,
     rnd: RoundState,
 ) -> dict[int, Contribution]:
-    """Validated prefix contributions of split (backward) or local replies, by node id."""
-    contributions = {}
+    """Validated prefix contributions of split (backward) or local replies, by node id.
+
+    ``start``: the global tensors the clients were sent, those they must send back. With
+    ``upload_topk`` below 1 a reply carries their top-k entries (:mod:`strategies.sparsify`),
+    rebuilt onto ``start`` before every other check.
+    """
+    contributions, expected = {}, spec_of(start)
     for info, reply in answers(replies, fleet_state, rnd):
         planned = fleet_state.steps_of(info, settings)
         try:
-            arrays = from_record(reply.content.array_records[wire.ARRAYS])
+            arrays = _uploaded(reply, start, settings.upload_topk)
             metrics = reply.content.metric_records[wire.METRICS]
             volume = metrics[wire.NUM_EXAMPLES]
             rnd.steps_done[info.node_id] = wire.as_int(metrics.get(wire.STEPS_DONE, planned))
@@ -161,6 +166,18 @@ def collect_prefixes(
         if mode == wire.LOCAL_MODE and isinstance(loss, (int, float)) and np.isfinite(loss):
             rnd.local_losses[info.node_id] = float(loss)
     return contributions
+
+
+def _uploaded(reply: Message, start: Mapping[str, np.ndarray], fraction: float) -> dict[str, np.ndarray]:
+    """A reply's tensors: dense, or rebuilt from their top-k entries; ValueError naming what is wrong."""
+    if fraction >= 1.0:
+        return from_record(reply.content.array_records[wire.ARRAYS])
+    if wire.SPARSE not in reply.content.array_records:
+        raise ValueError(f"no {wire.SPARSE!r} record: top-{fraction:g} uploads were asked for")
+    arrays, problems = sparsify.rebuild(from_record(reply.content.array_records[wire.SPARSE]), start, fraction)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return arrays
 
 
 def receive_uploads(

@@ -16,6 +16,7 @@ from strategies.fleet import Policy
 from strategies.probing import ProbePlan
 from strategies.requirements import TrainingRequirement
 from strategies.robust import RULES, UPDATE_CHECKS
+from strategies.train_modes import parse_mode
 
 SERVER_SIDES = ("sequential", "parallel")
 # wire dtype -> bytes per value; int8 adds a 4-byte scale per token vector (strategies.compression)
@@ -42,6 +43,10 @@ class SplitSettings:
     activation_dtype : str (default: "float32")
         Dtype of boundary activations and gradients on the wire ("float32", "float16", or
         "int8" with a scale per token vector).
+    upload_topk : float (default: 1.0)
+        Fraction of each trained tensor's entries a split or local client sends back: the
+        largest of its update plus its residual, with error feedback (:mod:`strategies.sparsify`);
+        1 sends the tensors dense.
     min_clients : int (default: 2)
         Fewest valid contributions a round needs; fewer stops the run cleanly.
     fraction_train : float (default: 1.0)
@@ -91,6 +96,7 @@ class SplitSettings:
     lr: float = 0.01
     head_lr: float = 0.01
     activation_dtype: str = "float32"
+    upload_topk: float = 1.0
     min_clients: int = 2
     fraction_train: float = 1.0
     wait_for_nodes_s: float = 120.0
@@ -117,10 +123,13 @@ class SplitSettings:
             ("activation_dtype", self.activation_dtype, tuple(ACTIVATION_DTYPES)),
             ("update_check", self.update_check, UPDATE_CHECKS),
             ("aggregation", self.aggregation, RULES),
-            ("probe.optimized", self.probe.optimized or self.activation_dtype, tuple(ACTIVATION_DTYPES)),
         ):
             if value not in choices:
                 raise ValueError(f"{name}={value!r} must be one of {list(choices)}")
+        if self.probe.optimized:
+            parse_mode(self.probe.optimized)
+        if not 0.0 < self.upload_topk <= 1.0:  # also refuses NaN
+            raise ValueError(f"upload_topk={self.upload_topk!r} must be in (0, 1]")
         for name in ("steps", "batch_size", "min_clients", "max_strikes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be at least 1")

@@ -24,10 +24,11 @@ A round, for every sampled client (in order of partition id):
 
 The fleet may change during the run (:mod:`strategies.membership`, re-planned when a
 client joins or a profile changes); a probe stage (:mod:`strategies.probing`) may switch
-the wire dtype between rounds. Flower's ``Strategy.start`` runs one train and one
-evaluate exchange a round; a split round has two, so this class runs its own loop with
-Flower's signature and ``Result``. A bad or missing reply is dropped with its reason; a
-round with fewer than ``min_clients`` contributions stops the run, keeping the last checkpoint.
+the mode (wire dtype, top-k uploads, plan length) between rounds. Flower's
+``Strategy.start`` runs one train and one evaluate exchange a round; a split round has
+two, so this class runs its own loop with Flower's signature and ``Result``. A bad or
+missing reply is dropped with its reason; a round with fewer than ``min_clients``
+contributions stops the run, keeping the last checkpoint.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from strategies.records import from_record, to_record
 from strategies.round_state import RoundState, TrainedPart
 from strategies.rundir import RunDirectory
 from strategies.settings import SplitSettings
-from strategies.validation import spec_of
+from strategies.train_modes import apply_mode
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 State = dict[str, np.ndarray]
@@ -101,7 +102,8 @@ class SplitPrefixStrategy(Strategy):
         self.summary_record: dict[str, Any] = {}
         self.shape = shape = server_model.shape()  # constant over the run
         self.bounds = server_modes.Bounds(shape.hidden, server_model.limits())
-        self.basic_dtype = self.settings.activation_dtype  # what probes compare the optimized mode with
+        self.basic_settings = self.settings  # what probes compare the optimized mode with
+        self.basic_dtype = self.mode = self.settings.activation_dtype  # the basic mode's name; the mode in use
         self.probed: list[str] = []  # modes a plateau probe has started from
         self.decisions: list[dict[str, Any]] = []
         self.keys = server_modes.TensorKeys.of(server_model, self.settings.emulator_layers, shape)
@@ -110,20 +112,16 @@ class SplitPrefixStrategy(Strategy):
         """Continue after the checkpoint's round: fleet state, simulated clock, pool."""
         state = checkpoint.state
         self.fleet.restore(state, self.run_dir.load_pool() if self.run_dir is not None else {})
-        probe = state.get("probe") or {}  # a hot switch outlives a restart
-        self.settings = replace(self.settings, activation_dtype=probe.get("wire-dtype", self.settings.activation_dtype))
+        probe = state.get("probe") or {}  # a hot switch outlives a restart (older checkpoints: a wire dtype)
+        self.mode = str(probe.get("mode", probe.get("wire-dtype", self.mode)))
+        if self.mode != self.basic_dtype:
+            self.settings = apply_mode(self.basic_settings, self.mode)
         self.probed = list(probe.get("probed", []))
         self.ledger = EnergyLedger(rows=[], clock_s=float(state.get("clock-s", 0.0)))
         self.first_round = checkpoint.round + 1
 
     def summary(self) -> None:
-        s, policy = self.settings, self.settings.fleet_policy
-        log(
-            INFO,
-            f"SplitPrefixStrategy: policy {policy.name} (modes {','.join(policy.modes)}), {s.steps} steps x "
-            f"batch {s.batch_size} per client per round, lr {s.lr:g}, {s.activation_dtype} on the wire, "
-            f"min {s.min_clients} clients",
-        )
+        records.log_settings(self.settings)
 
     # --- the round loop ---------------------------------------------------------------------
 
@@ -164,8 +162,8 @@ class SplitPrefixStrategy(Strategy):
             server_round = self.first_round
             while server_round <= num_rounds:
                 args = (grid, num_rounds, timeout, train_config, evaluate_fn)
-                s = self.settings  # a probe may have switched the wire dtype
-                probe = probing.stage_due(s.probe, server_round, history, self.probed, s.activation_dtype)
+                s = self.settings  # a probe may have switched the mode
+                probe = probing.stage_due(s.probe, server_round, history, self.probed, self.mode)
                 parallel = s.probe.variant == "parallel"
                 if probe and (server_round < num_rounds or parallel) and start:
                     outcomes = (parallel_stage if parallel else probe_stage)(self, server_round, start, *args)
@@ -291,8 +289,7 @@ class SplitPrefixStrategy(Strategy):
         keys = list(self.server_model.client_keys)
         if mode == wire.LOCAL_MODE:
             keys += list(self.keys.local_reply)
-        expected = spec_of({k: state[k] for k in keys})
-        return server_modes.collect_prefixes(replies, mode, expected, self.fleet, self.settings, rnd)
+        return server_modes.collect_prefixes(replies, mode, {k: state[k] for k in keys}, self.fleet, self.settings, rnd)
 
     def close_round(
         self,
@@ -316,7 +313,11 @@ class SplitPrefixStrategy(Strategy):
             self.run_dir.log_round(record)
             self.run_dir.log_ledger([r for r in self.ledger.rows if r["round"] == rnd.server_round])
             fleet_state = {"round": rnd.server_round, **self.fleet.dump(), "clock-s": self.ledger.clock_s}
-            fleet_state["probe"] = {"wire-dtype": self.settings.activation_dtype, "probed": list(self.probed)}
+            fleet_state["probe"] = {
+                "wire-dtype": self.settings.activation_dtype,
+                "mode": self.mode,
+                "probed": list(self.probed),
+            }
             self.run_dir.checkpoint(rnd.server_round, state, fleet_state)
         return record, state
 
@@ -373,13 +374,11 @@ class SplitPrefixStrategy(Strategy):
         return joined, left
 
     def _enter_stage(self, server_round: int) -> bool:
-        """Take the policy schedule's stage for ``server_round``; whether it changed the policy."""
-        due = self.settings.fleet_policy.at(server_round)
-        if due == self.settings.fleet_policy:
-            return False
-        self.settings = replace(self.settings, policy=due)
-        log(INFO, "round %d: policy %s from now on (policy schedule)", server_round, due.name)
-        return True
+        """Take the policy schedule's stage for ``server_round`` (a probe's basic mode too); whether it changed."""
+        staged = fleet_changes.stage_of(self.settings, server_round)
+        if staged is not None:
+            self.settings, self.basic_settings = staged, replace(self.basic_settings, policy=staged.policy)
+        return staged is not None
 
     def _write_groups(self) -> None:
         if self.run_dir is not None:

@@ -57,6 +57,7 @@ CONFIG = "config"
 METRICS = "metrics"
 PROFILE = "profile"  # what a client reports about itself in a query reply
 UPLOAD_RECORD = "upload"  # centralized mode: a client's samples or activations, in chunks
+SPARSE = "sparse"  # top-k entries of the updated tensors, instead of ``arrays`` (strategies.sparsify)
 
 # Names of trainable tensors: ``prefix.<layer>`` (key/values of one attention layer), ``head.*``.
 PREFIX = "prefix."
@@ -111,6 +112,8 @@ class TrainPlan:
         Centralized mode: ``"activations"`` or ``"samples"``.
     upload_rows : int
         Centralized mode: samples to upload.
+    upload_topk : float
+        Split and local mode: fraction of each trained tensor's entries sent back (1: dense).
     """
 
     server_round: int
@@ -124,6 +127,7 @@ class TrainPlan:
     local_eval_size: int
     upload_kind: str
     upload_rows: int
+    upload_topk: float = 1.0
 
     def to_config(self) -> dict[str, Any]:
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
