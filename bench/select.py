@@ -1,6 +1,6 @@
 """Selecting from the zoo against training every candidate fully, beside a zero-cost baseline.
 
-For the zoo (default ``conf/zoo.yaml``: MiniLM at several split points, prefix lengths,
+For the zoo (default ``conf/zoo/default.yaml``: MiniLM at several split points, prefix lengths,
 learning rates and modes, a random tiny BERT, and two candidates that break a constraint):
 
 1. the selection (:func:`flower_app.select.select`, learning-curve predictor): footprints,
@@ -14,7 +14,7 @@ it Kendall's tau of each ranking against the actual one, whether the chosen cand
 the true best or within one point of it, and the CPU time of selection against the full
 runs (their ratio).
 
-    python bench/select.py                       # conf/zoo.yaml: about 15-25 minutes on 2 busy cores
+    python bench/select.py                       # conf/zoo/default.yaml: 15-40 minutes on 2 busy cores
     python bench/select.py --zoo my-zoo.yaml --out runs/bench-select
 """
 
@@ -31,7 +31,6 @@ import argparse  # noqa: E402
 import math  # noqa: E402
 import time  # noqa: E402
 
-from flower_app.config import CONF_DIR  # noqa: E402
 from flower_app.frozen_features import zero_cost_score  # noqa: E402
 from flower_app.select import Assessment, run_candidate, select  # noqa: E402
 from flower_app.zoo import load_zoo  # noqa: E402
@@ -40,7 +39,7 @@ from strategies.selection import choose, kendall_tau, ranks  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--zoo", default=str(CONF_DIR / "zoo.yaml"))
+    parser.add_argument("--zoo", default="default", help="a zoo in conf/zoo/ or a YAML path")
     parser.add_argument("--out", default="runs/bench-select")
     args = parser.parse_args(argv)
     zoo = load_zoo(args.zoo)

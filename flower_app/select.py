@@ -305,11 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     """
     import argparse
 
-    from flower_app.config import CONF_DIR
     from flower_app.zoo import load_zoo
 
     parser = argparse.ArgumentParser(description=(main.__doc__ or "").splitlines()[0])
-    parser.add_argument("--zoo", default=str(CONF_DIR / "zoo.yaml"), help="zoo file (default: conf/zoo.yaml)")
+    parser.add_argument("--zoo", default="default", help="a zoo in conf/zoo/ or a YAML path (default: default)")
     parser.add_argument("--out", default="runs/select/chosen.yaml", help="where the chosen config is written")
     parser.add_argument("--method", default="auto", choices=("auto", "curve", "regressor"), help="predictor")
     parser.add_argument("--workdir", default="runs/select/probes", help="run directories of the probes")

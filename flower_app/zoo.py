@@ -1,6 +1,6 @@
 """The model zoo: candidates for a task, the device constraints, the probe's budget.
 
-A zoo file (``conf/zoo.yaml``, or any YAML path) reads::
+A zoo file (``conf/zoo/<name>.yaml``, ``default`` unless named, or any YAML path) reads::
 
     task:                       # the job every candidate is for
       name: rotten-tomatoes     # names the task in the history file
@@ -49,6 +49,7 @@ CONSTRAINT_KEYS = {
     "max-round-energy-j": "energy_j",
     "max-uplink-bytes": "uplink_bytes",
 }
+ZOO_DIR = CONF_DIR / "zoo"
 _SECTIONS = ("task", "constraints", "probe", "history", "candidates")
 
 
@@ -86,9 +87,14 @@ class Zoo:
     history: Path
 
 
-def load_zoo(path: str | Path = CONF_DIR / "zoo.yaml") -> Zoo:
-    """Read and check a zoo file (see the module docstring); errors name the key at fault."""
-    path = Path(path)
+def load_zoo(name_or_path: str | Path = "default") -> Zoo:
+    """Read and check a zoo (a name in ``conf/zoo/`` or a YAML path); errors name the key at fault."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = ZOO_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in ZOO_DIR.glob("*.yaml"))
+            raise ValueError(f"unknown zoo '{name_or_path}': expected one of {known} or a path to a YAML file")
     if not path.is_file():
         raise ValueError(f"zoo file {path} not found")
     tree = OmegaConf.to_container(OmegaConf.load(path), resolve=True)

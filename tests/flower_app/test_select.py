@@ -134,3 +134,8 @@ def test_command_line_with_nothing_feasible_exits_1(tmp_path, capsys):
 def test_default_zoo_loads():
     zoo = load_zoo()
     assert len(zoo.candidates) >= 6
+
+
+def test_unknown_zoo_name_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown zoo 'nope': expected one of \['default'\]"):
+        load_zoo("nope")

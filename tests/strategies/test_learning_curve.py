@@ -83,12 +83,16 @@ def test_falling_curve_is_fitted_as_its_mean_not_extrapolated_down():
     assert fit.scale == 0.0
 
 
-def test_prediction_stays_within_zero_and_one():
-    # Prepare: a steep early rise
-    x, y = [1, 2], [0.2, 0.9]
-
+@pytest.mark.parametrize(
+    "x, y, target",
+    [
+        ([1, 2], [0.2, 0.9], 1e6),  # a steep early rise, far ahead
+        ([10, 20], [0.05, 0.5], 0.01),  # back before the first point, where the curve goes below zero
+    ],
+)
+def test_prediction_stays_within_zero_and_one(x, y, target):
     # Execute
-    fit = fit_curve(x, y, target=1e6)
+    fit = fit_curve(x, y, target=target)
 
     # Assert
     assert 0.0 <= fit.prediction <= 1.0
