@@ -22,6 +22,7 @@ Every full run through :func:`run_candidate` appends a line to the history file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import sys
@@ -41,7 +42,7 @@ from flower_app.setup import build
 from flower_app.zoo import Candidate, Zoo
 from strategies.fleet import round_plan
 from strategies.learning_curve import CurveFit, fit_curve
-from strategies.performance_model import HistoryRun, append_run, fit_regressor, read_history
+from strategies.performance_model import HistoryRun, Regressor, append_run, fit_regressor, read_history
 from strategies.rundir import RunDirectory
 from strategies.selection import Footprint, Violation, choose, footprint, violations
 from strategies.settings import ACTIVATION_DTYPES
@@ -215,23 +216,15 @@ def select(
     out = []
     for i, candidate in enumerate(zoo.candidates, start=1):
         assessment = assess(candidate, zoo)
-        if not assessment.feasible:
-            progress(
-                f"[{i}/{len(zoo.candidates)}] {candidate.name}: dropped, {'; '.join(map(str, assessment.violations))}"
+        if assessment.feasible:
+            assessment = _predict(assessment, zoo, Path(workdir), regressor)
+            result = (
+                f"probe accuracy {assessment.probe.accuracy[-1]:.3f}, "  # type: ignore[union-attr]
+                f"predicted {assessment.predicted:.3f} +- {assessment.std:.3f} ({assessment.method})"
             )
-            out.append(assessment)
-            continue
-        measured = probe(candidate, zoo, Path(workdir))
-        assessment = Assessment(
-            candidate, assessment.footprint, (), measured, measured.fit.prediction, measured.fit.std, "curve"
-        )
-        if regressor is not None:
-            mean, std = regressor.predict(features(assessment))
-            assessment = Assessment(candidate, assessment.footprint, (), measured, mean, std, "regressor")
-        progress(
-            f"[{i}/{len(zoo.candidates)}] {candidate.name}: probe accuracy {measured.accuracy[-1]:.3f}, "
-            f"predicted {assessment.predicted:.3f} +- {assessment.std:.3f} ({assessment.method})"
-        )
+        else:
+            result = "dropped, " + "; ".join(map(str, assessment.violations))
+        progress(f"[{i}/{len(zoo.candidates)}] {candidate.name}: {result}")
         out.append(assessment)
     feasible = [a for a in out if a.feasible]
     chosen = None
@@ -239,6 +232,16 @@ def select(
         index = choose([a.predicted or 0.0 for a in feasible], [a.footprint.latency_s for a in feasible])
         chosen = feasible[index]
     return Selection(tuple(out), chosen, time.process_time() - tick)
+
+
+def _predict(assessment: Assessment, zoo: Zoo, workdir: Path, regressor: Regressor | None) -> Assessment:
+    """Probe a feasible candidate; predict from its curve, or with the regressor when there is one."""
+    measured = probe(assessment.candidate, zoo, workdir)
+    mean, std, method = measured.fit.prediction, measured.fit.std, "curve"
+    if regressor is not None:
+        mean, std = regressor.predict(features(dataclasses.replace(assessment, probe=measured)))
+        method = "regressor"
+    return dataclasses.replace(assessment, probe=measured, predicted=mean, std=std, method=method)
 
 
 def run_candidate(assessment: Assessment, zoo: Zoo, run_dir: str | Path, quiet: bool = True) -> dict[str, Any]:

@@ -2,10 +2,12 @@
 
 import pytest
 
+from flower_app import select as select_mod
 from flower_app.config import load_config
-from flower_app.select import main, run_candidate, select, write_choice
+from flower_app.select import REGRESSOR_FEATURES, Probe, main, run_candidate, select, write_choice
 from flower_app.zoo import load_zoo
-from strategies.performance_model import read_history
+from strategies.learning_curve import fit_curve
+from strategies.performance_model import HistoryRun, append_run, read_history
 
 ZOO = """
 task:
@@ -139,3 +141,25 @@ def test_default_zoo_loads():
 def test_unknown_zoo_name_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"unknown zoo 'nope': expected one of \['default'\]"):
         load_zoo("nope")
+
+
+def test_auto_method_switches_to_the_regressor_once_the_history_is_long_enough(tmp_path, monkeypatch):
+    # Prepare: probes stubbed (the training is tested above); eight finished runs of the task in the
+    # history whose final accuracy is 0.2 above the probe's last accuracy
+    zoo = load_zoo(_zoo_file(tmp_path, body=ZOO.replace("[0.003, 0.03]", "[0.03]")))
+    fake = Probe((4.0, 8.0), (0.60, 0.62), fit_curve([4.0, 8.0], [0.60, 0.62], 8.0), 0.0)
+    monkeypatch.setattr(select_mod, "probe", lambda *args: fake)
+    for i in range(8):
+        last = 0.5 + 0.02 * i
+        features = {name: 1.0 for name in REGRESSOR_FEATURES} | {"probe-last-accuracy": last}
+        append_run(zoo.history, HistoryRun("tiny", f"old{i}", features, last + 0.2))
+
+    # Execute
+    curve = select(zoo, tmp_path / "probes", method="curve", progress=lambda _: None)
+    auto = select(zoo, tmp_path / "probes", progress=lambda _: None)
+
+    # Assert: the curve predicts from the probe alone; the regressor learned the +0.2
+    assert curve.chosen.method == "curve"
+    assert curve.chosen.predicted == pytest.approx(fake.fit.prediction)
+    assert auto.chosen.method == "regressor"
+    assert auto.chosen.predicted == pytest.approx(0.82, abs=0.03)
