@@ -57,7 +57,7 @@ bench-scale: setup
 bench-probe: setup
 	$(PY) bench/probe.py
 
-# Selecting from conf/zoo/default.yaml against training every candidate fully: 15-40 minutes on 2 busy cores.
+# Selecting from conf/zoo/default.yaml against training every candidate fully: about 60 minutes on 2 cores shared with other jobs (measured).
 bench-select: setup
 	$(PY) bench/select.py
 
