@@ -14,7 +14,7 @@ it Kendall's tau of each ranking against the actual one, whether the chosen cand
 the true best or within one point of it, and the CPU time of selection against the full
 runs (their ratio).
 
-    python bench/select.py                       # conf/zoo/default.yaml: about 60 minutes on 2 cores shared with other jobs (measured)
+    python bench/select.py                       # conf/zoo/default.yaml: about 60 minutes on 2 busy cores
     python bench/select.py --zoo my-zoo.yaml --out runs/bench-select
 """
 
