@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup device run run-inprocess scale lint test test-fast bench bench-robust bench-scale bench-deploy bench-llm bench-probe bench-semcom clean
+.PHONY: setup device run run-inprocess scale lint test test-fast bench bench-robust bench-scale bench-deploy bench-llm bench-probe bench-semcom bench-select clean
 
 setup: $(STAMP)
 
@@ -60,6 +60,10 @@ bench-scale: setup
 # Probing int8 against float32 boundary tensors on two fleets, 3 seeds: a few minutes.
 bench-probe: setup
 	$(PY) bench/probe.py
+
+# Selecting from conf/zoo/default.yaml against training every candidate fully: about 60 minutes on 2 cores shared with other jobs (measured).
+bench-select: setup
+	$(PY) bench/select.py
 
 # SmolLM2-135M split and prefix-tuned on 2 CPU cores: about 15-20 minutes.
 bench-llm: setup
