@@ -35,10 +35,11 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from flower_app.config import Config, RunSettings, load_config, policy, split_settings, to_dict
+from flower_app.config import Config, RunSettings, load_config, to_dict
 from flower_app.runner import run_inprocess
 from flower_app.server_model import SplitServer
 from flower_app.setup import build
+from flower_app.strategy_settings import policy, split_settings
 from flower_app.zoo import Candidate, Zoo
 from strategies.fleet import round_plan
 from strategies.learning_curve import CurveFit, fit_curve
