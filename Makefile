@@ -63,7 +63,7 @@ bench-probe: setup
 
 # Selecting from conf/zoo/default.yaml against training every candidate fully: about 60 minutes on 2 cores shared with other jobs (measured).
 bench-select: setup
-	$(PY) bench/select.py
+	$(PY) bench/zoo_select.py
 
 # SmolLM2-135M split and prefix-tuned on 2 CPU cores: about 15-20 minutes.
 bench-llm: setup

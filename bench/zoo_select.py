@@ -14,27 +14,21 @@ it Kendall's tau of each ranking against the actual one, whether the chosen cand
 the true best or within one point of it, and the CPU time of selection against the full
 runs (their ratio).
 
-    python bench/select.py                       # conf/zoo/default.yaml: about 60 minutes on 2 busy cores
-    python bench/select.py --zoo my-zoo.yaml --out runs/bench-select
+    python bench/zoo_select.py                       # conf/zoo/default.yaml: about 60 minutes on 2 busy cores
+    python bench/zoo_select.py --zoo my-zoo.yaml --out runs/bench-select
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
+import math
+import time
 from pathlib import Path
 
-# Run as `python bench/select.py`, this file's folder leads the import path and its name
-# shadows the standard library's `select` (which subprocess imports): take the folder off.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import argparse  # noqa: E402
-import math  # noqa: E402
-import time  # noqa: E402
-
-from flower_app.frozen_features import zero_cost_score  # noqa: E402
-from flower_app.select import Assessment, run_candidate, select  # noqa: E402
-from flower_app.zoo import load_zoo  # noqa: E402
-from strategies.selection import choose, kendall_tau, ranks  # noqa: E402
+from flower_app.frozen_features import zero_cost_score
+from flower_app.select import Assessment, run_candidate, select
+from flower_app.zoo import load_zoo
+from strategies.selection import choose, kendall_tau, ranks
 
 
 def main(argv: list[str] | None = None) -> int:
