@@ -13,7 +13,11 @@ Part 2, the hybrid grouping against plain federated training on one fleet (devic
 drawn from ``fleet.preset``; each device's SNR from its own channel profile): the rows of
 ``bench/hetero.py``, the same columns.
 
-    python bench/semcom.py [--nodes 6] [--rounds 6] [--snrs -5,0,5,10,20] [key=value ...]
+With ``--seeds 0,1,2`` the sweep runs once per seed (``run.seed``: the partitions, the
+initial weights, the batches and the channel's noise) and the table shows the mean over seeds
+with the spread (min-max) of the in-loop column.
+
+    python bench/semcom.py [--nodes 6] [--rounds 6] [--snrs -5,0,5,10,20] [--seeds 0] [key=value ...]
 """
 
 from __future__ import annotations
@@ -86,12 +90,32 @@ def snr_sweep(base: dict[str, Any], snrs: Sequence[float], nodes: int, out: Path
     return rows
 
 
+def mean_over_seeds(sweeps: Sequence[Sequence[dict[str, float]]]) -> list[dict[str, float]]:
+    """Per SNR, the mean of each column over the seeds' sweeps, and the in-loop column's min and max."""
+    rows = []
+    for same_snr in zip(*sweeps, strict=True):
+        in_loop = [r["in-loop"] for r in same_snr]
+        rows.append(
+            {
+                "snr-db": same_snr[0]["snr-db"],
+                "in-loop": sum(in_loop) / len(in_loop),
+                "noiseless-training": sum(r["noiseless-training"] for r in same_snr) / len(same_snr),
+                "in-loop-min": min(in_loop),
+                "in-loop-max": max(in_loop),
+            }
+        )
+    return rows
+
+
 def sweep_table(rows: Sequence[dict[str, float]]) -> str:
-    head = f"{'SNR dB':>7} {'channel in the loop':>20} {'noiseless training':>19} {'gain':>7}"
+    head = f"{'SNR dB':>7} {'channel in the loop':>20} {'(min-max)':>14} {'noiseless training':>19} {'gain':>7}"
     lines = [head, "-" * len(head)]
     for r in rows:
         gain = 100 * (r["in-loop"] - r["noiseless-training"])
-        lines.append(f"{r['snr-db']:>7g} {r['in-loop']:>20.4f} {r['noiseless-training']:>19.4f} {gain:>+6.1f}p")
+        spread = f"{r.get('in-loop-min', r['in-loop']):.2f}-{r.get('in-loop-max', r['in-loop']):.2f}"
+        lines.append(
+            f"{r['snr-db']:>7g} {r['in-loop']:>20.4f} {spread:>14} {r['noiseless-training']:>19.4f} {gain:>+6.1f}p"
+        )
     return "\n".join(lines)
 
 
@@ -100,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=6, help="clients (default: 6)")
     parser.add_argument("--rounds", type=int, default=6, help="rounds per run (default: 6)")
     parser.add_argument("--snrs", default=",".join(f"{s:g}" for s in SNRS), help="comma-separated SNRs in dB")
+    parser.add_argument("--seeds", default="0", help="comma-separated run seeds of the SNR sweep (default: 0)")
     parser.add_argument("--target", type=float, default=0.8, help="accuracy for the time-to-target column")
     parser.add_argument("--skip-policies", action="store_true", help="only the SNR sweep")
     parser.add_argument("--out", default="runs/bench-semcom", help="parent of the runs' directories")
@@ -112,8 +137,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"override '{item}' is not key=value")
         base[key] = value
     out = Path(args.out)
-    report: dict[str, Any] = {"sweep": snr_sweep(base, [float(s) for s in args.snrs.split(",")], args.nodes, out)}
-    print(f"\n{args.nodes} clients, {args.rounds} rounds, all split, every device at the SNR of the row")
+    snrs = [float(s) for s in args.snrs.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    sweeps = [snr_sweep({**base, "run.seed": seed}, snrs, args.nodes, out / f"seed-{seed}") for seed in seeds]
+    report: dict[str, Any] = {"seeds": seeds, "sweeps": sweeps, "sweep": mean_over_seeds(sweeps)}
+    print(
+        f"\n{args.nodes} clients, {args.rounds} rounds, all split, every device at the SNR of the row, "
+        f"mean over seeds {args.seeds}"
+    )
     print(sweep_table(report["sweep"]))
     if not args.skip_policies:
         hetero = _hetero()
