@@ -304,7 +304,7 @@ def split_backward(msg: Message, context: Context) -> Message:
             job.encoded,
             plan,
             [grads[wire.gradient_key(i)] for i in range(len(plan))],
-            job.plan.lr,
+            job.plan.lr * job.plan.replay_lr_scale,
             device.pad_id,
             max_s=job.requirement.max_train_s,
         )

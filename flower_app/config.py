@@ -115,6 +115,12 @@ class TrainSettings:
         _S.local_eval_size, "local mode: held-back samples a client evaluates on (0: none)", low=0
     )
     upload_topk: float = _f(_S.upload_topk, "split/local: top fraction of each update sent up (1: dense)", 1e-6, 1.0)
+    replay_lr_scale: float = _f(
+        _S.replay_lr_scale,
+        "split mode: the client's replayed steps take lr times this (0: its half stays frozen)",
+        low=0.0,
+        high=10.0,
+    )
 
 
 @dataclass(frozen=True)

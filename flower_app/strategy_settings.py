@@ -81,6 +81,7 @@ def split_settings(config: Config) -> SplitSettings:
         head_lr=t.head_lr,
         activation_dtype=t.activation_dtype,
         upload_topk=t.upload_topk,
+        replay_lr_scale=t.replay_lr_scale,
         min_clients=s.min_clients,
         fraction_train=s.fraction_train,
         wait_for_nodes_s=s.wait_for_nodes_s,

@@ -55,6 +55,7 @@ def plan_config(
         upload_kind=settings.upload_kind,
         upload_rows=fleet_state.upload_rows.get(info.partition_id, 0),
         upload_topk=settings.upload_topk,
+        replay_lr_scale=settings.replay_lr_scale,
     )
     return ConfigRecord(
         {

@@ -47,6 +47,13 @@ class SplitSettings:
         Fraction of each trained tensor's entries a split or local client sends back: the
         largest of its update plus its residual, with error feedback (:mod:`strategies.sparsify`);
         1 sends the tensors dense.
+    replay_lr_scale : float (default: 1.0)
+        A split client's replayed steps use ``lr`` times this. Its boundary gradients were
+        computed on the round's starting weights, so every step it takes moves its half away
+        from what the server's half was trained on; with many trainable weights on the client
+        (a whole image encoder, not a prefix) full-size steps on stale gradients leave the two
+        halves incoherent, and a smaller scale keeps them together. 0: the client's half
+        stays frozen in split mode.
     min_clients : int (default: 2)
         Fewest valid contributions a round needs; fewer stops the run cleanly.
     fraction_train : float (default: 1.0)
@@ -97,6 +104,7 @@ class SplitSettings:
     head_lr: float = 0.01
     activation_dtype: str = "float32"
     upload_topk: float = 1.0
+    replay_lr_scale: float = 1.0
     min_clients: int = 2
     fraction_train: float = 1.0
     wait_for_nodes_s: float = 120.0
@@ -130,6 +138,8 @@ class SplitSettings:
             parse_mode(self.probe.optimized)
         if not 0.0 < self.upload_topk <= 1.0:  # also refuses NaN
             raise ValueError(f"upload_topk={self.upload_topk!r} must be in (0, 1]")
+        if not 0.0 <= self.replay_lr_scale <= 10.0:  # also refuses NaN
+            raise ValueError(f"replay_lr_scale={self.replay_lr_scale!r} must be in [0, 10]")
         for name in ("steps", "batch_size", "min_clients", "max_strikes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be at least 1")

@@ -114,6 +114,8 @@ class TrainPlan:
         Centralized mode: samples to upload.
     upload_topk : float
         Split and local mode: fraction of each trained tensor's entries sent back (1: dense).
+    replay_lr_scale : float
+        Split mode: the replayed steps' learning rate is ``lr`` times this.
     """
 
     server_round: int
@@ -128,6 +130,7 @@ class TrainPlan:
     upload_kind: str
     upload_rows: int
     upload_topk: float = 1.0
+    replay_lr_scale: float = 1.0
 
     def to_config(self) -> dict[str, Any]:
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}

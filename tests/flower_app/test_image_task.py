@@ -2,6 +2,7 @@
 and a grouping policy train it, and the wire checks refuse malformed image replies."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from flower_app.setup import build
 from flower_app.training import from_wire, to_wire
 from strategies import wire
 from strategies.devices import DeviceProfile
+from strategies.rundir import RunDirectory
 from strategies.workload import upload_row_bytes
 
 TINY = {
@@ -255,3 +257,26 @@ def test_cost_model_counts_an_uploaded_image_by_its_pixels_and_a_boundary_by_its
     assert samples == 64 * (4 + 1) + 8
     assert activations == 16 * (4 * 4 + 1) + 8
     assert shape.layer_params == 2 * 9 * 8 * 8 + 2 * 2 * 8  # two 3x3 convs and two batch norms of width 8
+
+
+def _client_shift(tmp_path, scale: float) -> float:
+    """How far one split round moves the encoder, run at ``train.replay-lr-scale=scale``."""
+    run_config = {**TINY, "run.num-rounds": 1, "strategy.policy": "split", "train.replay-lr-scale": scale}
+    run_config["run.run-dir"] = str(tmp_path / f"scale-{scale}")
+    config = load_config(run_config)
+    server = ImageServer(build(config), split_settings(config))
+    start = server.initial_state()
+    assert run_inprocess(run_config, num_nodes=2)["status"] == "completed"
+    checkpoint = RunDirectory(Path(run_config["run.run-dir"])).load()
+    assert checkpoint is not None
+    end = checkpoint.arrays
+    return math.sqrt(sum(float(np.sum((end[k] - start[k]) ** 2)) for k in server.client_keys))
+
+
+def test_replay_lr_scale_sets_the_size_of_the_split_clients_steps(tmp_path):
+    # Execute: the same round (same seed, batches and gradients) at three scales
+    frozen, small, full = (_client_shift(tmp_path, s) for s in (0.0, 0.1, 1.0))
+
+    # Assert: 0 leaves the encoder as it was; Adam's steps grow with the scale
+    assert frozen == 0.0
+    assert 0.0 < small < 0.5 * full
