@@ -49,7 +49,7 @@ bench: setup
 
 # Image semantic communication: accuracy against SNR, grouping against plain FL (a few minutes).
 bench-semcom: setup
-	nice -n 10 $(PY) bench/semcom.py --nodes 4 --rounds 4
+	nice -n 10 $(PY) bench/semcom.py --nodes 4 --rounds 15
 
 bench-robust: setup
 	$(PY) bench/robust.py --nodes 10 --rounds 3
