@@ -35,6 +35,7 @@ import json
 import time
 from pathlib import Path
 
+from flower_app.cli import overrides_of
 from flower_app.config import load_config
 from flower_app.runner import run_inprocess
 from strategies.rundir import RunDirectory
@@ -201,12 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nover seeds {args.seeds}:")
         print(curve(outs, targets))
         return
-    base = {"run.num-rounds": args.rounds, "strategy.min-clients": 1}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"override '{item}' is not key=value")
-        base[key] = value
+    base = {"run.num-rounds": args.rounds, "strategy.min-clients": 1, **overrides_of(parser, args.overrides)}
     chosen = [n for n in ROWS if not args.only or n in args.only.split(",")]
     out = Path(args.out)
     rows = [run_row(name, ROWS[name], base, args.nodes, out) for name in chosen]

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Message, RecordDict
 
+from flower_app.cli import overrides_of
 from flower_app.config import load_config
 from flower_app.runner import Fault, run_inprocess
 from strategies import wire
@@ -113,12 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/bench-robust", help="parent of the runs' directories")
     parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. config=test")
     args = parser.parse_args(argv)
-    base: dict = {"run.num-rounds": args.rounds}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"override '{item}' is not key=value")
-        base[key] = value
+    base: dict = {"run.num-rounds": args.rounds, **overrides_of(parser, args.overrides)}
     out = Path(args.out)
     fractions = [float(f) for f in args.fractions.split(",")]
     attacks, defences = args.attacks.split(","), args.defences.split(",")

@@ -45,6 +45,7 @@ from flwr.app import Message
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage
 
+from flower_app.cli import overrides_of
 from flower_app.client_app import app as client_app
 from flower_app.config import load_config, split_settings
 from flower_app.runner import InProcessGrid
@@ -276,12 +277,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. strategy.policy=threshold")
     args = parser.parse_args(argv)
     # One torch thread on the server: timings on a shared 2-core machine stay stable.
-    base: dict[str, Any] = {"config": "scale", "run.num-rounds": args.rounds, "run.server-threads": 1}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"override '{item}' is not key=value")
-        base[key] = value
+    base: dict[str, Any] = {
+        "config": "scale",
+        "run.num-rounds": args.rounds,
+        "run.server-threads": 1,
+        **overrides_of(parser, args.overrides),
+    }
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(args.out or scratch)
         measure(10, 1.0, {**base, "run.num-rounds": 1}, out / "warm-up")  # imports, first torch calls, caches

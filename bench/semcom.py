@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from flower_app.cli import overrides_of
 from flower_app.config import load_config, split_settings
 from flower_app.image_server import ImageServer
 from flower_app.runner import run_inprocess
@@ -130,12 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/bench-semcom", help="parent of the runs' directories")
     parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. image.quant-bits=4")
     args = parser.parse_args(argv)
-    base: dict[str, Any] = {"config": "image", "run.num-rounds": args.rounds, "strategy.min-clients": 1}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"override '{item}' is not key=value")
-        base[key] = value
+    base: dict[str, Any] = {
+        "config": "image",
+        "run.num-rounds": args.rounds,
+        "strategy.min-clients": 1,
+        **overrides_of(parser, args.overrides),
+    }
     out = Path(args.out)
     snrs = [float(s) for s in args.snrs.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
