@@ -113,18 +113,18 @@ class TimedServer(SplitServer):
         super().__init__(*args)
         self.model_s = 0.0
 
-    def _timed(self, method, *args):
+    def _timed(self, method, *args, **kwargs):
         start = clock()
         try:
-            return method(*args)
+            return method(*args, **kwargs)
         finally:
             self.model_s += since(start)[1]
 
-    def train_split(self, *args):
-        return self._timed(super().train_split, *args)
+    def train_split(self, *args, **kwargs):
+        return self._timed(super().train_split, *args, **kwargs)
 
-    def train_pool(self, *args):
-        return self._timed(super().train_pool, *args)
+    def train_pool(self, *args, **kwargs):
+        return self._timed(super().train_pool, *args, **kwargs)
 
     def evaluate(self, *args):
         return self._timed(super().evaluate, *args)

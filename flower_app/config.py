@@ -93,6 +93,12 @@ class TrainSettings:
     batch_size: int = _f(_S.batch_size, "samples per minibatch", low=1, high=4096)
     lr: float = _f(_S.lr, "Adam learning rate of the prefix", low=1e-8, high=10.0)
     head_lr: float = _f(_S.head_lr, "Adam learning rate of a trainable head", low=0.0, high=10.0)
+    lr_decay_to: float = _f(
+        _S.lr_decay_to,
+        "cosine decay of lr and head-lr over the rounds, to this fraction at the last (1: constant)",
+        low=1e-6,
+        high=1.0,
+    )
     activation_dtype: str = _f(
         _S.activation_dtype, "dtype of boundary activations and gradients on the wire", choices=tuple(ACTIVATION_DTYPES)
     )

@@ -40,10 +40,17 @@ class ImageServer(SplitServer):
         return i.snr_db
 
     def train_pool(
-        self, state: Mapping[str, np.ndarray], chunks: Sequence[wire.Chunk], steps: int, seed: int
+        self,
+        state: Mapping[str, np.ndarray],
+        chunks: Sequence[wire.Chunk],
+        steps: int,
+        seed: int,
+        *,
+        lr: float | None = None,
+        head_lr: float | None = None,
     ) -> tuple[dict[str, np.ndarray], float, int]:
         self.client.channel.configure(self._channel_snr(training=True), seed)
-        return super().train_pool(state, chunks, steps, seed)
+        return super().train_pool(state, chunks, steps, seed, lr=lr, head_lr=head_lr)
 
     def evaluate(self, state: Mapping[str, np.ndarray]) -> dict[str, float]:
         """Held-out loss and accuracy through the channel at ``image.snr-db`` (the same noise every time)."""

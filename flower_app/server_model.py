@@ -51,12 +51,19 @@ class SplitServer:
         return to_record(self.initial_state())
 
     def train_split(
-        self, state: Mapping[str, np.ndarray], batches: Sequence[wire.Chunk]
+        self,
+        state: Mapping[str, np.ndarray],
+        batches: Sequence[wire.Chunk],
+        *,
+        lr: float | None = None,
+        head_lr: float | None = None,
     ) -> tuple[dict[str, np.ndarray], list[np.ndarray], float]:
-        """Step through a client's minibatches; return server tensors, boundary grads, mean loss."""
+        """Step through a client's minibatches; return server tensors, boundary grads, mean loss.
+
+        ``lr`` / ``head_lr``: the round's rates (None: the settings')."""
         server, s = self.setup.server, self.settings
         set_state(server, state)
-        optimizer = adam([server], s.lr, s.head_lr)
+        optimizer = adam([server], s.lr if lr is None else lr, s.head_lr if head_lr is None else head_lr)
         grads, losses = [], []
         with torch_threads(self.threads):
             for batch in batches:
@@ -72,9 +79,18 @@ class SplitServer:
         return get_state(server), grads, float(np.mean(losses))
 
     def train_pool(
-        self, state: Mapping[str, np.ndarray], chunks: Sequence[wire.Chunk], steps: int, seed: int
+        self,
+        state: Mapping[str, np.ndarray],
+        chunks: Sequence[wire.Chunk],
+        steps: int,
+        seed: int,
+        *,
+        lr: float | None = None,
+        head_lr: float | None = None,
     ) -> tuple[dict[str, np.ndarray], float, int]:
-        """Train on the centralized clients' pooled uploads; tensors, mean loss, samples drawn."""
+        """Train on the centralized clients' pooled uploads; tensors, mean loss, samples drawn.
+
+        ``lr`` / ``head_lr``: the round's rates (None: the settings')."""
         setup, s = self.setup, self.settings
         set_state(setup.client, state)
         set_state(setup.server, state)
@@ -86,8 +102,8 @@ class SplitServer:
                 s.upload_kind,
                 steps,
                 s.batch_size,
-                s.lr,
-                s.head_lr,
+                s.lr if lr is None else lr,
+                s.head_lr if head_lr is None else head_lr,
                 seed,
                 setup.spec,
                 setup.verbalizer_ids,

@@ -79,6 +79,7 @@ def split_settings(config: Config) -> SplitSettings:
         batch_size=t.batch_size,
         lr=t.lr,
         head_lr=t.head_lr,
+        lr_decay_to=t.lr_decay_to,
         activation_dtype=t.activation_dtype,
         upload_topk=t.upload_topk,
         replay_lr_scale=t.replay_lr_scale,

@@ -22,11 +22,12 @@ class ServerModel(Protocol):
     server_keys: tuple[str, ...]  # trainable tensors the server holds (upper prefix, head)
 
     def train_split(
-        self, state: Mapping[str, np.ndarray], batches: Sequence[Chunk]
+        self, state: Mapping[str, np.ndarray], batches: Sequence[Chunk], *, lr: float, head_lr: float
     ) -> tuple[dict[str, np.ndarray], list[np.ndarray], float]:
         """Train the server side on one client's minibatches of boundary activations.
 
-        Returns the server tensors after the steps, one boundary gradient per
+        ``lr`` and ``head_lr`` are the round's learning rates (the strategy's, after its
+        schedule). Returns the server tensors after the steps, one boundary gradient per
         minibatch, and the mean training loss.
         """
         ...
@@ -44,7 +45,15 @@ class ServerModel(Protocol):
         ...
 
     def train_pool(
-        self, state: Mapping[str, np.ndarray], chunks: Sequence[Chunk], steps: int, seed: int
+        self,
+        state: Mapping[str, np.ndarray],
+        chunks: Sequence[Chunk],
+        steps: int,
+        seed: int,
+        *,
+        lr: float,
+        head_lr: float,
     ) -> tuple[dict[str, np.ndarray], float, int]:
-        """Train from ``state`` on the centralized uploads; tensors, mean loss, distinct samples drawn."""
+        """Train from ``state`` on the centralized uploads at the round's learning rates; tensors,
+        mean loss, distinct samples drawn."""
         ...

@@ -36,6 +36,7 @@ from strategies import round_record as records
 from strategies.costmodel import EnergyLedger
 from strategies.fleet_state import ClientInfo, sample
 from strategies.grouping import ModeAssignment
+from strategies.lr_schedule import settings_for_round
 from strategies.probe_stage import probe_stage
 from strategies.records import to_record
 from strategies.round_state import RoundState, SplitOutcome, TrainedPart
@@ -145,7 +146,8 @@ def parallel_round(
     """The round: each half trained from the global tensors and averaged on its own; the winner kept."""
     s, origin = strategy.settings, strategy.state
     modes = (s.probe.optimized, strategy.basic_dtype)
-    settings = [apply_mode(strategy.basic_settings, mode) for mode in modes]  # a dtype, topk:F or plan:M
+    # a dtype, topk:F or plan:M, at the round's learning rates
+    settings = [settings_for_round(apply_mode(strategy.basic_settings, m), server_round, num_rounds) for m in modes]
     strategy.probed.append(strategy.mode)
     rnd = strategy.begin_round(grid, server_round, num_rounds, timeout)
     clients = split_halves(rnd.sampled, rnd.assignments, s.seed, server_round)

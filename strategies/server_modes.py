@@ -96,7 +96,7 @@ def train_split_side(
             if problems:
                 raise ValueError("; ".join(problems))
             volume = wire.as_int(claimed)
-            trained, grads, loss = model.train_split(start, chunks)
+            trained, grads, loss = model.train_split(start, chunks, lr=settings.lr, head_lr=settings.head_lr)
             if not _finite(trained, grads, loss):
                 raise ValueError("the server's steps on these activations left non-finite tensors (undone)")
         except Exception as err:  # one client's bad activations must not end the round
@@ -227,7 +227,12 @@ def train_pool(
     steps = settings.steps * len(rnd.pool_members)
     uploads = [_chunks(fleet_state.pool[p], settings.upload_kind) for p in rnd.pool_members]
     tensors, loss, volume = model.train_pool(
-        state, [c for chunks in uploads for c in chunks], steps, round_seed(settings.seed, rnd.server_round, POOL_ID)
+        state,
+        [c for chunks in uploads for c in chunks],
+        steps,
+        round_seed(settings.seed, rnd.server_round, POOL_ID),
+        lr=settings.lr,
+        head_lr=settings.head_lr,
     )
     if not _finite(tensors, [], loss):  # uploads are bounded on arrival; this is the last guard
         log(WARNING, "round %d: training on the pool left non-finite tensors; its result is left out", rnd.server_round)

@@ -40,6 +40,9 @@ class SplitSettings:
         Adam learning rate of the prefix, on both sides of the split.
     head_lr : float (default: 0.01)
         Adam learning rate of a trainable head (server side, emulator, pool).
+    lr_decay_to : float (default: 1.0)
+        Cosine decay of ``lr`` and ``head_lr`` over the run's rounds, down to this fraction
+        of them at the last round (:mod:`strategies.lr_schedule`); 1: constant rates.
     activation_dtype : str (default: "float32")
         Dtype of boundary activations and gradients on the wire ("float32", "float16", or
         "int8" with a scale per token vector).
@@ -102,6 +105,7 @@ class SplitSettings:
     batch_size: int = 16
     lr: float = 0.01
     head_lr: float = 0.01
+    lr_decay_to: float = 1.0
     activation_dtype: str = "float32"
     upload_topk: float = 1.0
     replay_lr_scale: float = 1.0
@@ -138,6 +142,8 @@ class SplitSettings:
             parse_mode(self.probe.optimized)
         if not 0.0 < self.upload_topk <= 1.0:  # also refuses NaN
             raise ValueError(f"upload_topk={self.upload_topk!r} must be in (0, 1]")
+        if not 0.0 < self.lr_decay_to <= 1.0:  # also refuses NaN
+            raise ValueError(f"lr_decay_to={self.lr_decay_to!r} must be in (0, 1]")
         if not 0.0 <= self.replay_lr_scale <= 10.0:  # also refuses NaN
             raise ValueError(f"replay_lr_scale={self.replay_lr_scale!r} must be in [0, 10]")
         for name in ("steps", "batch_size", "min_clients", "max_strikes"):

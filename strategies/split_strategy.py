@@ -53,6 +53,7 @@ from strategies.checkpoint import Checkpoint
 from strategies.costmodel import EnergyLedger
 from strategies.fleet_state import FleetState, sample
 from strategies.interfaces import ServerModel
+from strategies.lr_schedule import settings_for_round
 from strategies.probe_parallel import parallel_stage
 from strategies.probe_stage import probe_stage
 from strategies.records import from_record, to_record
@@ -207,7 +208,9 @@ class SplitPrefixStrategy(Strategy):
         """One round from the global tensors ``state``: the next ones and the round's record, or None
         when too few contributions were valid. ``settle(record, state)``, once the round is
         evaluated, may add to its record and choose the tensors to keep (a probe's decision)."""
-        s = self.settings
+        s = settings_for_round(self.settings, server_round, num_rounds)
+        if s is not self.settings:
+            log(INFO, "round %d: lr %.3g, head lr %.3g (cosine decay)", server_round, s.lr, s.head_lr)
         rnd = self.begin_round(grid, server_round, num_rounds, timeout)
         part = self.train_part(grid, state, rnd, s, timeout, train_config, seed_round)
         if not self.enough_contributions(rnd, part.accepted):

@@ -40,7 +40,7 @@ class FakeServerModel:
     def __init__(self) -> None:
         self.split_calls: list[dict[str, np.ndarray]] = []
 
-    def train_split(self, state, batches):
+    def train_split(self, state, batches, *, lr=None, head_lr=None):
         self.split_calls.append({k: np.array(v) for k, v in state.items()})
         trained = {k: np.asarray(state[k]) + len(batches) for k in SERVER_KEYS}
         return trained, [2.0 * np.asarray(b.inputs, np.float32) for b in batches], 0.5
@@ -64,7 +64,7 @@ class FakeServerModel:
     def limits(self) -> wire.ChunkLimits:
         return wire.ChunkLimits(max_tokens=8, num_labels=2, vocab_size=100)
 
-    def train_pool(self, state, chunks, steps, seed):
+    def train_pool(self, state, chunks, steps, seed, *, lr=None, head_lr=None):
         rows = sum(len(c.label) for c in chunks)
         return {k: np.asarray(state[k]) - 1.0 for k in SERVER_KEYS}, 0.25, rows
 
