@@ -44,7 +44,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 bench: setup
-	$(PY) bench/comm.py
+	$(PY) bench/comm.py train.steps-per-round=6
 	$(PY) bench/hetero.py --nodes 20 --rounds 6
 
 # Image semantic communication: accuracy against SNR, grouping against plain FL (a few minutes).
