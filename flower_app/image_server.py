@@ -45,12 +45,11 @@ class ImageServer(SplitServer):
         chunks: Sequence[wire.Chunk],
         steps: int,
         seed: int,
-        *,
-        lr: float | None = None,
-        head_lr: float | None = None,
+        **rates: float | None,
     ) -> tuple[dict[str, np.ndarray], float, int]:
+        """:meth:`SplitServer.train_pool` (``rates``: its ``lr`` / ``head_lr``) through the channel."""
         self.client.channel.configure(self._channel_snr(training=True), seed)
-        return super().train_pool(state, chunks, steps, seed, lr=lr, head_lr=head_lr)
+        return super().train_pool(state, chunks, steps, seed, **rates)
 
     def evaluate(self, state: Mapping[str, np.ndarray]) -> dict[str, float]:
         """Held-out loss and accuracy through the channel at ``image.snr-db`` (the same noise every time)."""

@@ -19,8 +19,27 @@ from flwr.serverapp import Grid
 from strategies import membership
 from strategies import messages as msgs
 from strategies.fleet_state import FleetState
+from strategies.rundir import RunDirectory
 from strategies.settings import SplitSettings
 from strategies.workload import ModelShape
+
+
+def discover(
+    grid: Grid, fleet: FleetState, settings: SplitSettings, shape: ModelShape, first_round: int, timeout: float
+) -> None:
+    """At the run's start: wait for the nodes, ask each who it is, admit them and plan the fleet."""
+    nodes = msgs.wait_for_nodes(grid, settings)
+    admit_nodes(grid, fleet, nodes, nodes, timeout, 0)
+    log(INFO, "%d of %d nodes answered the query", len(fleet.clients), len(nodes))
+    fleet.plan(settings, shape, first_round)
+
+
+def report_groups(fleet: FleetState, settings: SplitSettings, run_dir: RunDirectory | None) -> None:
+    """The fleet's groups and modes to ``groups.json`` (with a run directory) and the log."""
+    if run_dir is not None:
+        run_dir.write_groups(fleet.groups(settings))
+    counts = fleet.mode_counts()
+    log(INFO, "policy %s: %s", settings.fleet_policy.name, ", ".join(f"{n} {m}" for m, n in counts.items() if n))
 
 
 def stage_of(settings: SplitSettings, server_round: int) -> SplitSettings | None:

@@ -154,7 +154,8 @@ class SplitPrefixStrategy(Strategy):
                 self.first_round - 1,
                 evaluate_fn(self.first_round - 1, initial_arrays),
             )
-        self._discover(grid, timeout)
+        fleet_changes.discover(grid, self.fleet, self.settings, self.shape, self.first_round, timeout)
+        self._write_groups()
         history: list[dict[str, Any]] = []
         self.status = "running"
         self._finish(history, 0.0)  # a summary left by an earlier run must not stand for this one
@@ -358,14 +359,6 @@ class SplitPrefixStrategy(Strategy):
 
     # --- the fleet ----------------------------------------------------------------------------
 
-    def _discover(self, grid: Grid, timeout: float) -> None:
-        """Ask every connected node who it is; admit the fleet and plan it."""
-        nodes = msgs.wait_for_nodes(grid, self.settings)
-        fleet_changes.admit_nodes(grid, self.fleet, nodes, nodes, timeout, 0)
-        log(INFO, "%d of %d nodes answered the query", len(self.fleet.clients), len(nodes))
-        self.fleet.plan(self.settings, self.shape, self.first_round)
-        self._write_groups()
-
     def _refresh_fleet(self, grid: Grid, server_round: int, timeout: float) -> tuple[list[int], list[int]]:
         """At a round's start, :func:`strategies.fleet_changes.refresh`; groups.json again if re-planned."""
         staged = self._enter_stage(server_round)
@@ -384,15 +377,7 @@ class SplitPrefixStrategy(Strategy):
         return staged is not None
 
     def _write_groups(self) -> None:
-        if self.run_dir is not None:
-            self.run_dir.write_groups(self.fleet.groups(self.settings))
-        counts = self.fleet.mode_counts()
-        log(
-            INFO,
-            "policy %s: %s",
-            self.settings.fleet_policy.name,
-            ", ".join(f"{n} {m}" for m, n in counts.items() if n),
-        )
+        fleet_changes.report_groups(self.fleet, self.settings, self.run_dir)
 
     def _finish(self, history: list[dict[str, Any]], wall_s: float) -> None:
         if self.run_dir is not None:  # a resumed run reports the rounds before the restart too
