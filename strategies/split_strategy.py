@@ -26,7 +26,7 @@ The fleet may change during the run (:mod:`strategies.membership`, re-planned wh
 client joins or a profile changes); a probe stage (:mod:`strategies.probing`) may switch
 the mode (wire dtype, top-k uploads, plan length) between rounds. Flower's
 ``Strategy.start`` runs one train and one evaluate exchange a round; a split round has
-two, so this class runs its own loop with Flower's signature and ``Result``. A bad or
+two, so this class runs its own loop (:mod:`strategies.run_rounds`) with Flower's signature and ``Result``. A bad or
 missing reply is dropped with its reason; a round with fewer than ``min_clients``
 contributions stops the run, keeping the last checkpoint.
 """
@@ -36,7 +36,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
-from logging import ERROR, INFO
+from logging import INFO
 from typing import Any
 
 import numpy as np
@@ -54,10 +54,9 @@ from strategies.costmodel import EnergyLedger
 from strategies.fleet_state import FleetState, sample
 from strategies.interfaces import ServerModel
 from strategies.lr_schedule import settings_for_round
-from strategies.probe_parallel import parallel_stage
-from strategies.probe_stage import probe_stage
 from strategies.records import from_record, to_record
 from strategies.round_state import RoundState, TrainedPart
+from strategies.run_rounds import run_rounds
 from strategies.rundir import RunDirectory
 from strategies.settings import SplitSettings
 from strategies.train_modes import apply_mode
@@ -159,34 +158,8 @@ class SplitPrefixStrategy(Strategy):
         history: list[dict[str, Any]] = []
         self.status = "running"
         self._finish(history, 0.0)  # a summary left by an earlier run must not stand for this one
-        start = probing.figures_of(result.evaluate_metrics_serverapp.get(self.first_round - 1))
         try:
-            server_round = self.first_round
-            while server_round <= num_rounds:
-                args = (grid, num_rounds, timeout, train_config, evaluate_fn)
-                s = self.settings  # a probe may have switched the mode
-                probe = probing.stage_due(s.probe, server_round, history, self.probed, self.mode)
-                parallel = s.probe.variant == "parallel"
-                if probe and (server_round < num_rounds or parallel) and start:
-                    outcomes = (parallel_stage if parallel else probe_stage)(self, server_round, start, *args)
-                else:
-                    outcomes = [self.run_round(grid, self.state, server_round, *args[1:])]
-                for outcome in outcomes:
-                    if outcome is None:
-                        break
-                    self.state, record = outcome
-                    history.append(record)
-                    records.add_to_result(result, record, self.state)
-                    start = probing.figures_of(record) or start
-                    server_round += 1
-                if outcomes[-1] is None:
-                    self.status = (
-                        f"stopped at round {server_round}: fewer than {self.settings.min_clients} valid contributions"
-                    )
-                    log(ERROR, "%s; the checkpoint of round %d is kept", self.status, server_round - 1)
-                    break
-            else:
-                self.status = "completed"
+            self.status = run_rounds(self, grid, result, history, num_rounds, timeout, train_config, evaluate_fn)
         except BaseException as err:  # a kill, Ctrl-C or a crash: the summary says so, then it goes on up
             self.status = f"interrupted: {type(err).__name__}: {err}"
             self._finish(history, time.time() - started)
