@@ -135,6 +135,11 @@ class StrategySettings:
     fraction_train: float = _f(
         _S.fraction_train, "fraction of connected clients sampled each round", low=1e-6, high=1.0
     )
+    round_deadline_s: float = _f(
+        _S.round_deadline_s,
+        "simulated seconds a round may take: a client the cost model expects to need longer sits it out (0: none)",
+        low=0.0,
+    )
     timeout_s: float = _f(600.0, "seconds to wait for the replies of one exchange", low=1.0)
     server_side: str = _f(
         _S.server_side, "server tensors trained through clients in turn, or a copy per client", choices=SERVER_SIDES
@@ -179,7 +184,7 @@ class StrategySettings:
     probe_dtype: str = _f(
         "", "probing: probe-mode limited to a wire dtype ('': none)", choices=("", *ACTIVATION_DTYPES)
     )
-    probe_mode: str = _f("", "probing: the optimized mode, float16, int8, topk:F or plan:M ('': probe-dtype's)")
+    probe_mode: str = _f("", "probing: the optimized mode, float16, int8, int4, topk:F or plan:M ('': probe-dtype's)")
     probe_rounds: str = _f("", "probing: comma-separated rounds that start a probe stage")
     probe_plateau: float = _f(
         0.0,

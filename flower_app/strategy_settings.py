@@ -85,6 +85,7 @@ def split_settings(config: Config) -> SplitSettings:
         replay_lr_scale=t.replay_lr_scale,
         min_clients=s.min_clients,
         fraction_train=s.fraction_train,
+        round_deadline_s=s.round_deadline_s,
         wait_for_nodes_s=s.wait_for_nodes_s,
         requery_every=s.requery_every,
         server_side=s.server_side,

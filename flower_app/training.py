@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from flower_app.lm_task import LmTally, lm_loss
 from flower_app.model import ClientPart, ServerPart, SplitSpec, trainable_named
 from strategies import wire
-from strategies.compression import dequantize_int8, quantize_int8
+from strategies.compression import quantize_int4, quantize_int8, unpack
 
 PERPLEXITY = "perplexity"  # a held-out metric of the causal-LM objective
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -102,15 +102,18 @@ def adam(parts: Sequence[ClientPart | ServerPart], lr: float, head_lr: float) ->
 
 
 def to_wire(tensor: torch.Tensor, dtype: str) -> np.ndarray:
-    """float16 halves the bytes crossing the split, int8 quarters them; the receiver computes in float32."""
+    """float16 halves the bytes crossing the split, int8 quarters them, int4 cuts them to an eighth;
+    the receiver computes in float32."""
     if dtype == "int8":
         return quantize_int8(tensor.detach().numpy())  # (..., H + 4): values and a scale per vector
+    if dtype == "int4":
+        return quantize_int4(tensor.detach().numpy())  # (..., H / 2 + 4): nibble pairs and a scale
     return tensor.detach().to(DTYPES[dtype]).numpy()
 
 
 def from_wire(array: np.ndarray) -> torch.Tensor:
-    """float32 of what crossed the split, in any wire dtype (int8 vectors are unpacked)."""
+    """float32 of what crossed the split, in any wire dtype (int8 and int4 vectors are unpacked)."""
     array = np.asarray(array)
-    if array.dtype == np.int8:
-        return torch.from_numpy(dequantize_int8(array))
+    if array.dtype in (np.int8, np.uint8):
+        return torch.from_numpy(unpack(array))
     return torch.as_tensor(array).float()

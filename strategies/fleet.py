@@ -110,7 +110,7 @@ def parse_schedule(text: str) -> Schedule:
 
 
 def round_plan(
-    policy: Policy, mode: str, steps: int, emulator_layers: int, activation_bytes: int, upload_kind: str
+    policy: Policy, mode: str, steps: int, emulator_layers: int, activation_bytes: float, upload_kind: str
 ) -> RoundPlan:
     """What one round of ``mode`` processes, for the workload model."""
     epochs = policy.group_config(mode).local_epochs
@@ -130,7 +130,7 @@ def fleet_workloads(
     available: Mapping[int, int],
     steps: int,
     emulator_layers: int,
-    activation_bytes: int,
+    activation_bytes: float,
     upload_kind: str,
     upload_cap: int = 0,
 ) -> tuple[dict[int, dict[str, Workload]], dict[int, int]]:

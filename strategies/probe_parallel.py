@@ -34,7 +34,8 @@ from flwr.serverapp import Grid
 from strategies import probing
 from strategies import round_record as records
 from strategies.costmodel import EnergyLedger
-from strategies.fleet_state import ClientInfo, sample
+from strategies.deadline import sample_in_time
+from strategies.fleet_state import ClientInfo
 from strategies.grouping import ModeAssignment
 from strategies.lr_schedule import settings_for_round
 from strategies.probe_stage import probe_stage
@@ -123,7 +124,7 @@ def parallel_stage(
 ) -> list[Outcome]:
     """One round on two halves; sequential instead when fewer than 2 clients would be sampled."""
     args = (num_rounds, timeout, train_config, evaluate_fn)
-    if len(sample(strategy.fleet.active(), server_round, strategy.settings)) < 2:
+    if len(sample_in_time(strategy.fleet, server_round, strategy.settings)[0]) < 2:
         why = "fewer than 2 participants to split into halves"
         if server_round < num_rounds:
             log(INFO, "probe at round %d: %s; probing sequentially", server_round, why)

@@ -157,6 +157,8 @@ def round_record(
         **sim,
         "wall-s": round(time.time() - rnd.started, 3),
     }
+    if rnd.sat_out:
+        record["sat-out"] = rnd.sat_out
     for key, ids in (("joined", rnd.joined), ("left", rnd.left)):
         if ids:  # only rounds where the fleet changed: a steady fleet's records stay as they were
             record[key] = sorted(ids)

@@ -74,6 +74,7 @@ class RoundState:
     split: SplitOutcome = field(default_factory=SplitOutcome)
     local_losses: dict[int, float] = field(default_factory=dict)
     pool_members: list[int] = field(default_factory=list)  # partition ids trained on in the pool
+    sat_out: list[int] = field(default_factory=list)  # partition ids over the round's deadline
     bounded: dict[str, str] = field(default_factory=dict)  # contributions clipped or rejected, by source
     pool_loss: float | None = None
     pool_samples: int = 0

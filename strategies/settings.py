@@ -19,8 +19,8 @@ from strategies.robust import RULES, UPDATE_CHECKS
 from strategies.train_modes import parse_mode
 
 SERVER_SIDES = ("sequential", "parallel")
-# wire dtype -> bytes per value; int8 adds a 4-byte scale per token vector (strategies.compression)
-ACTIVATION_DTYPES = {"float32": 4, "float16": 2, "int8": 1}
+# wire dtype -> bytes per value; int8 and int4 add a 4-byte scale per token vector (strategies.compression)
+ACTIVATION_DTYPES = {"float32": 4.0, "float16": 2.0, "int8": 1.0, "int4": 0.5}
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class SplitSettings:
         of them at the last round (:mod:`strategies.lr_schedule`); 1: constant rates.
     activation_dtype : str (default: "float32")
         Dtype of boundary activations and gradients on the wire ("float32", "float16", or
-        "int8" with a scale per token vector).
+        "int8" or "int4" with a scale per token vector).
     upload_topk : float (default: 1.0)
         Fraction of each trained tensor's entries a split or local client sends back: the
         largest of its update plus its residual, with error feedback (:mod:`strategies.sparsify`);
@@ -61,6 +61,9 @@ class SplitSettings:
         Fewest valid contributions a round needs; fewer stops the run cleanly.
     fraction_train : float (default: 1.0)
         Fraction of known clients sampled each round (at least ``min_clients``).
+    round_deadline_s : float (default: 0.0)
+        Simulated seconds a round may take: a sampled client predicted to need longer
+        sits the round out (:mod:`strategies.deadline`); 0: no deadline.
     wait_for_nodes_s : float (default: 120)
         Seconds to wait at start for ``min_clients`` nodes to connect.
     requery_every : int (default: 0)
@@ -111,6 +114,7 @@ class SplitSettings:
     replay_lr_scale: float = 1.0
     min_clients: int = 2
     fraction_train: float = 1.0
+    round_deadline_s: float = 0.0
     wait_for_nodes_s: float = 120.0
     requery_every: int = 0
     server_side: str = "sequential"
@@ -170,6 +174,6 @@ class SplitSettings:
         return self.policy
 
     @property
-    def activation_bytes(self) -> int:
+    def activation_bytes(self) -> float:
         """Bytes per boundary value on the wire."""
         return ACTIVATION_DTYPES[self.activation_dtype]

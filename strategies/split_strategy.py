@@ -51,7 +51,8 @@ from strategies import round_record as records
 from strategies.aggregation import Contribution
 from strategies.checkpoint import Checkpoint
 from strategies.costmodel import EnergyLedger
-from strategies.fleet_state import FleetState, sample
+from strategies.deadline import sample_in_time
+from strategies.fleet_state import FleetState
 from strategies.interfaces import ServerModel
 from strategies.lr_schedule import settings_for_round
 from strategies.records import from_record, to_record
@@ -196,8 +197,10 @@ class SplitPrefixStrategy(Strategy):
     def begin_round(self, grid: Grid, server_round: int, num_rounds: int, timeout: float) -> RoundState:
         """The fleet's changes at the round's start, then the round's sample."""
         joined, left = self._refresh_fleet(grid, server_round, timeout)
-        sampled = sample(self.fleet.active(), server_round, self.settings)
-        return RoundState(server_round, num_rounds, sampled, dict(self.fleet.assignments), joined=joined, left=left)
+        sampled, sat_out = sample_in_time(self.fleet, server_round, self.settings)
+        rnd = RoundState(server_round, num_rounds, sampled, dict(self.fleet.assignments), joined=joined, left=left)
+        rnd.sat_out = [c.partition_id for c in sat_out]
+        return rnd
 
     def train_part(
         self,
@@ -304,7 +307,7 @@ class SplitPrefixStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """The first message of each sampled client's round, by its mode (see the module docstring)."""
-        sampled = sample(self.fleet.active(), server_round, self.settings)
+        sampled, _ = sample_in_time(self.fleet, server_round, self.settings)
         return msgs.first_messages(self.settings, self.fleet, sampled, server_round, arrays, config, self.keys.by_mode)
 
     def aggregate_train(

@@ -5,6 +5,7 @@ mode spec      what changes                                          settings fi
 =============  ====================================================  ==========================
 ``float16``    boundary activations and gradients on the wire        ``activation_dtype``
 ``int8``       the same, int8 with a scale per token vector          ``activation_dtype``
+``int4``       the same, 4 bits a value: lossy, an eighth of float32  ``activation_dtype``
 ``topk:F``     split and local clients send the top ``F`` of each    ``upload_topk``
                trained tensor's entries, with error feedback
 ``plan:M``     ``M`` times the minibatches per exchange: a round's   ``steps``
@@ -24,9 +25,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from strategies.settings import SplitSettings
 
-DTYPE_MODES = ("float32", "float16", "int8")
+DTYPE_MODES = ("float32", "float16", "int8", "int4")
 TOPK, PLAN = "topk", "plan"
-SPEC_HELP = "float16, int8, topk:F (0 < F < 1) or plan:M (an integer M >= 2)"
+SPEC_HELP = "float16, int8, int4, topk:F (0 < F < 1) or plan:M (an integer M >= 2)"
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from strategies.compression import dequantize_int8
+from strategies.compression import unpack
 
 # Message types (Flower routes "<category>.<action>" to the matching handler).
 QUERY = "query"
@@ -318,11 +318,11 @@ def decode_chunks(
 
 
 def _unpacked(chunk: Chunk, kind: str) -> tuple[Chunk, str]:
-    """int8 activations unpacked to float32 (:mod:`strategies.compression`) before any check."""
-    if kind != ACTIVATIONS_KIND or chunk.inputs.dtype != np.int8:
+    """int8 and int4 activations unpacked to float32 (:mod:`strategies.compression`) before any check."""
+    if kind != ACTIVATIONS_KIND or chunk.inputs.dtype not in (np.int8, np.uint8):
         return chunk, ""
     try:
-        return Chunk(dequantize_int8(chunk.inputs), chunk.mask, chunk.label), ""
+        return Chunk(unpack(chunk.inputs), chunk.mask, chunk.label), ""
     except ValueError as err:
         return chunk, str(err)
 

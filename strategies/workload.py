@@ -95,8 +95,8 @@ class RoundPlan:
     emulator_layers : int
         Upper layers a local-mode emulator keeps (``server_layers``: the full model).
     activation_bytes : int
-        Bytes per activation value on the wire (4 for float32, 2 for float16, 1 for int8,
-        which adds a scale per token vector: :func:`vector_bytes`).
+        Bytes per activation value on the wire (4 for float32, 2 for float16, 1 for int8 and
+        0.5 for int4, which add a scale per token vector: :func:`vector_bytes`).
     upload_kind : str
         ``"activations"`` or ``"samples"``: what a centralized client uploads.
     """
@@ -104,7 +104,7 @@ class RoundPlan:
     samples: int
     batch_size: int
     emulator_layers: int = 1
-    activation_bytes: int = 4
+    activation_bytes: float = 4.0
     upload_kind: str = "activations"
 
 
@@ -120,12 +120,12 @@ def _memory(shape: ModelShape, layers: int, batch_size: int) -> float:
     return weights + activations
 
 
-def vector_bytes(hidden: int, activation_bytes: int) -> int:
-    """Bytes of one token's boundary vector on the wire; int8 carries its scale too."""
-    return hidden * activation_bytes + (SCALE_BYTES if activation_bytes == 1 else 0)
+def vector_bytes(hidden: int, activation_bytes: float) -> float:
+    """Bytes of one token's boundary vector on the wire; int8 and int4 carry their scale too."""
+    return hidden * activation_bytes + (SCALE_BYTES if activation_bytes <= 1 else 0)
 
 
-def boundary_bytes(shape: ModelShape, samples: float, activation_bytes: int) -> float:
+def boundary_bytes(shape: ModelShape, samples: float, activation_bytes: float) -> float:
     """Bytes of the boundary activations (or gradients) of ``samples`` samples, masks and labels."""
     tokens = samples * shape.mean_tokens
     return tokens * (vector_bytes(shape.hidden, activation_bytes) + MASK_BYTES) + samples * LABEL_BYTES
@@ -161,7 +161,7 @@ def local_workload(shape: ModelShape, plan: RoundPlan) -> Workload:
     )
 
 
-def upload_row_bytes(shape: ModelShape, kind: str, activation_bytes: int) -> float:
+def upload_row_bytes(shape: ModelShape, kind: str, activation_bytes: float) -> float:
     """Bytes one uploaded sample costs: its activations, or its token ids, with mask and label."""
     if kind == "activations":
         return shape.mean_tokens * (vector_bytes(shape.hidden, activation_bytes) + MASK_BYTES) + LABEL_BYTES

@@ -1,10 +1,21 @@
-"""int8 boundary tensors: round trips within the stated bound, hostile packings refused."""
+"""int8 and int4 boundary tensors: round trips within the stated bound, hostile packings refused."""
 
 import numpy as np
 import pytest
 
 from strategies import wire
-from strategies.compression import LEVELS, SCALE_BYTES, dequantize_int8, quantize_int8
+from strategies.compression import (
+    INT4_LEVELS,
+    LEVELS,
+    SCALE_BYTES,
+    dequantize_int4,
+    dequantize_int8,
+    quantize_int4,
+    quantize_int8,
+    to_wire_dtype,
+)
+from strategies.settings import ACTIVATION_DTYPES
+from strategies.workload import vector_bytes
 
 
 def test_round_trip_is_within_half_a_step_of_each_vectors_scale():
@@ -84,3 +95,59 @@ def test_int8_split_rounds_send_about_a_quarter_and_still_learn(tmp_path, object
     assert up["int8"] < 0.33 * up["float32"] and down["int8"] < 0.33 * down["float32"]
     assert runs["int8"][-1]["eval-loss"] < runs["int8"][0]["eval-loss"]
     assert abs(runs["int8"][-1]["eval-loss"] - runs["float32"][-1]["eval-loss"]) < 0.05
+
+
+def test_int4_round_trip_is_within_half_a_step_and_an_eighth_of_the_bytes():
+    # Arrange
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3, 5, 32)).astype(np.float32) * rng.uniform(1e-3, 50.0, size=(3, 5, 1)).astype(np.float32)
+
+    # Execute
+    packed = quantize_int4(x)
+    back = dequantize_int4(packed)
+
+    # Assert: two values a byte plus the scale; each value within half a step of 16 levels
+    assert packed.dtype == np.uint8 and packed.shape == (3, 5, 16 + SCALE_BYTES)
+    step = np.abs(x).max(-1, keepdims=True) / INT4_LEVELS
+    assert (np.abs(back - x) <= step / 2 + 1e-6 * step).all()
+    # Coarser than int8 on the same vectors: the lossy mode is really lossier
+    assert np.abs(back - x).mean() > 5 * np.abs(dequantize_int8(quantize_int8(x)) - x).mean()
+
+
+def test_int4_keeps_order_zeros_and_extremes():
+    x = np.array([[0.0, 0.0], [-7.0, 7.0], [1.0, -3.5]], dtype=np.float32)
+    back = dequantize_int4(quantize_int4(x))
+    assert np.array_equal(back[0], [0.0, 0.0])
+    assert np.array_equal(back[1], [-7.0, 7.0])  # the nibble order: even index low, odd high
+    assert back[2] == pytest.approx([1.0, -3.5], abs=0.25 + 1e-6)
+
+
+def test_hostile_int4_packings_are_refused():
+    packed = quantize_int4(np.ones((2, 3, 8), dtype=np.float32))
+    zeroed = packed.copy()
+    zeroed[0, 0, 0] = 0  # nibble 0 is never sent
+    with pytest.raises(ValueError, match="zero nibble"):
+        dequantize_int4(zeroed)
+    bad_scale = packed.copy()
+    bad_scale[0, 0, -SCALE_BYTES:] = np.array([-1.0], dtype=np.float32).view(np.uint8)
+    with pytest.raises(ValueError, match="negative or non-finite scale"):
+        dequantize_int4(bad_scale)
+    with pytest.raises(ValueError, match="not int4-packed"):
+        dequantize_int4(packed.view(np.int8))
+    with pytest.raises(ValueError, match="even width"):
+        quantize_int4(np.ones((2, 3), dtype=np.float32))
+
+
+def test_the_chunk_codec_unpacks_int4_activations_and_the_wire_counts_their_bytes():
+    # Arrange
+    x = np.random.default_rng(3).normal(size=(2, 5, 16)).astype(np.float32)
+    chunk = wire.Chunk(to_wire_dtype(x, "int4"), np.ones((2, 5), np.int8), np.array([0, 1]))
+
+    # Execute
+    chunks, problems = wire.decode_chunks(
+        wire.encode_chunks([chunk], wire.ACTIVATIONS_KIND), wire.ACTIVATIONS_KIND, hidden=16
+    )
+
+    # Assert: unpacked to float32 of the stated width, and planned bytes match what is sent
+    assert problems == [] and chunks[0].inputs.dtype == np.float32 and chunks[0].inputs.shape == (2, 5, 16)
+    assert chunk.inputs.nbytes == 2 * 5 * vector_bytes(16, ACTIVATION_DTYPES["int4"])

@@ -24,14 +24,14 @@ def test_mode_specs_parse_and_change_one_setting_of_the_basic_ones():
     assert apply_mode(basic, "topk:0.25").upload_topk == 0.25
     assert apply_mode(basic, "plan:3").steps == 18  # three times the basic plan per exchange
     for spec in ("topk:1", "topk:0", "topk:x", "plan:1", "plan:2.5", "bf16", "plan"):
-        with pytest.raises(ValueError, match="must be float16, int8, topk:F"):
+        with pytest.raises(ValueError, match="must be float16, int8, int4, topk:F"):
             parse_mode(spec)
 
 
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"strategy.probe-mode": "plan:1"}, "'strategy.probe-mode'='plan:1' must be float16, int8, topk:F"),
+        ({"strategy.probe-mode": "plan:1"}, "'strategy.probe-mode'='plan:1' must be float16, int8, int4, topk:F"),
         ({"strategy.probe-mode": "int8", "strategy.probe-dtype": "int8"}, "set one"),  # two names for one thing
         ({"train.upload-topk": 0.0}, "'train.upload-topk'=0.0 is below its minimum"),
     ],
