@@ -7,7 +7,7 @@ in this process:
 - full-model FedAvg: every weight of the model, uploaded each round;
 - prefix (all layers) + head: what a `local`-mode client uploads;
 - split mode: the boundary activations of the round's batch plan (float32,
-  float16 and int8 with a scale per token vector) plus the lower-layer prefix sent
+  float16, int8 and int4 with a scale per token vector) plus the lower-layer prefix sent
   back after the replay.
 
     python bench/comm.py [key=value ...]     e.g. config=test, train.steps-per-round=10
@@ -42,7 +42,7 @@ def main(argv: list[str]) -> None:
     client_prefix = get_state(setup.client)
     prefix_all = payload_bytes(setup.initial_state)
     rows = [("full-model FedAvg (all weights)", full), ("prefix, all layers + head (local mode)", prefix_all)]
-    for dtype in ("float32", "float16", "int8"):
+    for dtype in ("float32", "float16", "int8", "int4"):
         acts = forward_plan(setup.client, encoded, plan, setup.pad_id, dtype)
         rows.append(
             (f"split mode, {dtype} activations + lower prefix", payload_bytes(acts) + payload_bytes(client_prefix))
@@ -59,7 +59,8 @@ def main(argv: list[str]) -> None:
     print(
         f"full FedAvg / prefix upload = {full / prefix_all:,.0f}x; "
         f"full FedAvg / split float32 = {full / rows[2][1]:,.1f}x; "
-        f"split int8 / split float32 = {rows[4][1] / rows[2][1]:.3f}x"
+        f"split int8 / split float32 = {rows[4][1] / rows[2][1]:.3f}x; "
+        f"split int4 / split float32 = {rows[5][1] / rows[2][1]:.3f}x"
     )
 
 
