@@ -10,8 +10,10 @@ accuracy is always measured.
 Rows: all-local (layer-drop emulator), all-split, all-centralized, prefix FedAvg
 (every client runs the whole model: a local emulator that keeps every layer; only
 the trainable tensors, prefix and head, travel), then the grouping policies threshold, cost and kmeans,
-and ``staged``, a policy schedule (``strategy.policy-schedule``): one round of ``cost``, two of
-``threshold``, then all split.
+``staged``, a policy schedule (``strategy.policy-schedule``): one round of ``cost``, two of
+``threshold``, then all split; and ``threshold, deadline``: threshold grouping with a 30 s
+round deadline (``strategy.round-deadline-s``: clients the cost model expects to need longer
+sit the round out).
 
 Columns: simulated time until held-out accuracy first reaches ``--target``,
 final accuracy, uplink bytes, client energy, client-rounds over their energy
@@ -25,7 +27,8 @@ batch plans), run into ``--out/seed-N``; the bench then prints, for every target
 ``--targets`` (from:to:step), the seeds' mean simulated time to the target of the best single
 mode and of each policy, their ratio, and each row's mean final accuracy. A row reaches a target
 only when it does in every seed. ``--curve-from DIR ...`` prints that curve from earlier
-outputs (each DIR holds a ``hetero.json``) without training.
+outputs (each DIR holds a ``hetero.json``) without training; ``DIR1+DIR2`` is one seed whose
+rows come from both (a row of DIR2 replaces DIR1's of the same name).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ ROWS = {
     "cost": {"strategy.policy": "cost"},
     "kmeans": {"strategy.policy": "kmeans"},
     "staged": {"strategy.policy-schedule": "cost:1,threshold:2,split"},
+    "threshold, deadline": {"strategy.policy": "threshold", "strategy.round-deadline-s": 30.0},
 }
 SINGLE = ("all-local", "all-split", "all-centralized", "prefix FedAvg")
 
@@ -170,6 +174,17 @@ def curve(outputs: list[list[dict]], targets: list[float]) -> str:
     return "\n".join(lines)
 
 
+def merged_rows(item: str) -> list[dict]:
+    """The rows of ``DIR1+DIR2+...``'s ``hetero.json`` files, a later row replacing one of its name."""
+    rows: dict[str, dict] = {}
+    for directory in item.split("+"):
+        path = Path(directory) / "hetero.json"
+        if not path.is_file():
+            raise SystemExit(f"--curve-from: no hetero.json in {directory}")
+        rows.update((r["name"], r) for r in json.loads(path.read_text()))
+    return list(rows.values())
+
+
 def parse_targets(text: str) -> list[float]:
     """``"0.70:0.78:0.01"`` -> [0.70, 0.71, ..., 0.78]."""
     low, high, step = (float(x) for x in text.split(":"))
@@ -191,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     targets = parse_targets(args.targets)
     if args.curve_from:
-        print(curve([json.loads((Path(d) / "hetero.json").read_text()) for d in args.curve_from], targets))
+        print(curve([merged_rows(item) for item in args.curve_from], targets))
         return
     if args.seeds:
         outs = []

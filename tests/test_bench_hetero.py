@@ -1,5 +1,7 @@
 """bench/hetero.py's curve over targets and seeds, on hand-made rows (no training)."""
 
+import json
+
 import pytest
 
 from tests.benches import load_bench
@@ -44,3 +46,23 @@ def test_curve_compares_each_policy_with_the_best_single_mode_per_target():
 
 def test_parse_targets_includes_both_ends():
     assert hetero.parse_targets("0.70:0.78:0.02") == [0.70, 0.72, 0.74, 0.76, 0.78]
+
+
+def test_a_seed_can_take_its_rows_from_two_outputs(tmp_path):
+    # Prepare: the single modes in one output, a policy (and a redone all-split) in another
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = [_row("all-split", [0.70], [75.0]), _row("all-centralized", [0.73], [40.0])]
+    (tmp_path / "a" / "hetero.json").write_text(json.dumps(first))
+    (tmp_path / "b" / "hetero.json").write_text(
+        json.dumps([_row("all-split", [0.71], [70.0]), _row("p", [0.72], [5.0])])
+    )
+
+    # Execute
+    rows = hetero.merged_rows(f"{tmp_path / 'a'}+{tmp_path / 'b'}")
+
+    # Assert: three rows by name, the later output's all-split replacing the earlier one
+    assert sorted(r["name"] for r in rows) == ["all-centralized", "all-split", "p"]
+    assert next(r for r in rows if r["name"] == "all-split")["accuracy"] == [0.71]
+    with pytest.raises(SystemExit, match="no hetero.json"):
+        hetero.merged_rows(str(tmp_path / "missing"))
