@@ -154,7 +154,7 @@ class StrategySettings:
     policy: str = _f(_P.name, "a mode for every client, or a grouping policy", choices=POLICIES)
     policy_schedule: str = _f(
         "",
-        "policies by stage, 'policy:rounds,...' (the last stage may leave out its rounds), e.g. 'cost:1,threshold'; "
+        "policies by stage, 'policy:rounds[@deadline-s],...' (the last stage may leave out its rounds), e.g. 'cost:1,threshold'; "
         "replaces strategy.policy ('': strategy.policy throughout)",
     )
     threshold_flops: float = _f(

@@ -5,10 +5,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from strategies import wire
-from strategies.fleet import Policy, Schedule, parse_schedule
+from strategies.fleet import Policy, Schedule, parse_schedule, stage_deadlines
 from strategies.probing import ProbePlan, parse_rounds
 from strategies.requirements import TrainingRequirement
 from strategies.settings import SplitSettings
@@ -48,7 +49,8 @@ def policy(config: Config) -> Policy:
     s = config.strategy
     try:
         schedule = parse_schedule(s.policy_schedule)
-        return _policy(config, schedule[0][0] if schedule else s.policy, schedule)
+        staged = replace(_policy(config, s.policy, schedule), stage_deadlines=stage_deadlines(s.policy_schedule))
+        return staged.at(1)  # the first stage, its deadline included
     except ValueError as err:
         raise ValueError(f"config key 'strategy.policy-schedule'={s.policy_schedule!r}: {err}") from None
 

@@ -61,18 +61,14 @@ def sample_in_time(
 ) -> tuple[list[ClientInfo], list[ClientInfo]]:
     """This round's sample (:func:`strategies.fleet_state.sample`) split by the round's deadline."""
     sampled = sample(fleet_state.active(), server_round, settings)
-    if settings.round_deadline_s <= 0:
+    policy = settings.fleet_policy
+    # A stage of the policy schedule may carry its own deadline (``threshold:3@30``).
+    deadline = policy.round_deadline_s if policy.round_deadline_s is not None else settings.round_deadline_s
+    if deadline <= 0:
         return sampled, []
-    server_flops = settings.fleet_policy.server_flops
-    latency = {c.partition_id: predicted_latency(fleet_state, c, server_flops) for c in sampled}
-    train, sit_out = within_deadline(sampled, latency, settings.round_deadline_s, settings.min_clients)
+    latency = {c.partition_id: predicted_latency(fleet_state, c, policy.server_flops) for c in sampled}
+    train, sit_out = within_deadline(sampled, latency, deadline, settings.min_clients)
     if sit_out:
         late = ", ".join(f"{c.partition_id} ({latency[c.partition_id]:.1f} s)" for c in sit_out)
-        log(
-            INFO,
-            "round %d: over the %.1f s deadline, clients sit out: %s",
-            server_round,
-            settings.round_deadline_s,
-            late,
-        )
+        log(INFO, "round %d: over the %.1f s deadline, clients sit out: %s", server_round, deadline, late)
     return train, sit_out

@@ -14,6 +14,7 @@ is told ``alloc-over-budget = true`` and runs at full speed; the ledger shows wh
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -46,6 +47,10 @@ class Policy:
     seed: int = 0
     server_flops: float = 10e12
     schedule: Schedule = ()
+    # A stage's own round deadline (``threshold:3@30``), None where it has none; the one in
+    # effect is ``round_deadline_s``, which ``at`` sets (None: the run's strategy.round-deadline-s).
+    stage_deadlines: tuple[float | None, ...] = ()
+    round_deadline_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.name not in POLICIES:
@@ -56,6 +61,8 @@ class Policy:
                 raise ValueError(f"policy schedule: '{name}' must be one of {list(POLICIES)}")
             if rounds < (0 if last else 1):
                 raise ValueError(f"policy schedule: stage {stage + 1} ({name}) needs a number of rounds >= 1")
+        if self.stage_deadlines and len(self.stage_deadlines) != len(self.schedule):
+            raise ValueError(f"{len(self.stage_deadlines)} stage deadlines for {len(self.schedule)} stages")
         for mode in (self.weak_mode, self.strong_mode, *self.kmeans_modes, *self.cost_modes):
             if mode not in MODES:
                 raise ValueError(f"mode '{mode}' must be one of {list(MODES)}")
@@ -77,12 +84,16 @@ class Policy:
         accuracy climbs quickly, then the accurate, slower ones (``cost:1,threshold``).
         The stage is a function of the round alone, so a resumed run is in the same one.
         """
-        end = 0
-        for name, rounds in self.schedule:
+        if not self.schedule:
+            return self
+        deadlines = self.stage_deadlines or (None,) * len(self.schedule)
+        end, stage = 0, len(self.schedule) - 1
+        for i, (_, rounds) in enumerate(self.schedule):
             end += rounds
             if server_round <= end or rounds == 0:
-                return replace(self, name=name)
-        return replace(self, name=self.schedule[-1][0]) if self.schedule else self
+                stage = i
+                break
+        return replace(self, name=self.schedule[stage][0], round_deadline_s=deadlines[stage])
 
     def group_config(self, mode: str) -> GroupConfig:
         """A group's training config: local-mode groups take ``local_epochs`` passes a round."""
@@ -93,9 +104,10 @@ def parse_schedule(text: str) -> Schedule:
     """``"cost:1,threshold:2,split"`` as ``(("cost", 1), ("threshold", 2), ("split", 0))``.
 
     Each stage is ``policy:rounds``; the last may leave out its rounds (it lasts until the end).
+    A stage may end in ``@seconds``, its round deadline (:func:`stage_deadlines`), left out here.
     ValueError names the stage that is wrong.
     """
-    stages = [part.strip() for part in text.split(",") if part.strip()]
+    stages = [part.strip().partition("@")[0].strip() for part in text.split(",") if part.strip()]
     out = []
     for i, stage in enumerate(stages):
         name, sep, rounds = stage.partition(":")
@@ -106,6 +118,24 @@ def parse_schedule(text: str) -> Schedule:
         except ValueError:
             raise ValueError(f"policy schedule stage '{stage}': rounds must be a whole number") from None
         out.append((name.strip(), count))
+    return tuple(out)
+
+
+def stage_deadlines(text: str) -> tuple[float | None, ...]:
+    """Each stage's round deadline in seconds (``threshold:3@30`` -> 30.0), None where none is given."""
+    out: list[float | None] = []
+    for stage in (part.strip() for part in text.split(",") if part.strip()):
+        _, at, seconds = stage.partition("@")
+        if not at:
+            out.append(None)
+            continue
+        try:
+            deadline = float(seconds)
+        except ValueError:
+            deadline = -1.0
+        if not (math.isfinite(deadline) and deadline >= 0):
+            raise ValueError(f"policy schedule stage '{stage}': the deadline after '@' must be seconds >= 0")
+        out.append(deadline)
     return tuple(out)
 
 

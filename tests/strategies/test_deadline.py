@@ -5,6 +5,7 @@ import pytest
 from flower_app.runner import run_inprocess
 from strategies.deadline import within_deadline
 from strategies.devices import DeviceProfile
+from strategies.fleet import Policy, parse_schedule, stage_deadlines
 from strategies.fleet_state import ClientInfo
 from strategies.rundir import RunDirectory
 
@@ -68,3 +69,39 @@ def test_the_predicted_latency_matches_the_clock_and_the_slow_clients_sit_out(tm
         assert record["sim-latency-s"] <= deadline
     assert rounds[0]["sim-latency-s"] == pytest.approx(sorted(observed.values())[3], rel=1e-6)
     assert free[0]["sim-latency-s"] > deadline and "sat-out" not in free[0]
+
+
+def test_a_stage_of_the_schedule_carries_its_own_deadline():
+    text = "threshold:3@30, cost:1@0, split"
+
+    schedule, deadlines = parse_schedule(text), stage_deadlines(text)
+    policy = Policy(schedule=schedule, stage_deadlines=deadlines)
+
+    assert schedule == (("threshold", 3), ("cost", 1), ("split", 0))
+    assert deadlines == (30.0, 0.0, None)
+    assert [(policy.at(r).name, policy.at(r).round_deadline_s) for r in (1, 3, 4, 5)] == [
+        ("threshold", 30.0),
+        ("threshold", 30.0),
+        ("cost", 0.0),  # 0: no deadline in this stage, whatever the run's
+        ("split", None),  # none given: the run's strategy.round-deadline-s
+    ]
+    with pytest.raises(ValueError, match="deadline after '@' must be seconds"):
+        stage_deadlines("threshold:3@soon,split")
+    with pytest.raises(ValueError, match="deadline after '@' must be seconds"):
+        stage_deadlines("threshold:3@-1,split")
+
+
+def test_the_deadline_binds_only_in_its_stage(tmp_path):
+    # Arrange: the slowest clients' latency without a deadline
+    _, free = _round_one(tmp_path, "free")
+    observed = sorted(c["sim-latency-s"] for c in free[0]["clients"].values())
+    deadline = observed[3] * 1.001
+
+    # Execute: round 1 under the deadline, round 2 without, though the run's key sets one
+    overrides = {"strategy.policy-schedule": f"split:1@{deadline},split@0", "strategy.round-deadline-s": 1e-9}
+    summary, rounds = _round_one(tmp_path, "staged", **overrides)
+
+    # Assert
+    assert summary["status"] == "completed"
+    assert len(rounds[0]["sat-out"]) == 2 and len(rounds[0]["clients"]) == 4
+    assert "sat-out" not in rounds[1] and len(rounds[1]["clients"]) == 6
