@@ -11,9 +11,10 @@ Rows: all-local (layer-drop emulator), all-split, all-centralized, prefix FedAvg
 (every client runs the whole model: a local emulator that keeps every layer; only
 the trainable tensors, prefix and head, travel), then the grouping policies threshold, cost and kmeans,
 ``staged``, a policy schedule (``strategy.policy-schedule``): one round of ``cost``, two of
-``threshold``, then all split; and ``threshold, deadline``: threshold grouping with a 30 s
+``threshold``, then all split; and ``threshold+deadline``: threshold grouping with a 30 s
 round deadline (``strategy.round-deadline-s``: clients the cost model expects to need longer
-sit the round out).
+sit the round out); ``staged+deadline``: that for rounds 1-3, then everyone split with no
+deadline (``threshold:3@30,split``).
 
 Columns: simulated time until held-out accuracy first reaches ``--target``,
 final accuracy, uplink bytes, client energy, client-rounds over their energy
@@ -52,7 +53,8 @@ ROWS = {
     "cost": {"strategy.policy": "cost"},
     "kmeans": {"strategy.policy": "kmeans"},
     "staged": {"strategy.policy-schedule": "cost:1,threshold:2,split"},
-    "threshold, deadline": {"strategy.policy": "threshold", "strategy.round-deadline-s": 30.0},
+    "threshold+deadline": {"strategy.policy": "threshold", "strategy.round-deadline-s": 30.0},
+    "staged+deadline": {"strategy.policy-schedule": "threshold:3@30,split"},
 }
 SINGLE = ("all-local", "all-split", "all-centralized", "prefix FedAvg")
 
