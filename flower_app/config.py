@@ -154,8 +154,8 @@ class StrategySettings:
     policy: str = _f(_P.name, "a mode for every client, or a grouping policy", choices=POLICIES)
     policy_schedule: str = _f(
         "",
-        "policies by stage, 'policy:rounds[@deadline-s],...' (the last stage may leave out its rounds), e.g. 'cost:1,threshold'; "
-        "replaces strategy.policy ('': strategy.policy throughout)",
+        "policies by stage, 'policy:rounds[@deadline-s],...' (the last stage may leave out its rounds), "
+        "e.g. 'cost:1,threshold'; replaces strategy.policy ('': strategy.policy throughout)",
     )
     threshold_flops: float = _f(
         _P.threshold_flops, "threshold policy: capability (FLOP/s) below which a client is weak", low=0.0
@@ -199,6 +199,12 @@ class StrategySettings:
         choices=CRITERIA,
     )
     probe_variant: str = _f("sequential", "probing: two trial rounds, or one round on two halves", choices=VARIANTS)
+    probe_min_saving: float = _f(
+        0.05,
+        "probing, rate criterion: least fraction of a round's simulated time a compressed mode must save to be taken",
+        low=0.0,
+        high=0.99,
+    )
 
 
 @dataclass(frozen=True)

@@ -109,5 +109,6 @@ def split_settings(config: Config) -> SplitSettings:
             amount=s.probe_amount,
             criterion=s.probe_criterion,
             variant=s.probe_variant,
+            min_saving=s.probe_min_saving,
         ),
     )

@@ -10,6 +10,12 @@ higher accuracy reached, with ``criterion="accuracy"``) is kept, with the tensor
 trained, and the run goes on in it without a restart. Ties go to the basic mode: a
 change must earn its keep. When neither trial converged, the one that lost less wins.
 
+A compressed mode (a wire dtype or top-k uploads) buys time with noise. Under the rate
+criterion, one whose trial round saves less than :attr:`ProbePlan.min_saving` of the basic
+trial's simulated seconds is not taken, whatever the trials' losses say: on links where
+bytes cost nothing, its one-round loss difference from the basic mode is noise of the
+size of its real accuracy cost, so a single trial cannot tell them apart (README, *Probing*).
+
 A mode is named by its spec (:mod:`strategies.train_modes`): a wire dtype of the boundary
 tensors (``float16``, ``int8``), top-k uploads (``topk:0.1``) or a longer replay plan
 (``plan:2``); the basic mode by its wire dtype (``float32``).
@@ -23,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from strategies.train_modes import PLAN, parse_mode
 
 # (a round's record, its tensors) -> (fields to add to the record, the tensors to keep)
 Settle = Callable[[dict[str, Any], dict[str, np.ndarray]], tuple[dict[str, Any], dict[str, np.ndarray]]]
@@ -52,6 +60,9 @@ class ProbePlan:
         ``"sequential"``: a stage is two rounds, one per mode, the state restored between
         them; ``"parallel"``: a stage is one round, each half of the clients in one mode
         (:mod:`strategies.probe_parallel`).
+    min_saving : float
+        Under the rate criterion, the least fraction of the basic trial's simulated seconds
+        a compressed mode's trial must save to be taken (0: any rate gain will do).
     """
 
     optimized: str = ""
@@ -60,6 +71,7 @@ class ProbePlan:
     amount: str = "loss"
     criterion: str = "rate"
     variant: str = "sequential"
+    min_saving: float = 0.05
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -68,6 +80,8 @@ class ProbePlan:
             raise ValueError(f"probe amount {self.amount!r} must be one of {list(AMOUNTS)}")
         if self.criterion not in CRITERIA:
             raise ValueError(f"probe criterion {self.criterion!r} must be one of {list(CRITERIA)}")
+        if not 0.0 <= self.min_saving < 1.0:
+            raise ValueError(f"probe min_saving {self.min_saving!r} must be in [0, 1)")
         if not 0.0 <= self.plateau < 1.0:
             raise ValueError(f"probe plateau {self.plateau!r} must be in [0, 1)")
         if any(r < 1 for r in self.rounds):
@@ -115,10 +129,15 @@ def decide(basic: Trial, optimized: Trial, plan: ProbePlan) -> tuple[str, dict[s
     else:
         scores = {basic.mode: basic.end_accuracy, optimized.mode: optimized.end_accuracy}
     chosen = optimized.mode if scores[optimized.mode] > scores[basic.mode] else basic.mode
+    saving = 1.0 - optimized.seconds / basic.seconds if basic.seconds > 0 else 0.0
+    too_little = plan.criterion == "rate" and compresses(optimized.mode) and saving < plan.min_saving
+    if too_little:
+        chosen = basic.mode
     figures = {
         "criterion": plan.criterion,
         "amount": plan.amount,
         "chosen": chosen,
+        "time-saving": saving,
         "trials": {
             t.mode: {
                 "amount": t.amount(plan.amount),
@@ -130,7 +149,14 @@ def decide(basic: Trial, optimized: Trial, plan: ProbePlan) -> tuple[str, dict[s
             for t in (basic, optimized)
         },
     }
+    if too_little:
+        figures["rule"] = f"saves {100 * saving:.1f}% of the round's time, under the {100 * plan.min_saving:g}% minimum"
     return chosen, figures
+
+
+def compresses(mode: str) -> bool:
+    """Whether a mode spec trades noise for bytes (a narrower wire dtype, top-k uploads)."""
+    return mode != "float32" and parse_mode(mode).kind != PLAN
 
 
 def stage_due(

@@ -42,6 +42,27 @@ def test_when_neither_trial_converges_the_one_that_lost_less_wins():
     assert chosen == "int8" and figures["trials"]["int8"]["score"] == pytest.approx(-0.010)
 
 
+def test_a_compressed_mode_that_saves_no_time_is_not_taken():
+    plan = ProbePlan(optimized="int4", rounds=(2,))  # min_saving 0.05 by default
+    # int4 lost more loss in a trial that took as long: its higher rate is noise of its own
+    chosen, figures = decide(_trial("float32", 0.010, 43.3), _trial("int4", 0.014, 43.2), plan)
+    assert chosen == "float32" and figures["time-saving"] == pytest.approx(0.1 / 43.3)
+    assert "under the 5% minimum" in figures["rule"]
+    # the same trials without the rule: the higher rate wins
+    assert (
+        decide(_trial("float32", 0.010, 43.3), _trial("int4", 0.014, 43.2), ProbePlan("int4", (2,), min_saving=0))[0]
+        == "int4"
+    )
+    # saving a tenth of the round is enough, and a longer plan is not a compression
+    assert decide(_trial("float32", 0.010, 10.0), _trial("int4", 0.010, 9.0), plan)[0] == "int4"
+    assert (
+        decide(_trial("float32", 0.010, 10.0), _trial("plan:2", 0.030, 20.0), ProbePlan("plan:2", (2,)))[0] == "plan:2"
+    )
+    # the accuracy criterion does not weigh time at all
+    by_accuracy = ProbePlan(optimized="int4", rounds=(2,), criterion="accuracy")
+    assert decide(_trial("float32", 0.0, 10.0, 0.70), _trial("int4", 0.0, 10.0, 0.71), by_accuracy)[0] == "int4"
+
+
 def test_stages_start_at_listed_rounds_or_when_the_loss_stops_falling():
     rounds = ProbePlan(optimized="int8", rounds=(3,))
     plateau = ProbePlan(optimized="int8", plateau=0.05)
