@@ -29,6 +29,9 @@ import math
 import time
 from pathlib import Path
 
+import yaml
+
+from flower_app.config import from_dict, load_config, to_dict
 from flower_app.runner import run_inprocess
 from strategies.rundir import RunDirectory
 
@@ -41,9 +44,25 @@ def time_to_target(rounds: list[dict], target: float) -> float | None:
     return next((r["sim-clock-s"] for r in rounds if r.get("accuracy", -1.0) >= target), None)
 
 
-def run(overrides: dict, out: Path, nodes: int) -> list[dict]:
+def run(overrides: dict, out: Path, nodes: int, reuse: Path | None = None) -> list[dict]:
+    """A whole run's round records; with ``reuse``, an earlier completed run of the same config there."""
+    if reuse is not None and _same_run(overrides, reuse):
+        print(f"    reusing {reuse}", flush=True)
+        return RunDirectory(reuse).rounds()
     run_inprocess({**overrides, "run.run-dir": str(out)}, num_nodes=nodes)
     return RunDirectory(out).rounds()
+
+
+def _same_run(overrides: dict, earlier: Path) -> bool:
+    """Whether ``earlier`` holds a completed run of exactly this config (its run dir aside)."""
+    try:
+        summary = json.loads((earlier / "summary.json").read_text())
+        # Keys newer than the earlier run take their defaults, as they did then.
+        saved = to_dict(from_dict(yaml.safe_load((earlier / "config.yaml").read_text())))
+    except (OSError, ValueError, TypeError, yaml.YAMLError):
+        return False
+    wanted = to_dict(load_config({**overrides, "run.run-dir": str(earlier)}))
+    return summary.get("status") == "completed" and saved == wanted
 
 
 def better(runs: dict[str, list[dict]], target: float, tie: float = 0.0) -> str:
@@ -75,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tie", type=float, default=0.05, help="a time gain under this fraction is no gain")
     parser.add_argument("--fleets", nargs="+", choices=list(FLEETS), default=list(FLEETS))
     parser.add_argument("--out", default="runs/bench-probe")
+    parser.add_argument(
+        "--reuse-from", default="", help="an earlier --out: its all-the-way runs of the same config are read, not rerun"
+    )
     parser.add_argument("overrides", nargs="*", help="key=value run-config overrides (default config=test)")
     args = parser.parse_args(argv)
     base = {"config": "test", "strategy.policy": "split", "run.num-rounds": args.rounds}
@@ -85,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             common = {**base, "fleet.preset": str(preset), "run.seed": seed}
             where = out / fleet / f"seed{seed}"
             print(f"--- {fleet}, seed {seed}", flush=True)
+            earlier = Path(args.reuse_from) / fleet / f"seed{seed}" if args.reuse_from else None
             single = {
-                d: run({**common, "train.activation-dtype": d}, where / d, args.nodes) for d in ("float32", args.mode)
+                d: run({**common, "train.activation-dtype": d}, where / d, args.nodes, earlier and earlier / d)
+                for d in ("float32", args.mode)
             }
             probe = {"strategy.probe-mode": args.mode, "strategy.probe-rounds": str(args.probe_round)}
             probed = run({**common, **probe}, where / "probe", args.nodes)

@@ -45,3 +45,16 @@ def test_the_better_mode_is_the_sooner_one_unless_the_gain_is_a_tie():
     # reaching the target beats a lower loss that never gets there
     assert better({"float32": slow, "int4": never}, 0.75, tie=0.05) == "float32"
     assert better({"float32": never, "int4": never}, 0.75) == "float32"
+
+
+def test_an_earlier_run_is_reused_only_for_the_same_config(tmp_path):
+    bench = load_bench("probe")
+    config = {"config": "test", "run.num-rounds": 1, "strategy.policy": "split", "run.seed": 3}
+    first = bench.run(config, tmp_path / "first", nodes=2)
+
+    # Execute: the same config reads the earlier rounds back; another seed, or a broken run, trains
+    again = bench.run(config, tmp_path / "again", nodes=2, reuse=tmp_path / "first")
+    assert again == first and not (tmp_path / "again").exists()
+    assert not bench._same_run({**config, "run.seed": 4}, tmp_path / "first")
+    (tmp_path / "first" / "summary.json").write_text("{not json")
+    assert not bench._same_run(config, tmp_path / "first")
