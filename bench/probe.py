@@ -61,7 +61,9 @@ def _same_run(overrides: dict, earlier: Path) -> bool:
         saved = to_dict(from_dict(yaml.safe_load((earlier / "config.yaml").read_text())))
     except (OSError, ValueError, TypeError, yaml.YAMLError):
         return False
-    wanted = to_dict(load_config({**overrides, "run.run-dir": str(earlier)}))
+    wanted = to_dict(load_config(overrides))
+    for tree in (saved, wanted):
+        tree["run"].pop("run-dir", None)
     return summary.get("status") == "completed" and saved == wanted
 
 

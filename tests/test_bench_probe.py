@@ -52,8 +52,9 @@ def test_an_earlier_run_is_reused_only_for_the_same_config(tmp_path):
     config = {"config": "test", "run.num-rounds": 1, "strategy.policy": "split", "run.seed": 3}
     first = bench.run(config, tmp_path / "first", nodes=2)
 
-    # Execute: the same config reads the earlier rounds back; another seed, or a broken run, trains
-    again = bench.run(config, tmp_path / "again", nodes=2, reuse=tmp_path / "first")
+    # Execute: the same config reads the earlier rounds back (by any path); another seed, or a broken run, trains
+    (tmp_path / "x").mkdir()
+    again = bench.run(config, tmp_path / "again", nodes=2, reuse=tmp_path / "x" / ".." / "first")
     assert again == first and not (tmp_path / "again").exists()
     assert not bench._same_run({**config, "run.seed": 4}, tmp_path / "first")
     (tmp_path / "first" / "summary.json").write_text("{not json")
