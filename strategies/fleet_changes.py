@@ -9,7 +9,7 @@ to the :class:`~strategies.fleet_state.FleetState`.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from logging import INFO, WARNING
 
@@ -18,7 +18,10 @@ from flwr.serverapp import Grid
 
 from strategies import membership
 from strategies import messages as msgs
+from strategies import round_record as records
+from strategies.aggregation import Contribution
 from strategies.fleet_state import FleetState
+from strategies.round_state import RoundState
 from strategies.rundir import RunDirectory
 from strategies.settings import SplitSettings
 from strategies.workload import ModelShape
@@ -116,3 +119,20 @@ def admit_nodes(
     for info in admission.admitted.values():
         fleet.join(info)
     return admission, sorted(i.partition_id for i in changed.values())
+
+
+def enough_contributions(
+    fleet: FleetState,
+    rnd: RoundState,
+    accepted: Mapping[int, Contribution],
+    settings: SplitSettings,
+    run_dir: RunDirectory | None,
+) -> bool:
+    """Apply the failure policy to the round; whether ``min_clients`` contributions were valid."""
+    succeeded = [fleet.clients[n].partition_id for n in accepted] + rnd.pool_members
+    if fleet.react(rnd.failures, succeeded, settings, rnd.unavailable):
+        report_groups(fleet, settings, run_dir)
+    if len(accepted) + len(rnd.pool_members) < settings.min_clients:
+        records.log_dropped(rnd.server_round, {records.client_name(n, fleet): w for n, w in rnd.dropped().items()})
+        return False
+    return True

@@ -31,7 +31,7 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from strategies import probing
+from strategies import fleet_changes, probing
 from strategies import round_record as records
 from strategies.costmodel import EnergyLedger
 from strategies.deadline import sample_in_time
@@ -41,6 +41,7 @@ from strategies.lr_schedule import settings_for_round
 from strategies.probe_stage import probe_stage
 from strategies.records import to_record
 from strategies.round_state import RoundState, SplitOutcome, TrainedPart
+from strategies.server_modes import average_part
 from strategies.settings import SplitSettings
 from strategies.train_modes import apply_mode
 
@@ -157,9 +158,11 @@ def parallel_round(
         strategy.train_part(grid, origin, h, st, timeout, train_config) for h, st in zip(halves, settings, strict=True)
     ]
     accepted = {n: c for part in parts for n, c in part.accepted.items()}
-    candidates = [strategy.average(p, origin, h, st) for p, h, st in zip(parts, halves, settings, strict=True)]
+    candidates = [
+        average_part(p, origin, h, st, strategy.fleet) for p, h, st in zip(parts, halves, settings, strict=True)
+    ]
     merge_halves(rnd, halves)
-    if not strategy.enough_contributions(rnd, accepted):
+    if not fleet_changes.enough_contributions(strategy.fleet, rnd, accepted, strategy.settings, strategy.run_dir):
         return None
     ran = [Half(m, st, h, p, c) for m, st, h, p, c in zip(modes, settings, halves, parts, candidates, strict=True)]
     return keep_the_winner(strategy, rnd, ran, start, evaluate_fn)

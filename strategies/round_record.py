@@ -25,6 +25,7 @@ from strategies.fleet_state import ClientInfo, FleetState
 from strategies.records import content_bytes, to_record
 from strategies.requirements import FailureCause, count_causes
 from strategies.round_state import RoundState
+from strategies.rundir import RunDirectory
 from strategies.settings import SplitSettings
 from strategies.workload import ModelShape, pool_server_flops
 
@@ -256,3 +257,21 @@ def metric_record(record: Mapping[str, Any], exclude: tuple[str, ...]) -> Metric
             if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith(exclude)
         }
     )
+
+
+def save_round(
+    run_dir: RunDirectory,
+    record: Mapping[str, Any],
+    state: Mapping[str, np.ndarray],
+    fleet_state: FleetState,
+    ledger: EnergyLedger,
+    uploaded: bool,
+    probe: Mapping[str, Any],
+) -> None:
+    """A closed round on disk: the pool if an upload arrived, the record, the ledger, the checkpoint."""
+    if uploaded:
+        run_dir.save_pool(fleet_state.pool)
+    run_dir.log_round(dict(record))
+    run_dir.log_ledger([r for r in ledger.rows if r["round"] == record["round"]])
+    saved = {"round": record["round"], **fleet_state.dump(), "clock-s": ledger.clock_s, "probe": dict(probe)}
+    run_dir.checkpoint(record["round"], dict(state), saved)

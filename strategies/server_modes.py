@@ -21,7 +21,7 @@ import numpy as np
 from flwr.app import Message
 from flwr.common.logger import log
 
-from strategies import sparsify, wire
+from strategies import robust, sparsify, wire
 from strategies.aggregation import Contribution, aggregate
 from strategies.compression import to_wire_dtype
 from strategies.fleet_state import FleetState, round_seed
@@ -29,7 +29,7 @@ from strategies.interfaces import ServerModel
 from strategies.messages import answers, reason
 from strategies.records import from_record
 from strategies.requirements import FailureCause
-from strategies.round_state import RoundState, SplitOutcome
+from strategies.round_state import RoundState, SplitOutcome, TrainedPart
 from strategies.settings import SplitSettings
 from strategies.validation import judge, spec_of, validate_num_examples, validate_upload
 from strategies.workload import ModelShape
@@ -274,3 +274,19 @@ def aggregate_replies(
         return None, 0
     ordered = [c for _, c in sorted(contributions, key=lambda item: item[0])]  # partition order: stable sums
     return aggregate(ordered, state), sum(c.num_examples for c in ordered)
+
+
+def average_part(
+    part: TrainedPart, state: dict[str, np.ndarray], rnd: RoundState, settings: SplitSettings, fleet_state: FleetState
+) -> dict[str, np.ndarray]:
+    """The volume-weighted (or robust) average of a round part's contributions, from ``state``.
+
+    Clients' contributions go in partition order (float sums must not depend on reply order),
+    bounded first (``rnd.bounded`` says what a defence did); then the server's and the pool's.
+    """
+    accepted = part.accepted
+    ordered = [accepted[n] for n in sorted(accepted, key=lambda n: fleet_state.clients[n].partition_id)]
+    ordered, rnd.bounded = robust.bound_updates(ordered, state, settings.update_check, settings.update_bound)
+    contributions = ordered + server_contributions(settings, part.split, rnd.split)
+    contributions += [part.pool] if part.pool is not None else []
+    return robust.robust_average(contributions, state, settings.aggregation, settings.trim)

@@ -45,7 +45,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from strategies import fleet_changes, probing, robust, server_modes, wire
+from strategies import fleet_changes, probing, server_modes, wire
 from strategies import messages as msgs
 from strategies import round_record as records
 from strategies.aggregation import Contribution
@@ -188,9 +188,9 @@ class SplitPrefixStrategy(Strategy):
             log(INFO, "round %d: lr %.3g, head lr %.3g (cosine decay)", server_round, s.lr, s.head_lr)
         rnd = self.begin_round(grid, server_round, num_rounds, timeout)
         part = self.train_part(grid, state, rnd, s, timeout, train_config, seed_round)
-        if not self.enough_contributions(rnd, part.accepted):
+        if not fleet_changes.enough_contributions(self.fleet, rnd, part.accepted, self.settings, self.run_dir):
             return None
-        state = self.average(part, state, rnd, s)
+        state = server_modes.average_part(part, state, rnd, s, self.fleet)
         record, state = self.close_round(rnd, state, part.uploaded, evaluate_fn, settle)
         return state, record
 
@@ -241,28 +241,6 @@ class SplitPrefixStrategy(Strategy):
         split = self._collect(rnd.backward, wire.SPLIT_MODE, state, rnd)
         return TrainedPart(split, local, pool_part, uploaded)
 
-    def enough_contributions(self, rnd: RoundState, accepted: Mapping[int, Contribution]) -> bool:
-        """Apply the failure policy to the round; whether ``min_clients`` contributions were valid."""
-        s, fleet = self.settings, self.fleet
-        succeeded = [fleet.clients[n].partition_id for n in accepted] + rnd.pool_members
-        if fleet.react(rnd.failures, succeeded, s, rnd.unavailable):
-            self._write_groups()
-        if len(accepted) + len(rnd.pool_members) < s.min_clients:
-            records.log_dropped(rnd.server_round, {records.client_name(n, fleet): w for n, w in rnd.dropped().items()})
-            return False
-        return True
-
-    def average(
-        self, part: TrainedPart, state: dict[str, np.ndarray], rnd: RoundState, s: SplitSettings
-    ) -> dict[str, np.ndarray]:
-        """The volume-weighted (or robust) average of a part's contributions, from ``state``."""
-        accepted = part.accepted
-        ordered = [accepted[n] for n in sorted(accepted, key=lambda n: self.fleet.clients[n].partition_id)]
-        ordered, rnd.bounded = robust.bound_updates(ordered, state, s.update_check, s.update_bound)
-        contributions = ordered + server_modes.server_contributions(s, part.split, rnd.split)
-        contributions += [part.pool] if part.pool is not None else []
-        return robust.robust_average(contributions, state, s.aggregation, s.trim)
-
     def _collect(
         self, replies: Mapping[int, Message], mode: str, state: Mapping[str, np.ndarray], rnd: RoundState
     ) -> dict[int, Contribution]:
@@ -288,17 +266,8 @@ class SplitPrefixStrategy(Strategy):
             record.update(extra)
         records.log_round(record, rnd.num_rounds)
         if self.run_dir is not None:
-            if uploaded:
-                self.run_dir.save_pool(self.fleet.pool)
-            self.run_dir.log_round(record)
-            self.run_dir.log_ledger([r for r in self.ledger.rows if r["round"] == rnd.server_round])
-            fleet_state = {"round": rnd.server_round, **self.fleet.dump(), "clock-s": self.ledger.clock_s}
-            fleet_state["probe"] = {
-                "wire-dtype": self.settings.activation_dtype,
-                "mode": self.mode,
-                "probed": list(self.probed),
-            }
-            self.run_dir.checkpoint(rnd.server_round, state, fleet_state)
+            probe = {"wire-dtype": self.settings.activation_dtype, "mode": self.mode, "probed": list(self.probed)}
+            records.save_round(self.run_dir, record, state, self.fleet, self.ledger, uploaded, probe)
         return record, state
 
     # --- Flower's Strategy interface ----------------------------------------------------------
