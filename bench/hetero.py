@@ -230,9 +230,15 @@ def main(argv: list[str] | None = None) -> None:
         "train.lr-decay-to": 0.1,
         **overrides_of(parser, args.overrides),
     }
-    chosen = [n for n in ROWS if not args.only or n in args.only.split(",")]
+    chosen = [n.strip() for n in args.only.split(",")] if args.only else list(ROWS)
+    unknown = [n for n in chosen if n not in ROWS]
+    if unknown:
+        raise SystemExit(f"--only: no row named {', '.join(unknown)} (rows: {', '.join(ROWS)})")
     out = Path(args.out)
-    rows = [run_row(name, ROWS[name], base, args.nodes, out) for name in chosen]
+    rows = []
+    for name in chosen:  # in the order asked; hetero.json after every row, so a stopped bench keeps its rows
+        rows.append(run_row(name, ROWS[name], base, args.nodes, out))
+        _save(rows, out)
     print()
     config = load_config(base)
     print(
@@ -241,6 +247,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(table(rows, args.target))
     print(verdict(rows, args.target))
+
+
+def _save(rows: list[dict], out: Path) -> None:
+    """The rows so far as ``out/hetero.json`` (per-round accuracy and clock, not the full records)."""
     (out / "hetero.json").write_text(
         json.dumps(
             [
