@@ -66,3 +66,31 @@ def test_a_seed_can_take_its_rows_from_two_outputs(tmp_path):
     assert next(r for r in rows if r["name"] == "all-split")["accuracy"] == [0.71]
     with pytest.raises(SystemExit, match="no hetero.json"):
         hetero.merged_rows(str(tmp_path / "missing"))
+
+
+def test_a_stopped_bench_keeps_the_rows_it_finished(tmp_path, monkeypatch):
+    # Prepare: the first row asked for finishes, the second is stopped (Ctrl-C)
+    done = {"name": "all-split", "status": "completed", "rounds": [{"accuracy": 0.7, "sim-clock-s": 75.0}]}
+
+    def run_row(name, overrides, base, nodes, out):
+        if name == "all-centralized":
+            raise KeyboardInterrupt
+        out.mkdir(parents=True, exist_ok=True)
+        return dict(done, name=name)
+
+    monkeypatch.setattr(hetero, "run_row", run_row)
+
+    # Execute
+    with pytest.raises(KeyboardInterrupt):
+        hetero.main(["--only", "all-split,all-centralized", "--out", str(tmp_path)])
+
+    # Assert: hetero.json holds the finished row, in the form --curve-from reads
+    rows = json.loads((tmp_path / "hetero.json").read_text())
+    assert [r["name"] for r in rows] == ["all-split"]
+    assert rows[0]["accuracy"] == [0.7] and rows[0]["sim-clock-s-by-round"] == [75.0]
+
+
+def test_an_unknown_row_is_refused_before_any_training(tmp_path):
+    with pytest.raises(SystemExit, match="no row named all-splt"):
+        hetero.main(["--only", "all-splt", "--out", str(tmp_path)])
+    assert not (tmp_path / "hetero.json").exists()
