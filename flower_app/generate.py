@@ -26,11 +26,13 @@ import numpy.typing as npt
 import torch
 
 from flower_app.model import ClientPart, PrefixCache, ServerPart
+from strategies.compression import to_wire_dtype, unpack
+from strategies.settings import ACTIVATION_DTYPES
 
 DECODERS = ("gpt2", "llama")
 KV_PREFIX = "kv."  # device state: one array per lower layer, "kv.<layer>", shape (2, 1, n_kv_heads, L, head_dim)
 ID_BYTES = 8  # a chosen id travels as an int64
-WIRE_DTYPES = {"float32": np.float32, "float16": np.float16}
+WIRE_DTYPES = tuple(ACTIVATION_DTYPES)  # float32, float16, int8 and int4 (packed with a scale per token)
 
 
 class KVCache(PrefixCache):
@@ -245,8 +247,20 @@ def to_wire(boundary: torch.Tensor | npt.NDArray[Any], dtype: str = "float32") -
     """The activations as they cross the link: a tensor is cast to ``dtype``; an array that came
     through an exchange is taken as it arrived (the device chose its dtype, and those bytes crossed)."""
     if isinstance(boundary, torch.Tensor):
-        return np.ascontiguousarray(boundary.detach().cpu().numpy(), dtype=WIRE_DTYPES[dtype])
+        return np.ascontiguousarray(to_wire_dtype(boundary.detach().cpu().float().numpy(), dtype))
     return np.asarray(boundary)
+
+
+def from_wire(boundary: npt.NDArray[Any]) -> torch.Tensor:
+    """The server's view of activations that crossed the link: int8/int4 packings unpacked to float32.
+
+    A packing that cannot be read (a negative or non-finite scale, values out of range) is a
+    :class:`GenerationError` naming the problem, before any layer runs on it.
+    """
+    try:
+        return torch.from_numpy(np.ascontiguousarray(unpack(np.asarray(boundary))))
+    except ValueError as err:
+        raise GenerationError(f"boundary activations: {err}") from err
 
 
 Start = Callable[[], "torch.Tensor | npt.NDArray[Any]"]
@@ -275,13 +289,13 @@ def decode_loop(
     generator = torch.Generator().manual_seed(sampling.seed)
     boundary, device_s = _timed(lambda: to_wire(start(), wire_dtype))
     prompt_tokens, prompt_bytes, up, down = boundary.shape[1], boundary.nbytes, boundary.nbytes, 0
-    token, server_s = _timed(lambda: choose(server.start(torch.from_numpy(boundary)), sampling, generator))
+    token, server_s = _timed(lambda: choose(server.start(from_wire(boundary)), sampling, generator))
     prompt_s = (device_s, server_s)
     tokens = [token]
     while token not in eos_ids and len(tokens) < max_new_tokens:
         boundary, spent = _timed(lambda sent: to_wire(step(sent), wire_dtype), token)
         device_s, up, down = device_s + spent, up + boundary.nbytes, down + ID_BYTES
-        token, spent = _timed(lambda acts: choose(server.step(torch.from_numpy(acts)), sampling, generator), boundary)
+        token, spent = _timed(lambda acts: choose(server.step(from_wire(acts)), sampling, generator), boundary)
         server_s += spent
         tokens.append(token)
     stopped = "eos" if token in eos_ids else "max-new-tokens"

@@ -193,6 +193,35 @@ def test_float16_activations_halve_the_bytes_up_through_the_grid():
     assert remote.prompt_bytes_up == 3 * 64 * 2 and remote.per_token()["bytes-up"] == 64 * 2
 
 
+@pytest.mark.parametrize(("dtype", "width"), [("int8", 64 + 4), ("int4", 32 + 4)])
+def test_packed_activations_cross_the_grid_at_their_packed_size(dtype, width):
+    # Prepare: hidden 64; int8 sends a byte a value, int4 half a byte, each with a 4-byte scale per token
+    job = {**LLAMA_JOB, "train.activation-dtype": dtype}
+    setup = build(load_config(job))
+    grid = InProcessGrid(client_app, 1, job)
+
+    # Execute
+    remote = generate_on_grid(
+        grid, grid.node_ids[0], setup.server, setup.tokenizer, "good movie w7", get_state(setup.client), 8
+    )
+    direct = generate(setup.client, setup.server, setup.tokenizer, "good movie w7", 8, wire_dtype=dtype)
+
+    # Assert: the server unpacked what crossed, the same way in both paths, and the bytes are the packing's
+    assert remote.token_ids == direct.token_ids
+    assert remote.prompt_bytes_up == 3 * width and remote.per_token()["bytes-up"] == width
+
+
+def test_a_broken_packing_is_refused_before_the_server_runs_on_it():
+    # Prepare: an int8 packing of one token whose scale bytes say -1.0
+    server = _parts("llama", 2)[1]
+    packed = np.zeros((1, 1, 64 + 4), dtype=np.int8)
+    packed[..., -4:] = np.array([-1.0], dtype=np.float32).view(np.int8)
+
+    # Execute / Assert
+    with pytest.raises(GenerationError, match="boundary activations: .*negative or non-finite scale"):
+        decode_loop(lambda: packed, lambda token: packed, ServerSession(server), 4, wire_dtype="int8")
+
+
 def test_a_step_without_its_start_is_refused():
     grid = InProcessGrid(client_app, 1, LLAMA_JOB)
     device = RemoteDevice(grid, grid.node_ids[0], timeout=30)
