@@ -48,9 +48,9 @@ bench: setup
 	$(PY) bench/hetero.py --nodes 20 --rounds 6
 
 # The staged policy with a deadline against every single mode, 3 fleets of 20, 8 rounds:
-# the curve over targets 0.70-0.78 (README, "Eight rounds, every row"; hours on 2 cores).
+# the curve over targets 0.70-0.78 (README, "Eight rounds, every row"; about an hour on 2 cores).
 bench-hetero-seeds: setup
-	$(PY) bench/hetero.py --nodes 20 --rounds 8 --seeds 42,43,44 \
+	$(PY) bench/hetero.py --nodes 20 --rounds 8 --seeds 42,43,44 --jobs 3 \
 		--only "staged+deadline,all-split,all-centralized,prefix FedAvg,all-local"
 
 # Image semantic communication: accuracy against SNR, grouping against plain FL (a few minutes).

@@ -29,13 +29,17 @@ batch plans), run into ``--out/seed-N``; the bench then prints, for every target
 mode and of each policy, their ratio, and each row's mean final accuracy. A row reaches a target
 only when it does in every seed. ``--curve-from DIR ...`` prints that curve from earlier
 outputs (each DIR holds a ``hetero.json``) without training; ``DIR1+DIR2`` is one seed whose
-rows come from both (a row of DIR2 replaces DIR1's of the same name).
+rows come from both (a row of DIR2 replaces DIR1's of the same name). ``--jobs N`` runs N seeds
+at once, each in its own process with its share of the cores, its log in ``--out/seed-N.log``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -203,21 +207,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/bench-hetero", help="parent of the runs' directories")
     parser.add_argument("--seeds", default="", help="comma-separated seeds, one fleet each (default: the config's)")
     parser.add_argument("--targets", default="0.70:0.78:0.01", help="from:to:step targets of the curve over seeds")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="with --seeds: seeds run at once, one process each (default: 1)"
+    )
     parser.add_argument("--curve-from", nargs="+", default=[], help="print the curve of these outputs; no training")
     parser.add_argument("overrides", nargs="*", help="config overrides for every row, e.g. fleet.preset=long-tail")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: at least 1")
     targets = parse_targets(args.targets)
     if args.curve_from:
         print(curve([merged_rows(item) for item in args.curve_from], targets))
         return
     if args.seeds:
-        outs = []
-        for seed in args.seeds.split(","):
-            out = Path(args.out) / f"seed-{seed.strip()}"
-            main(_rerun_args(args, seed.strip(), out))
-            outs.append(json.loads((out / "hetero.json").read_text()))
+        seeds = [seed.strip() for seed in args.seeds.split(",")]
+        dirs = [Path(args.out) / f"seed-{seed}" for seed in seeds]
+        if args.jobs > 1:
+            _run_seeds_in_parallel(args, seeds, dirs)
+        else:
+            for seed, out in zip(seeds, dirs, strict=True):
+                main(_rerun_args(args, seed, out))
         print(f"\nover seeds {args.seeds}:")
-        print(curve(outs, targets))
+        print(curve([json.loads((out / "hetero.json").read_text()) for out in dirs], targets))
         return
     # 6 minibatches a round, the lr decayed along a cosine to a tenth as in the default job: at a
     # constant lr a row's last round could swing by 7 points (0.781 -> 0.710), more than the
@@ -264,6 +275,35 @@ def _save(rows: list[dict], out: Path) -> None:
             indent=2,
         )
     )
+
+
+def _run_seeds_in_parallel(args: argparse.Namespace, seeds: list[str], dirs: list[Path]) -> None:
+    """Each seed in a process of its own, ``--jobs`` at a time, its output in ``seed-N.log`` beside
+    its directory. The cores are shared out (OMP_NUM_THREADS): more threads than cores in total
+    slow every process down. A seed that fails stops the bench with its log's name."""
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    pending = list(zip(seeds, dirs, strict=True))
+    running: list[tuple[str, Path, subprocess.Popen]] = []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            seed, out = pending.pop(0)
+            out.mkdir(parents=True, exist_ok=True)
+            log_path = out.parent / f"seed-{seed}.log"
+            command = [sys.executable, str(Path(__file__).resolve()), *_rerun_args(args, seed, out)]
+            with log_path.open("w") as log_file:
+                process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+            print(f"seed {seed}: running, log {log_path}", flush=True)
+            running.append((seed, log_path, process))
+        time.sleep(0.5)
+        for item in [r for r in running if r[2].poll() is not None]:
+            running.remove(item)
+            seed, log_path, process = item
+            if process.returncode != 0:
+                for _, _, other in running:
+                    other.terminate()
+                raise SystemExit(f"seed {seed} failed (exit {process.returncode}); see {log_path}")
+            print(f"seed {seed}: done", flush=True)
 
 
 def _rerun_args(args: argparse.Namespace, seed: str, out: Path) -> list[str]:

@@ -94,3 +94,26 @@ def test_an_unknown_row_is_refused_before_any_training(tmp_path):
     with pytest.raises(SystemExit, match="no row named all-splt"):
         hetero.main(["--only", "all-splt", "--out", str(tmp_path)])
     assert not (tmp_path / "hetero.json").exists()
+
+
+@pytest.mark.slow
+def test_seeds_run_as_parallel_processes_each_with_its_output(tmp_path):
+    # Prepare: two seeds of the tiny job, one row, one round, two at once
+    args = ["--nodes", "2", "--rounds", "1", "--only", "all-split", "--seeds", "1,2", "--jobs", "2"]
+
+    # Execute
+    hetero.main([*args, "--out", str(tmp_path), "config=test"])
+
+    # Assert: each seed wrote its rows and its log; the seeds are different fleets
+    rows = [json.loads((tmp_path / f"seed-{s}" / "hetero.json").read_text()) for s in (1, 2)]
+    assert [[r["name"] for r in seed_rows] for seed_rows in rows] == [["all-split"], ["all-split"]]
+    assert all((tmp_path / f"seed-{s}.log").stat().st_size > 0 for s in (1, 2))
+    configs = [(tmp_path / f"seed-{s}" / "all-split" / "config.yaml").read_text() for s in (1, 2)]
+    assert "seed: 1" in configs[0] and "seed: 2" in configs[1]
+
+
+@pytest.mark.slow
+def test_a_failing_seed_stops_the_parallel_bench_with_its_log(tmp_path):
+    with pytest.raises(SystemExit, match=r"seed ([12]) failed \(exit [1-9]\d*\); see .*seed-\1.log"):
+        hetero.main(["--nodes", "2", "--rounds", "1", "--only", "all-split", "--seeds", "1,2", "--jobs", "2",
+                     "--out", str(tmp_path), "config=test", "train.lr=-1"])  # fmt: skip
