@@ -229,7 +229,7 @@ class SplitPrefixStrategy(Strategy):
         rnd.split = server_modes.train_split_side(
             self.server_model, s, self.bounds, state, fleet, by_mode[wire.SPLIT_MODE], rnd
         )
-        local = self._collect(by_mode[wire.LOCAL_MODE], wire.LOCAL_MODE, state, rnd)
+        local = self._collect(by_mode[wire.LOCAL_MODE], wire.LOCAL_MODE, state, rnd, s)
         uploaded = server_modes.receive_uploads(by_mode[wire.CENTRALIZED_MODE], fleet, s, self.bounds, rnd)
         pool_part = server_modes.train_pool(self.server_model, s, state, fleet, rnd)
         if rnd.split.gradients:
@@ -238,16 +238,23 @@ class SplitPrefixStrategy(Strategy):
                 s, fleet, client_part, rnd.split.gradients, server_round, train_config or ConfigRecord(), seed_round
             )
             rnd.backward = msgs.exchange_in_round(grid, backward, timeout, rnd)
-        split = self._collect(rnd.backward, wire.SPLIT_MODE, state, rnd)
+        split = self._collect(rnd.backward, wire.SPLIT_MODE, state, rnd, s)
         return TrainedPart(split, local, pool_part, uploaded)
 
     def _collect(
-        self, replies: Mapping[int, Message], mode: str, state: Mapping[str, np.ndarray], rnd: RoundState
+        self,
+        replies: Mapping[int, Message],
+        mode: str,
+        state: Mapping[str, np.ndarray],
+        rnd: RoundState,
+        s: SplitSettings,
     ) -> dict[int, Contribution]:
+        # Read in the round's settings: a parallel probe's half may send top-k uploads while
+        # the run's settings are still the basic mode's.
         keys = list(self.server_model.client_keys)
         if mode == wire.LOCAL_MODE:
             keys += list(self.keys.local_reply)
-        return server_modes.collect_prefixes(replies, mode, {k: state[k] for k in keys}, self.fleet, self.settings, rnd)
+        return server_modes.collect_prefixes(replies, mode, {k: state[k] for k in keys}, self.fleet, s, rnd)
 
     def close_round(
         self,

@@ -72,3 +72,28 @@ def test_a_top_tenth_run_learns_sends_a_tenth_of_the_entries_and_drops_a_bad_spa
             rebuilt.append(dense.reshape(starts[(1, i)][key].shape))
         expected = np.average(np.stack(rebuilt), axis=0, weights=[volume(reply) for _, reply in first])
         np.testing.assert_allclose(starts[(2, 0)][key], expected, rtol=1e-6, atol=1e-7)
+
+
+def test_a_parallel_probe_reads_its_top_k_halfs_sparse_replies(tmp_path):
+    # Prepare: 4 split clients; round 2 probes top-k uploads against dense ones on two halves
+    config = {
+        "config": "test",
+        "run.num-rounds": 3,
+        "run.run-dir": str(tmp_path),
+        "strategy.policy": "split",
+        "strategy.probe-mode": f"topk:{FRACTION}",
+        "strategy.probe-rounds": "2",
+        "strategy.probe-variant": "parallel",
+    }
+
+    # Execute
+    run_inprocess(config, num_nodes=4)
+
+    # Assert: the top-k half's replies were rebuilt like the dense half's, none dropped, and the
+    # probe judged both halves on their figures
+    rounds = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    probe = next(r for r in rounds if r.get("round") == 2)
+    assert not probe.get("dropped"), probe.get("dropped")
+    halves = probe["probe"]["halves"]
+    assert sorted(halves) == ["float32", f"topk:{FRACTION}"] and all(halves.values())
+    assert "no valid contributions" not in json.dumps(probe["probe"])
