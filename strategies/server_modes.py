@@ -7,6 +7,9 @@
 - ``centralized``: :func:`receive_uploads` checks uploads into the pool, and
   :func:`train_pool` trains on the pool of this round's centralized clients.
 
+:func:`train_part` runs a round's two exchanges through them; :func:`average_part` averages
+what they yield.
+
 Every function records a dropped reply in the round state with its reason and goes on:
 one client's bad reply never ends the round.
 """
@@ -18,16 +21,18 @@ from dataclasses import dataclass, replace
 from logging import WARNING
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import ConfigRecord, Message
 from flwr.common.logger import log
+from flwr.serverapp import Grid
 
+from strategies import messages as msgs
 from strategies import robust, sparsify, wire
 from strategies.aggregation import Contribution, aggregate
 from strategies.compression import to_wire_dtype
 from strategies.fleet_state import FleetState, round_seed
 from strategies.interfaces import ServerModel
 from strategies.messages import answers, reason
-from strategies.records import from_record
+from strategies.records import from_record, to_record
 from strategies.requirements import FailureCause
 from strategies.round_state import RoundState, SplitOutcome, TrainedPart
 from strategies.settings import SplitSettings
@@ -290,3 +295,42 @@ def average_part(
     contributions = ordered + server_contributions(settings, part.split, rnd.split)
     contributions += [part.pool] if part.pool is not None else []
     return robust.robust_average(contributions, state, settings.aggregation, settings.trim)
+
+
+def train_part(
+    grid: Grid,
+    model: ServerModel,
+    keys: TensorKeys,
+    bounds: Bounds,
+    fleet_state: FleetState,
+    state: dict[str, np.ndarray],
+    rnd: RoundState,
+    settings: SplitSettings,
+    timeout: float,
+    train_config: ConfigRecord | None = None,
+    seed_round: int | None = None,
+) -> TrainedPart:
+    """Both exchanges with ``rnd.sampled``, the server's side trained from ``state``, in ``settings``.
+
+    ``settings`` are the round's (its lr, or a parallel probe half's mode), not necessarily the
+    run's: a top-k half's sparse replies are read as top-k.
+    """
+    config = train_config or ConfigRecord()
+    first = msgs.first_messages(
+        settings, fleet_state, rnd.sampled, rnd.server_round, to_record(state), config, keys.by_mode, seed_round
+    )
+    rnd.first = msgs.exchange_in_round(grid, first, timeout, rnd)
+    by_mode = {m: {n: r for n, r in rnd.first.items() if fleet_state.mode_of(n) == m} for m in wire.MODES}
+    rnd.split = train_split_side(model, settings, bounds, state, fleet_state, by_mode[wire.SPLIT_MODE], rnd)
+    client_part = {k: state[k] for k in model.client_keys}
+    local_start = {**client_part, **{k: state[k] for k in keys.local_reply}}
+    local = collect_prefixes(by_mode[wire.LOCAL_MODE], wire.LOCAL_MODE, local_start, fleet_state, settings, rnd)
+    uploaded = receive_uploads(by_mode[wire.CENTRALIZED_MODE], fleet_state, settings, bounds, rnd)
+    pool_part = train_pool(model, settings, state, fleet_state, rnd)
+    if rnd.split.gradients:
+        backward = msgs.backward_messages(
+            settings, fleet_state, client_part, rnd.split.gradients, rnd.server_round, config, seed_round
+        )
+        rnd.backward = msgs.exchange_in_round(grid, backward, timeout, rnd)
+    split = collect_prefixes(rnd.backward, wire.SPLIT_MODE, client_part, fleet_state, settings, rnd)
+    return TrainedPart(split, local, pool_part, uploaded)

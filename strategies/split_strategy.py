@@ -34,7 +34,7 @@ contributions stops the run, keeping the last checkpoint.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from logging import INFO
 from typing import Any
@@ -48,7 +48,6 @@ from flwr.serverapp.strategy import Result, Strategy
 from strategies import fleet_changes, probing, server_modes, wire
 from strategies import messages as msgs
 from strategies import round_record as records
-from strategies.aggregation import Contribution
 from strategies.checkpoint import Checkpoint
 from strategies.costmodel import EnergyLedger
 from strategies.deadline import sample_in_time
@@ -212,49 +211,10 @@ class SplitPrefixStrategy(Strategy):
         train_config: ConfigRecord | None = None,
         seed_round: int | None = None,
     ) -> TrainedPart:
-        """Both exchanges with ``rnd.sampled`` in the settings ``s``, the server's side trained from ``state``."""
-        fleet, server_round = self.fleet, rnd.server_round
-        first = msgs.first_messages(
-            s,
-            fleet,
-            rnd.sampled,
-            server_round,
-            to_record(state),
-            train_config or ConfigRecord(),
-            self.keys.by_mode,
-            seed_round,
-        )
-        rnd.first = msgs.exchange_in_round(grid, first, timeout, rnd)
-        by_mode = {m: {n: r for n, r in rnd.first.items() if fleet.mode_of(n) == m} for m in wire.MODES}
-        rnd.split = server_modes.train_split_side(
-            self.server_model, s, self.bounds, state, fleet, by_mode[wire.SPLIT_MODE], rnd
-        )
-        local = self._collect(by_mode[wire.LOCAL_MODE], wire.LOCAL_MODE, state, rnd, s)
-        uploaded = server_modes.receive_uploads(by_mode[wire.CENTRALIZED_MODE], fleet, s, self.bounds, rnd)
-        pool_part = server_modes.train_pool(self.server_model, s, state, fleet, rnd)
-        if rnd.split.gradients:
-            client_part = {k: state[k] for k in self.server_model.client_keys}
-            backward = msgs.backward_messages(
-                s, fleet, client_part, rnd.split.gradients, server_round, train_config or ConfigRecord(), seed_round
-            )
-            rnd.backward = msgs.exchange_in_round(grid, backward, timeout, rnd)
-        split = self._collect(rnd.backward, wire.SPLIT_MODE, state, rnd, s)
-        return TrainedPart(split, local, pool_part, uploaded)
-
-    def _collect(
-        self,
-        replies: Mapping[int, Message],
-        mode: str,
-        state: Mapping[str, np.ndarray],
-        rnd: RoundState,
-        s: SplitSettings,
-    ) -> dict[int, Contribution]:
-        # Read in the round's settings: a parallel probe's half may send top-k uploads while
-        # the run's settings are still the basic mode's.
-        keys = list(self.server_model.client_keys)
-        if mode == wire.LOCAL_MODE:
-            keys += list(self.keys.local_reply)
-        return server_modes.collect_prefixes(replies, mode, {k: state[k] for k in keys}, self.fleet, s, rnd)
+        """Both exchanges with ``rnd.sampled`` in the settings ``s``, the server's side trained from ``state``
+        (:func:`strategies.server_modes.train_part`)."""
+        parts = (self.server_model, self.keys, self.bounds, self.fleet)
+        return server_modes.train_part(grid, *parts, state, rnd, s, timeout, train_config, seed_round)
 
     def close_round(
         self,
