@@ -285,25 +285,27 @@ def _run_seeds_in_parallel(args: argparse.Namespace, seeds: list[str], dirs: lis
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     pending = list(zip(seeds, dirs, strict=True))
     running: list[tuple[str, Path, subprocess.Popen]] = []
-    while pending or running:
-        while pending and len(running) < args.jobs:
-            seed, out = pending.pop(0)
-            out.mkdir(parents=True, exist_ok=True)
-            log_path = out.parent / f"seed-{seed}.log"
-            command = [sys.executable, str(Path(__file__).resolve()), *_rerun_args(args, seed, out)]
-            with log_path.open("w") as log_file:
-                process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-            print(f"seed {seed}: running, log {log_path}", flush=True)
-            running.append((seed, log_path, process))
-        time.sleep(0.5)
-        for item in [r for r in running if r[2].poll() is not None]:
-            running.remove(item)
-            seed, log_path, process = item
-            if process.returncode != 0:
-                for _, _, other in running:
-                    other.terminate()
-                raise SystemExit(f"seed {seed} failed (exit {process.returncode}); see {log_path}")
-            print(f"seed {seed}: done", flush=True)
+    try:
+        while pending or running:
+            while pending and len(running) < args.jobs:
+                seed, out = pending.pop(0)
+                out.mkdir(parents=True, exist_ok=True)
+                log_path = out.parent / f"seed-{seed}.log"
+                command = [sys.executable, str(Path(__file__).resolve()), *_rerun_args(args, seed, out)]
+                with log_path.open("w") as log_file:
+                    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+                print(f"seed {seed}: running, log {log_path}", flush=True)
+                running.append((seed, log_path, process))
+            time.sleep(0.5)
+            for item in [r for r in running if r[2].poll() is not None]:
+                running.remove(item)
+                seed, log_path, process = item
+                if process.returncode != 0:
+                    raise SystemExit(f"seed {seed} failed (exit {process.returncode}); see {log_path}")
+                print(f"seed {seed}: done", flush=True)
+    finally:  # a failed seed or Ctrl-C: the other seeds stop too (their finished rows stay on disk)
+        for _, _, other in running:
+            other.terminate()
 
 
 def _rerun_args(args: argparse.Namespace, seed: str, out: Path) -> list[str]:
