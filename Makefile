@@ -25,7 +25,7 @@ run: setup
 	scripts/flwr_run.sh 10 "$(RUN_CONFIG)"
 
 run-inprocess: setup
-	$(PY) -m flower_app.runner --nodes 10 $(RUN_CONFIG)
+	$(PY) -m flower_app.apps.runner --nodes 10 $(RUN_CONFIG)
 
 # 1000 simulated SuperNodes through flwr run (Ray), conf/scale.yaml: a few minutes on 2 cores.
 scale: setup

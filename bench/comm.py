@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import sys
 
-from flower_app.config import load_config
-from flower_app.data import batch_plan
-from flower_app.loading import load
-from flower_app.model import get_state
-from flower_app.setup import build, client_data
-from flower_app.split_mode import forward_plan
-from strategies.records import to_record
+from flower_app.config.schema import load_config
+from flower_app.data.files import batch_plan
+from flower_app.data.setup import build, client_data
+from flower_app.model.loading import load
+from flower_app.model.split_model import get_state
+from flower_app.modes.split import forward_plan
+from strategies.wire.records import to_record
 
 
 def payload_bytes(arrays) -> int:

@@ -9,15 +9,15 @@ Run by hand (not in CI); prints a table. On loopback, in this order:
 2. **Floor**: the same SuperLink and SuperNodes run ``bench/empty_app``, whose ServerApp sends
    the messages of a split round (2 exchanges x 3 nodes, payloads of the sizes the real round
    measured, split evenly over the two exchanges) and whose ClientApp replies at once.
-3. **In-process**: the same job through :func:`flower_app.runner.run_inprocess` (no Flower
+3. **In-process**: the same job through :func:`flower_app.apps.runner.run_inprocess` (no Flower
    runtime, no processes: the compute alone).
 
 ``per message`` = round seconds / messages per round (6 for split mode with 3 nodes);
 ``added per message`` = ours minus the floor.
 
 4. **Peak memory** (max RSS, each in a fresh subprocess) of what a device builds
-   (:func:`flower_app.device.device_part`: its part read by name from the checkpoint, then
-   from its disk cache) against building the whole model (:func:`flower_app.loading.load`), for
+   (:func:`flower_app.model.device_part.device_part`: its part read by name from the checkpoint, then
+   from its disk cache) against building the whole model (:func:`flower_app.model.loading.load`), for
    MiniLM and for a random Llama of SmolLM2-135M's shape saved as a safetensors folder. Every
    weight is read once after building, as a first forward would (checkpoints and the cache are
    memory-mapped: untouched pages would not count).
@@ -43,8 +43,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flower_app import deploy, device_worker, local_fleet  # noqa: E402
-from flower_app.device import CACHE_ENV  # noqa: E402
+from flower_app.deploy import cli as deploy  # noqa: E402
+from flower_app.deploy import device_worker, local_fleet  # noqa: E402
+from flower_app.model.device_part import CACHE_ENV  # noqa: E402
 
 NODES = 3
 EXCHANGES = 2  # a split round: forward, then backward
@@ -129,12 +130,14 @@ def _time_rounds(out: Path, rounds: int, steps: int, scratch: Path) -> dict[str,
             f"out-file='{out / 'empty.jsonl'}'"
         )
         flwr_run(fleet, "flwr-run-empty", ROOT / "bench" / "empty_app", empty_config, out)
-        # The same job again, each SuperNode handing its messages to a device worker (flower_app.device_worker).
+        # The same job again, each SuperNode handing its messages to a device worker (flower_app.deploy.device_worker).
         for k in range(NODES):
             fleet.stop(f"node-{k}")  # SIGTERM: Flower deactivates the node at once
         sockets = [scratch / f"worker-{k}.sock" for k in range(NODES)]
         for k, (port, socket) in enumerate(zip(worker_node_ports, sockets, strict=True)):
-            fleet.start(f"worker-{k}", [sys.executable, "-m", "flower_app.device_worker", "--socket", str(socket)])
+            fleet.start(
+                f"worker-{k}", [sys.executable, "-m", "flower_app.deploy.device_worker", "--socket", str(socket)]
+            )
             node_config = f'partition-id={k} num-partitions={NODES} device-worker="{socket}"'
             fleet.start(f"wnode-{k}", local_fleet.supernode_command(f"127.0.0.1:{link_port}", port, node_config))
         while not all(device_worker.key_path(socket).is_file() for socket in sockets):
@@ -142,7 +145,7 @@ def _time_rounds(out: Path, rounds: int, steps: int, scratch: Path) -> dict[str,
             time.sleep(0.5)
         workers_dir = out / "with-workers"
         flwr_run(fleet, "flwr-run-workers", ROOT, f"{job(rounds, steps)} run.run-dir='{workers_dir}'", out)
-    from flower_app.runner import run_inprocess
+    from flower_app.apps.runner import run_inprocess
 
     overrides = dict(item.split("=", 1) for item in job(rounds, steps).split())
     overrides = {k: v.strip("'") for k, v in overrides.items()}
@@ -194,16 +197,16 @@ def measure(kind: str, source: str, cache: str) -> dict:
         import torch  # noqa: F401
         import transformers  # noqa: F401
 
-        import flower_app.device  # noqa: F401
-        import flower_app.model  # noqa: F401
+        import flower_app.model.device_part  # noqa: F401
+        import flower_app.model.split_model  # noqa: F401
     elif kind == "full model":
-        from flower_app.loading import load
+        from flower_app.model.loading import load
 
         model, _ = load(source)
         touch([model])
     else:  # "device part": read from the checkpoint (cold cache) or from the disk cache (warm)
-        from flower_app.config import load_config
-        from flower_app.device import device_part
+        from flower_app.config.schema import load_config
+        from flower_app.model.device_part import device_part
 
         overrides = {"config": "base", "model.source": source}
         if source != "minilm":
@@ -237,7 +240,7 @@ def make_llama(folder: Path) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from flower_app.loading import tiny_tokenizer
+    from flower_app.model.loading import tiny_tokenizer
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**SMOL_SHAPE))

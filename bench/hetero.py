@@ -4,7 +4,7 @@ Each row is a whole federated run in this process (the in-process grid, real
 training, held-out accuracy every round) on the same fleet: the same seed, the
 same data partitions and the same device profiles drawn from a ``conf/fleet``
 preset. Time and energy are simulated from each client's profile and allocation
-by the documented cost model (``strategies/costmodel.py``, ``strategies/workload.py``);
+by the documented cost model (``strategies/cost/costmodel.py``, ``strategies/cost/workload.py``);
 accuracy is always measured.
 
 Rows: all-local (layer-drop emulator), all-split, all-centralized, prefix FedAvg
@@ -43,10 +43,10 @@ import sys
 import time
 from pathlib import Path
 
-from flower_app.cli import overrides_of
-from flower_app.config import load_config
-from flower_app.runner import run_inprocess
-from strategies.rundir import RunDirectory
+from flower_app.apps.runner import run_inprocess
+from flower_app.config.overrides import overrides_of
+from flower_app.config.schema import load_config
+from strategies.persist.rundir import RunDirectory
 
 ROWS = {
     "all-local": {"strategy.policy": "local"},

@@ -14,7 +14,7 @@ Two offline tasks, each a whole federated run on the in-process grid (split mode
 Then seconds per training step on each side of the split (the device: embeddings and
 lower layers, forward then replay; the server: upper layers, head, loss, backward) and a
 few greedy generations before and after tuning, produced by split generation
-(:mod:`flower_app.generate`): the device runs its layers with a KV cache, the server the
+(:mod:`flower_app.generate.session`): the device runs its layers with a KV cache, the server the
 rest and the sampling.
 
     python bench/llm.py                                  # SmolLM2-135M, about 15 minutes on 2 cores
@@ -31,18 +31,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flower_app import data as data_mod
-from flower_app.config import load_config, split_settings
-from flower_app.generate import generate
-from flower_app.lm_task import LmTally, lm_loss
-from flower_app.loading import load
-from flower_app.model import set_state
-from flower_app.runner import run_inprocess
-from flower_app.server_model import SplitServer
-from flower_app.setup import Setup, build, client_data, test_data
-from flower_app.training import torch_threads
-from strategies.checkpoint import load_checkpoint
-from strategies.rundir import RunDirectory
+from flower_app.apps.runner import run_inprocess
+from flower_app.config.schema import load_config, split_settings
+from flower_app.data import files as data_mod
+from flower_app.data.setup import Setup, build, client_data, test_data
+from flower_app.generate.session import generate
+from flower_app.model.loading import load
+from flower_app.model.split_model import set_state
+from flower_app.modes.server_model import SplitServer
+from flower_app.modes.training import torch_threads
+from flower_app.tasks.lm import LmTally, lm_loss
+from strategies.persist.checkpoint import load_checkpoint
+from strategies.persist.rundir import RunDirectory
 
 HEADLINE_PROMPTS = ("Headline:", "Headline: Coronavirus", "Headline: Boris Johnson")
 

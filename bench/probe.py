@@ -31,9 +31,9 @@ from pathlib import Path
 
 import yaml
 
-from flower_app.config import from_dict, load_config, to_dict
-from flower_app.runner import run_inprocess
-from strategies.rundir import RunDirectory
+from flower_app.apps.runner import run_inprocess
+from flower_app.config.schema import from_dict, load_config, to_dict
+from strategies.persist.rundir import RunDirectory
 
 FLEETS = {
     name: Path(__file__).resolve().parent / "fleets" / f"{name}.yaml" for name in ("narrow-uplink", "wide-uplink")

@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Message, RecordDict
 
-from flower_app.cli import overrides_of
-from flower_app.config import load_config
-from flower_app.runner import Fault, run_inprocess
-from strategies import wire
-from strategies.records import from_record, to_record
+from flower_app.apps.runner import Fault, run_inprocess
+from flower_app.config.overrides import overrides_of
+from flower_app.config.schema import load_config
+from strategies.wire import names as wire
+from strategies.wire.records import from_record, to_record
 
 DEFENCES = {
     "plain": {"strategy.update-check": "off", "strategy.aggregation": "mean", "strategy.max-activation": 1e30},

@@ -45,15 +45,15 @@ from flwr.app import Message
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage
 
-from flower_app.cli import overrides_of
-from flower_app.client_app import app as client_app
-from flower_app.config import load_config, split_settings
-from flower_app.runner import InProcessGrid
-from flower_app.server_model import SplitServer
-from flower_app.setup import build
-from strategies.records import to_record
-from strategies.rundir import RunDirectory
-from strategies.split_strategy import SplitPrefixStrategy
+from flower_app.apps.client_app import app as client_app
+from flower_app.apps.runner import InProcessGrid
+from flower_app.config.overrides import overrides_of
+from flower_app.config.schema import load_config, split_settings
+from flower_app.data.setup import build
+from flower_app.modes.server_model import SplitServer
+from strategies.persist.rundir import RunDirectory
+from strategies.strategy import SplitPrefixStrategy
+from strategies.wire.records import to_record
 
 Key = tuple[int, str, str]  # node id, message type, round (group id)
 

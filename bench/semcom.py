@@ -28,12 +28,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flower_app.cli import overrides_of
-from flower_app.config import load_config, split_settings
-from flower_app.image_server import ImageServer
-from flower_app.runner import run_inprocess
-from flower_app.setup import build
-from strategies.rundir import RunDirectory
+from flower_app.apps.runner import run_inprocess
+from flower_app.config.overrides import overrides_of
+from flower_app.config.schema import load_config, split_settings
+from flower_app.data.setup import build
+from flower_app.tasks.image.server import ImageServer
+from strategies.persist.rundir import RunDirectory
 
 SNRS = (-5.0, 0.0, 5.0, 10.0, 20.0)
 # Plain federated training (every client trains the whole network: the emulator keeps

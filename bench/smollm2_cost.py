@@ -28,9 +28,9 @@ import psutil
 import torch
 import torch.nn.functional as F
 
-from flower_app.loading import load, smollm2_path
-from flower_app.model import SplitSpec, initial_prefix, split
-from flower_app.training import adam, class_logits
+from flower_app.model.loading import load, smollm2_path
+from flower_app.model.split_model import SplitSpec, initial_prefix, split
+from flower_app.modes.training import adam, class_logits
 
 REPEATS = 5  # timed steps per figure, after one untimed warm-up step
 

@@ -3,7 +3,7 @@
 For the zoo (default ``conf/zoo/default.yaml``: MiniLM at several split points, prefix lengths,
 learning rates and modes, a random tiny BERT, and two candidates that break a constraint):
 
-1. the selection (:func:`flower_app.select.select`, learning-curve predictor): footprints,
+1. the selection (:func:`flower_app.select.choose.select`, learning-curve predictor): footprints,
    constraints, a short probe per feasible candidate, a prediction with its uncertainty;
 2. the zero-cost baseline: a linear probe on each candidate's frozen boundary features;
 3. a full run of every feasible candidate (the zoo's planned nodes and rounds): the actual
@@ -25,10 +25,10 @@ import math
 import time
 from pathlib import Path
 
-from flower_app.frozen_features import zero_cost_score
-from flower_app.select import Assessment, run_candidate, select
-from flower_app.zoo import load_zoo
-from strategies.selection import choose, kendall_tau, ranks
+from flower_app.select.choose import Assessment, run_candidate, select
+from flower_app.select.frozen_features import zero_cost_score
+from flower_app.select.zoo import load_zoo
+from strategies.selection.rank import choose, kendall_tau, ranks
 
 
 def main(argv: list[str] | None = None) -> int:

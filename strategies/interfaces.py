@@ -2,8 +2,8 @@
 
 The strategy is model-agnostic: it moves tensors and data volumes, and reaches the
 upper layers and the head only through this interface
-(``flower_app.server_model.SplitServer`` implements it). Minibatches arrive as the
-chunks of :mod:`strategies.wire`, already checked.
+(``flower_app.modes.server_model.SplitServer`` implements it). Minibatches arrive as the
+chunks of :mod:`strategies.wire.names`, already checked.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
-from strategies.wire import Chunk, ChunkLimits
-from strategies.workload import ModelShape
+from strategies.cost.workload import ModelShape
+from strategies.wire.names import Chunk, ChunkLimits
 
 
 class ServerModel(Protocol):

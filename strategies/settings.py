@@ -1,9 +1,9 @@
 """The strategy's settings: one frozen object, one default per setting.
 
 :class:`SplitSettings` is built once (from the run config by
-``flower_app.config.split_settings``, or by hand in a user's own ServerApp) and handed
-to :class:`strategies.split_strategy.SplitPrefixStrategy` and to the server's half of
-the model. The defaults here are the project's defaults: ``flower_app.config`` takes
+``flower_app.config.schema.split_settings``, or by hand in a user's own ServerApp) and handed
+to :class:`strategies.strategy.SplitPrefixStrategy` and to the server's half of
+the model. The defaults here are the project's defaults: ``flower_app.config.schema`` takes
 its own field defaults from them.
 """
 
@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from strategies import wire
-from strategies.fleet import Policy
-from strategies.probing import ProbePlan
-from strategies.requirements import TrainingRequirement
-from strategies.robust import RULES, UPDATE_CHECKS
-from strategies.train_modes import parse_mode
+from strategies.aggregate.robust import RULES, UPDATE_CHECKS
+from strategies.policy.policies import Policy
+from strategies.policy.requirements import TrainingRequirement
+from strategies.probing.judge import ProbePlan
+from strategies.probing.modes import parse_mode
+from strategies.wire import names as wire
 
 SERVER_SIDES = ("sequential", "parallel")
-# wire dtype -> bytes per value; int8 and int4 add a 4-byte scale per token vector (strategies.compression)
+# wire dtype -> bytes per value; int8 and int4 add a 4-byte scale per token vector (strategies.wire.compression)
 ACTIVATION_DTYPES = {"float32": 4.0, "float16": 2.0, "int8": 1.0, "int4": 0.5}
 
 
@@ -42,13 +42,13 @@ class SplitSettings:
         Adam learning rate of a trainable head (server side, emulator, pool).
     lr_decay_to : float (default: 1.0)
         Cosine decay of ``lr`` and ``head_lr`` over the run's rounds, down to this fraction
-        of them at the last round (:mod:`strategies.lr_schedule`); 1: constant rates.
+        of them at the last round (:mod:`strategies.round.lr_schedule`); 1: constant rates.
     activation_dtype : str (default: "float32")
         Dtype of boundary activations and gradients on the wire ("float32", "float16", or
         "int8" or "int4" with a scale per token vector).
     upload_topk : float (default: 1.0)
         Fraction of each trained tensor's entries a split or local client sends back: the
-        largest of its update plus its residual, with error feedback (:mod:`strategies.sparsify`);
+        largest of its update plus its residual, with error feedback (:mod:`strategies.wire.sparsify`);
         1 sends the tensors dense.
     replay_lr_scale : float (default: 1.0)
         A split client's replayed steps use ``lr`` times this. Its boundary gradients were
@@ -63,7 +63,7 @@ class SplitSettings:
         Fraction of known clients sampled each round (at least ``min_clients``).
     round_deadline_s : float (default: 0.0)
         Simulated seconds a round may take: a sampled client predicted to need longer
-        sits the round out (:mod:`strategies.deadline`); 0: no deadline.
+        sits the round out (:mod:`strategies.round.deadline`); 0: no deadline.
     wait_for_nodes_s : float (default: 120)
         Seconds to wait at start for ``min_clients`` nodes to connect.
     requery_every : int (default: 0)
@@ -85,7 +85,7 @@ class SplitSettings:
         Samples a local-mode client holds back to check the performance threshold.
     update_check : str (default: "clip")
         What happens to a client's update whose norm exceeds ``update_bound`` times the
-        median of its round (:mod:`strategies.robust`): ``"clip"``, ``"reject"`` or ``"off"``.
+        median of its round (:mod:`strategies.aggregate.robust`): ``"clip"``, ``"reject"`` or ``"off"``.
     update_bound : float (default: 3.0)
         The bound, as a multiple of the round's median update norm.
     aggregation : str (default: "mean")

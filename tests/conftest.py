@@ -1,4 +1,4 @@
-"""Every test session gets its own device cache (see flower_app.device): nothing is read from or left in the
+"""Every test session gets its own device cache (see flower_app.model.device_part): nothing is read from or left in the
 user's cache, and a session starts cold."""
 
 import os
@@ -6,7 +6,7 @@ import tempfile
 
 import pytest
 
-from flower_app.device import CACHE_ENV
+from flower_app.model.device_part import CACHE_ENV
 
 
 @pytest.fixture(autouse=True, scope="session")

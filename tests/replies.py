@@ -2,11 +2,11 @@
 
 import numpy as np
 
-from flower_app.config import load_config, split_settings
-from flower_app.server_model import SplitServer
-from flower_app.setup import build
-from strategies import wire
-from strategies.records import from_record
+from flower_app.config.schema import load_config, split_settings
+from flower_app.data.setup import build
+from flower_app.modes.server_model import SplitServer
+from strategies.wire import names as wire
+from strategies.wire.records import from_record
 
 
 def spy(replies, fault=None):

@@ -2,7 +2,7 @@
 
 One SuperLink (not a simulation) with TLS and ``--enable-supernode-auth``, SuperNodes with
 ``--root-certificates`` and ``--auth-supernode-private-key``, certificates and keys made by
-``flower_app.deploy``, each node with its own data file (``--node-config "device-id=K
+``flower_app.deploy.cli``, each node with its own data file (``--node-config "device-id=K
 data-path=FILE"``). Local mode keeps each round to one exchange (each message starts a
 ClientApp process that imports torch: about 5 s on 2 cores).
 """
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from flower_app import deploy, local_fleet
-from flower_app.data import synthetic
+from flower_app.data.files import synthetic
+from flower_app.deploy import cli as deploy
+from flower_app.deploy import local_fleet
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = 3

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from flower_app.runner import run_inprocess
+from flower_app.apps.runner import run_inprocess
 
 
 def _run(tmp_path, name, **overrides):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from flwr.app import MetricRecord, RecordDict
 
-from flower_app.runner import run_inprocess
-from strategies import wire
-from strategies.records import from_record, to_record
+from flower_app.apps.runner import run_inprocess
+from strategies.wire import names as wire
+from strategies.wire.records import from_record, to_record
 from tests.replies import arrays, checkpoint_arrays, sequential_server_half, spy, weighted_average
 
 NODES = 10

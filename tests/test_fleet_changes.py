@@ -6,11 +6,11 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.server.superlink.linkstate.utils import NODE_UNAVAILABLE_ERROR_REASON
 
-from flower_app.client_app import app as client_app
-from flower_app.runner import InProcessGrid
-from flower_app.server_app import run_server
-from strategies import wire
-from strategies.rundir import RunDirectory
+from flower_app.apps.client_app import app as client_app
+from flower_app.apps.runner import InProcessGrid
+from flower_app.apps.server_app import run_server
+from strategies.persist.rundir import RunDirectory
+from strategies.wire import names as wire
 
 
 def _echo_app():

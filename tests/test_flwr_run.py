@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flower_app.runner import run_inprocess
+from flower_app.apps.runner import run_inprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,12 +10,12 @@ import re
 import numpy as np
 import pytest
 
-from flower_app.runner import run_inprocess
-from strategies import wire
-from strategies.checkpoint import load_checkpoint
-from strategies.fleet import Policy
-from strategies.requirements import TrainingRequirement, requirement_to_config
-from strategies.rundir import RunDirectory
+from flower_app.apps.runner import run_inprocess
+from strategies.persist.checkpoint import load_checkpoint
+from strategies.persist.rundir import RunDirectory
+from strategies.policy.policies import Policy
+from strategies.policy.requirements import TrainingRequirement, requirement_to_config
+from strategies.wire import names as wire
 
 NODES = 6
 POLICY_MODES = {
@@ -74,9 +74,9 @@ def test_each_policy_trains_and_records_groups_allocations_and_the_ledger(tmp_pa
 
 def test_the_ledger_prices_the_bytes_each_client_really_sent_and_received(tmp_path):
     # Prepare: a fleet in all three modes (kmeans: split 1, centralized 3, local 2)
-    from flower_app.client_app import node_profile
-    from flower_app.config import load_config
-    from strategies.costmodel import uplink_rate
+    from flower_app.apps.client_app import node_profile
+    from flower_app.config.schema import load_config
+    from strategies.cost.costmodel import uplink_rate
 
     overrides = {"strategy.policy": "kmeans", "run.num-rounds": 2}
 
@@ -110,7 +110,7 @@ def test_the_ledger_prices_the_bytes_each_client_really_sent_and_received(tmp_pa
 
 def test_threshold_policy_trains_weak_clients_centrally():
     # Prepare: capabilities of the fleet the clients report
-    from flower_app.client_app import _fleet
+    from flower_app.apps.client_app import _fleet
 
     profiles = _fleet("bimodal", NODES, 0)
     weak = {i for i, p in enumerate(profiles) if p.capability < Policy().threshold_flops}
@@ -175,8 +175,8 @@ def test_a_local_result_below_the_threshold_stays_out_of_the_average(tmp_path):
     assert all("performance-below-threshold" in record["dropped"][p] for p in local)
     # Only local clients train the lower prefix here (the pool holds fixed activations): it must not move
     initial = np.load(run_dir.path / "checkpoint.npz")  # round 1's checkpoint
-    from flower_app.config import load_config
-    from flower_app.setup import build
+    from flower_app.config.schema import load_config
+    from flower_app.data.setup import build
 
     start = build(load_config({"config": "test"})).initial_state
     for key in [k for k in start if k in ("prefix.0", "prefix.1")]:
@@ -207,10 +207,10 @@ def test_a_client_over_the_time_limit_moves_to_a_cheaper_mode(tmp_path):
 
 def test_split_replay_stops_at_the_time_limit():
     # Prepare
-    from flower_app.config import load_config
-    from flower_app.data import batch_plan
-    from flower_app.setup import build, client_data
-    from flower_app.split_mode import replay_plan
+    from flower_app.config.schema import load_config
+    from flower_app.data.files import batch_plan
+    from flower_app.data.setup import build, client_data
+    from flower_app.modes.split import replay_plan
 
     config = load_config({"config": "test"})
     setup, encoded = build(config), client_data(config, 0, 4)

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from flower_app.runner import run_inprocess
-from strategies import wire
-from strategies.rundir import RunDirectory
+from flower_app.apps.runner import run_inprocess
+from strategies.persist.rundir import RunDirectory
+from strategies.wire import names as wire
 
 FIXTURE = Path(__file__).parent / "data" / "pinned_metrics.json"
 # Floats may differ in the last bits on another CPU (other SIMD kernels, other summation order

@@ -2,7 +2,7 @@
 
 import json
 
-from flower_app.runner import run_inprocess
+from flower_app.apps.runner import run_inprocess
 
 
 def _rounds(run_dir):

@@ -10,8 +10,8 @@ import json
 
 import numpy as np
 
-from flower_app.runner import run_inprocess
-from strategies import wire
+from flower_app.apps.runner import run_inprocess
+from strategies.wire import names as wire
 from tests.replies import arrays, checkpoint_arrays, sequential_server_half, spy, volume, weighted_average
 
 RTOL, ATOL = 1e-6, 1e-7  # float64 sums in another order, cast to float32

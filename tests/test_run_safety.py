@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from flower_app.runner import main as runner_main
-from flower_app.runner import run_inprocess
-from strategies.rundir import RunDirectory, RunDirectoryError
+from flower_app.apps.runner import main as runner_main
+from flower_app.apps.runner import run_inprocess
+from strategies.persist.rundir import RunDirectory, RunDirectoryError
 
 
 def _run(run_dir, fault=None, nodes=3, **overrides):

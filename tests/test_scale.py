@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from flower_app import data as data_mod
-from flower_app import setup as setup_mod
-from flower_app.config import load_config
-from flower_app.runner import run_inprocess
-from strategies.rundir import RunDirectory
+from flower_app.apps.runner import run_inprocess
+from flower_app.config.schema import load_config
+from flower_app.data import files as data_mod
+from flower_app.data import setup as setup_mod
+from strategies.persist.rundir import RunDirectory
 
 
 def test_synthetic_source_with_a_size_is_the_synthetic_set_of_that_size():

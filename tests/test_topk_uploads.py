@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from flower_app.runner import run_inprocess
-from strategies import wire
-from strategies.records import content_bytes, to_record
-from strategies.sparsify import sparse_bytes
+from flower_app.apps.runner import run_inprocess
+from strategies.wire import names as wire
+from strategies.wire.records import content_bytes, to_record
+from strategies.wire.sparsify import sparse_bytes
 from tests.replies import arrays, spy, volume
 
 FRACTION = 0.1

@@ -4,12 +4,12 @@ from flwr.app import Context, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 
-from flower_app.client_app import app as client_app
-from flower_app.config import load_config, split_settings
-from flower_app.runner import InProcessGrid
-from flower_app.server_model import SplitServer
-from flower_app.setup import build
-from strategies.split_strategy import SplitPrefixStrategy
+from flower_app.apps.client_app import app as client_app
+from flower_app.apps.runner import InProcessGrid
+from flower_app.config.schema import load_config, split_settings
+from flower_app.data.setup import build
+from flower_app.modes.server_model import SplitServer
+from strategies.strategy import SplitPrefixStrategy
 
 app = ServerApp()
 results: list[Result] = []

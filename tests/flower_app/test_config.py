@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from flower_app.config import CONF_DIR, load_config, reference, to_dict
+from flower_app.config.schema import CONF_DIR, load_config, reference, to_dict
 
 
 def test_yaml_defaults_and_overrides_merge():

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from flower_app.data import (
+from flower_app.data.files import (
     DataFileError,
     batch_plan,
     load_dataset,

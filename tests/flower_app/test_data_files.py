@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import pytest
 
-from flower_app.data import DataFileError, load_dataset
+from flower_app.data.files import DataFileError, load_dataset
 
 
 def _csv(tmp_path, text, name="data.csv", encoding="utf-8"):

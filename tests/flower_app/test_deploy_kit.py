@@ -14,7 +14,8 @@ from flwr.cli.supernode.register import try_load_public_key
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 from flwr.supernode.cli.flower_supernode import _try_setup_client_authentication
 
-from flower_app import deploy, local_fleet
+from flower_app.deploy import cli as deploy
+from flower_app.deploy import local_fleet
 
 
 def _certs(tmp_path, *addresses):

@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from flower_app import device as device_mod
-from flower_app import device_data
-from flower_app.client_app import data_source
-from flower_app.config import load_config
-from flower_app.data import DataFileError, collate
-from flower_app.device import device_part
-from flower_app.device_data import DataSource, node_data
-from flower_app.emulator import build_emulator
-from flower_app.loading import build_random
-from flower_app.model import set_state
-from flower_app.setup import build, client_data
+from flower_app.apps.client_app import data_source
+from flower_app.config.schema import load_config
+from flower_app.data import device_cache as device_data
+from flower_app.data.device_cache import DataSource, node_data
+from flower_app.data.files import DataFileError, collate
+from flower_app.data.setup import build, client_data
+from flower_app.model import device_part as device_mod
+from flower_app.model.device_part import device_part
+from flower_app.model.emulator import build_emulator
+from flower_app.model.loading import build_random
+from flower_app.model.split_model import set_state
 
 
 def _folder_config(tmp_path, family):
@@ -63,7 +63,7 @@ def test_device_part_read_by_name_computes_what_the_full_model_computes(tmp_path
     def no_full_load(*args, **kwargs):
         raise AssertionError("a safetensors folder must not be loaded whole")
 
-    monkeypatch.setattr("flower_app.loading.load", no_full_load)
+    monkeypatch.setattr("flower_app.model.loading.load", no_full_load)
 
     # Execute
     part = device_part(config, tmp_path / "cache")
@@ -227,7 +227,7 @@ def test_a_device_needs_the_run_classes_when_the_run_data_is_elsewhere(tmp_path)
 
 def test_a_process_serving_many_nodes_partitions_the_dataset_once(tmp_path, monkeypatch):
     # Prepare: a Ray actor serves hundreds of simulated nodes
-    from flower_app import data as data_mod
+    from flower_app.data import files as data_mod
 
     config = load_config({"config": "test", "data.source": "synthetic:2000"})
     calls = []

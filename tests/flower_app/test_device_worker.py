@@ -3,10 +3,10 @@
 import json
 import threading
 
-from flower_app.client_app import app as client_app
-from flower_app.device_worker import serve
-from flower_app.runner import InProcessGrid, run_inprocess
-from flower_app.server_app import run_server
+from flower_app.apps.client_app import app as client_app
+from flower_app.apps.runner import InProcessGrid, run_inprocess
+from flower_app.apps.server_app import run_server
+from flower_app.deploy.device_worker import serve
 
 RUN = {"config": "test", "run.num-rounds": 2, "strategy.policy": "threshold"}
 
@@ -20,7 +20,7 @@ def _metrics(run_dir):
 
 def test_a_run_through_the_worker_equals_a_run_without_it(tmp_path, monkeypatch):
     # Prepare: one worker (a thread here, a process on a device) behind every node
-    import flower_app.client_app as client_mod
+    import flower_app.apps.client_app as client_mod
 
     socket, stop, served = tmp_path / "worker.sock", threading.Event(), []
     worker = threading.Thread(target=lambda: served.append(serve(socket, stop)), name="worker")

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from flower_app.emulator import build_emulator, emulator_keys, kept_layers, server_layers
-from flower_app.loading import build_random
-from flower_app.model import SplitSpec, get_state, initial_prefix, set_state, split, trainable_named
+from flower_app.model.emulator import build_emulator, emulator_keys, kept_layers, server_layers
+from flower_app.model.loading import build_random
+from flower_app.model.split_model import SplitSpec, get_state, initial_prefix, set_state, split, trainable_named
 
 
 def _parts(family: str, layers: int = 4):

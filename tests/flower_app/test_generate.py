@@ -8,10 +8,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from flower_app.client_app import app as client_app
-from flower_app.config import load_config, to_dict
-from flower_app.device import device_part
-from flower_app.generate import (
+from flower_app.apps.client_app import app as client_app
+from flower_app.apps.generate_app import STATE_ARRAYS, RemoteDevice, generate_on_grid
+from flower_app.apps.runner import InProcessGrid
+from flower_app.config.schema import load_config, to_dict
+from flower_app.data.setup import build
+from flower_app.generate.cli import main
+from flower_app.generate.session import (
     DeviceSession,
     GenerationError,
     Sampling,
@@ -20,13 +23,10 @@ from flower_app.generate import (
     decode_loop,
     generate,
 )
-from flower_app.generate_app import STATE_ARRAYS, RemoteDevice, generate_on_grid
-from flower_app.generate_cli import main
-from flower_app.loading import build_random
-from flower_app.model import SplitSpec, get_state, initial_prefix, set_state, split
-from flower_app.runner import InProcessGrid
-from flower_app.setup import build
-from strategies.checkpoint import save_checkpoint
+from flower_app.model.device_part import device_part
+from flower_app.model.loading import build_random
+from flower_app.model.split_model import SplitSpec, get_state, initial_prefix, set_state, split
+from strategies.persist.checkpoint import save_checkpoint
 
 DECODERS = ["gpt2", "llama"]
 EOS = 2  # both tiny configs end a text with id 2

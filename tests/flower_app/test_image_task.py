@@ -8,20 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from flower_app import setup as setup_mod
-from flower_app.channel_codec import Channel, normalize_power, profile_snr_db, quantize
-from flower_app.config import load_config, split_settings
-from flower_app.data import DataFileError
-from flower_app.image_model import ImageSpec, build_parts
-from flower_app.image_server import ImageServer
-from flower_app.image_task import load_images
-from flower_app.runner import run_inprocess
-from flower_app.setup import build
-from flower_app.training import from_wire, to_wire
-from strategies import wire
-from strategies.devices import DeviceProfile
-from strategies.rundir import RunDirectory
-from strategies.workload import upload_row_bytes
+from flower_app.apps.runner import run_inprocess
+from flower_app.config.schema import load_config, split_settings
+from flower_app.data import setup as setup_mod
+from flower_app.data.files import DataFileError
+from flower_app.data.setup import build
+from flower_app.modes.training import from_wire, to_wire
+from flower_app.tasks.image.channel import Channel, normalize_power, profile_snr_db, quantize
+from flower_app.tasks.image.model import ImageSpec, build_parts
+from flower_app.tasks.image.server import ImageServer
+from flower_app.tasks.image.task import load_images
+from strategies.cost.workload import upload_row_bytes
+from strategies.fleet.devices import DeviceProfile
+from strategies.persist.rundir import RunDirectory
+from strategies.wire import names as wire
 
 TINY = {
     "config": "image",

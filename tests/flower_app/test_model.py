@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import BertForSequenceClassification, DynamicCache
 
-from flower_app.loading import build_random
-from flower_app.model import SplitSpec, get_state, initial_prefix, pool, set_state, split
+from flower_app.model.loading import build_random
+from flower_app.model.split_model import SplitSpec, get_state, initial_prefix, pool, set_state, split
 
 FAMILIES = ["bert", "gpt2", "llama"]
 

@@ -5,13 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flower_app import centralized_mode, local_mode
-from flower_app.data import batch_plan, collate, encode, synthetic
-from flower_app.emulator import build_emulator
-from flower_app.loading import build_random
-from flower_app.model import SplitSpec, get_state, initial_prefix, set_state, split
-from flower_app.training import class_logits
-from strategies import wire
+from flower_app.data.files import batch_plan, collate, encode, synthetic
+from flower_app.model.emulator import build_emulator
+from flower_app.model.loading import build_random
+from flower_app.model.split_model import SplitSpec, get_state, initial_prefix, set_state, split
+from flower_app.modes import centralized as centralized_mode
+from flower_app.modes import local as local_mode
+from flower_app.modes.training import class_logits
+from strategies.wire import names as wire
 
 PAD_ID = 0  # "[PAD]" of loading.tiny_tokenizer
 

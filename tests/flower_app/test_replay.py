@@ -3,13 +3,13 @@
 import numpy as np
 import torch
 
-from flower_app.config import load_config, split_settings
-from flower_app.data import batch_plan, collate
-from flower_app.model import get_state, set_state
-from flower_app.server_model import SplitServer
-from flower_app.setup import build, client_data
-from flower_app.split_mode import forward_chunks, replay_plan, replay_step
-from flower_app.training import class_logits
+from flower_app.config.schema import load_config, split_settings
+from flower_app.data.files import batch_plan, collate
+from flower_app.data.setup import build, client_data
+from flower_app.model.split_model import get_state, set_state
+from flower_app.modes.server_model import SplitServer
+from flower_app.modes.split import forward_chunks, replay_plan, replay_step
+from flower_app.modes.training import class_logits
 
 
 def _loss_after(setup, server, encoded, plan, client_state, server_state):

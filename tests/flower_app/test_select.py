@@ -2,12 +2,12 @@
 
 import pytest
 
-from flower_app import select as select_mod
-from flower_app.config import load_config
-from flower_app.select import REGRESSOR_FEATURES, Probe, main, run_candidate, select, write_choice
-from flower_app.zoo import load_zoo
-from strategies.learning_curve import fit_curve
-from strategies.performance_model import HistoryRun, append_run, read_history
+from flower_app.config.schema import load_config
+from flower_app.select import choose as select_mod
+from flower_app.select.choose import REGRESSOR_FEATURES, Probe, main, run_candidate, select, write_choice
+from flower_app.select.zoo import load_zoo
+from strategies.selection.learning_curve import fit_curve
+from strategies.selection.performance_model import HistoryRun, append_run, read_history
 
 ZOO = """
 task:

@@ -3,8 +3,8 @@
 import numpy as np
 from flwr.app import ConfigRecord, Context, RecordDict
 
-from flower_app.sparse_upload import RESIDUAL, RESIDUAL_RUN, RUN_ID, residual
-from strategies.records import to_record
+from flower_app.modes.sparse_upload import RESIDUAL, RESIDUAL_RUN, RUN_ID, residual
+from strategies.wire.records import to_record
 
 
 def _context(run_id, stored_run):

@@ -17,10 +17,10 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from strategies import wire
-from strategies.devices import DeviceProfile, to_config
-from strategies.records import from_record, to_record
-from strategies.workload import ModelShape
+from strategies.cost.workload import ModelShape
+from strategies.fleet.devices import DeviceProfile, to_config
+from strategies.wire import names as wire
+from strategies.wire.records import from_record, to_record
 
 HIDDEN = 4
 CLIENT_KEYS = ("prefix.0",)

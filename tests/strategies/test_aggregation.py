@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from strategies.aggregation import Contribution, aggregate, volume_weights
+from strategies.aggregate.volume import Contribution, aggregate, volume_weights
 
 
 def test_weights_are_data_volume_fractions():

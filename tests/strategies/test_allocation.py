@@ -6,9 +6,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from strategies.allocation import allocate
-from strategies.costmodel import Allocation, Workload, round_cost
-from strategies.devices import DeviceProfile
+from strategies.cost.costmodel import Allocation, Workload, round_cost
+from strategies.fleet.devices import DeviceProfile
+from strategies.policy.allocation import allocate
 
 # a = h / noise_w = 10 per watt; B = 1 MHz; kappa = 1e-28; f_max = 2 GHz; p_max = 1 W.
 A_PER_W, BANDWIDTH = 10.0, 1e6

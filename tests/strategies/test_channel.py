@@ -8,18 +8,19 @@ import numpy as np
 import pytest
 import yaml
 
-from flower_app.client_app import node_channel
-from flower_app.config import load_config
-from strategies import channel, wire
-from strategies.channel import ChannelProcess, gain_offset_db, planning_round, profile_at
-from strategies.devices import load_fleet_spec, sample_channels, sample_fleet
-from strategies.fleet import Policy
-from strategies.fleet_state import ClientInfo, FleetState
-from strategies.records import to_record
-from strategies.rundir import RunDirectory
+from flower_app.apps.client_app import node_channel
+from flower_app.config.schema import load_config
+from strategies.cost.workload import ModelShape
+from strategies.fleet import channel
+from strategies.fleet.channel import ChannelProcess, gain_offset_db, planning_round, profile_at
+from strategies.fleet.devices import load_fleet_spec, sample_channels, sample_fleet
+from strategies.fleet.state import ClientInfo, FleetState
+from strategies.persist.rundir import RunDirectory
+from strategies.policy.policies import Policy
 from strategies.settings import SplitSettings
-from strategies.split_strategy import SplitPrefixStrategy
-from strategies.workload import ModelShape
+from strategies.strategy import SplitPrefixStrategy
+from strategies.wire import names as wire
+from strategies.wire.records import to_record
 from tests.strategies.fakes import FakeClient, FakeServerModel, fleet, initial_state, profile
 
 SHADOWING = ChannelProcess(shadowing_db=8.0, correlation=0.9)

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from strategies import checkpoint as ckpt
-from strategies.checkpoint import (
+from strategies.persist import checkpoint as ckpt
+from strategies.persist.checkpoint import (
     CheckpointError,
     load_checkpoint,
     save_checkpoint,

@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from strategies import wire
-from strategies.compression import (
+from strategies.cost.workload import vector_bytes
+from strategies.settings import ACTIVATION_DTYPES
+from strategies.wire import names as wire
+from strategies.wire.compression import (
     INT4_LEVELS,
     LEVELS,
     SCALE_BYTES,
@@ -14,8 +16,6 @@ from strategies.compression import (
     quantize_int8,
     to_wire_dtype,
 )
-from strategies.settings import ACTIVATION_DTYPES
-from strategies.workload import vector_bytes
 
 
 def test_zero_vectors_and_extremes_survive():
@@ -61,8 +61,8 @@ def test_the_chunk_codec_unpacks_int8_activations_before_checking_them():
 @pytest.mark.parametrize("objective", ["classify", "causal-lm"])
 def test_int8_split_rounds_send_about_a_quarter_and_still_learn(tmp_path, objective):
     # Execute: the same split job with float32 and with int8 boundary tensors
-    from flower_app.runner import run_inprocess
-    from strategies.rundir import RunDirectory
+    from flower_app.apps.runner import run_inprocess
+    from strategies.persist.rundir import RunDirectory
 
     lm = {"model.source": "random-gpt2", "model.head": "lm", "model.pooling": "last", "model.verbalizer": "bad,good"}
     task = lm | {"data.objective": "causal-lm"} if objective == "causal-lm" else {}

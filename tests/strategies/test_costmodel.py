@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from strategies.costmodel import (
+from strategies.cost.costmodel import (
     Allocation,
     EnergyLedger,
     RoundCost,
@@ -14,7 +14,7 @@ from strategies.costmodel import (
     round_latency,
     uplink_rate,
 )
-from strategies.devices import DeviceProfile
+from strategies.fleet.devices import DeviceProfile
 
 
 def _profile():

@@ -2,12 +2,12 @@
 
 import pytest
 
-from flower_app.runner import run_inprocess
-from strategies.deadline import within_deadline
-from strategies.devices import DeviceProfile
-from strategies.fleet import Policy, parse_schedule, stage_deadlines
-from strategies.fleet_state import ClientInfo
-from strategies.rundir import RunDirectory
+from flower_app.apps.runner import run_inprocess
+from strategies.fleet.devices import DeviceProfile
+from strategies.fleet.state import ClientInfo
+from strategies.persist.rundir import RunDirectory
+from strategies.policy.policies import Policy, parse_schedule, stage_deadlines
+from strategies.round.deadline import within_deadline
 
 
 def _clients(n):

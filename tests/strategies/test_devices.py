@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from strategies.devices import (
+from strategies.fleet.devices import (
     PROFILE_KEYS,
     DeviceProfile,
     available_fleets,

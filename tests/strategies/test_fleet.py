@@ -2,11 +2,12 @@
 
 import pytest
 
-from strategies import wire
-from strategies.allocation import allocate
-from strategies.costmodel import Allocation
-from strategies.devices import DeviceProfile, load_fleet_spec, sample_fleet
-from strategies.fleet import (
+from strategies.cost.costmodel import Allocation
+from strategies.cost.workload import local_workload, split_workload, upload_workload
+from strategies.fleet.devices import DeviceProfile, load_fleet_spec, sample_fleet
+from strategies.policy.allocation import allocate
+from strategies.policy.grouping import ModeAssignment
+from strategies.policy.policies import (
     Policy,
     assign,
     assignment_config,
@@ -17,9 +18,8 @@ from strategies.fleet import (
     reassign,
     round_plan,
 )
-from strategies.grouping import ModeAssignment
-from strategies.wire import MODES
-from strategies.workload import local_workload, split_workload, upload_workload
+from strategies.wire import names as wire
+from strategies.wire.names import MODES
 from tests.strategies.test_workload import SHAPE  # the toy model: 2 layers below the split, 4 above
 
 STEPS, ACTIVATION_BYTES = 2, 4

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from strategies.allocation import allocate
-from strategies.costmodel import Allocation, Workload
-from strategies.devices import DeviceProfile
-from strategies.grouping import (
+from strategies.cost.costmodel import Allocation, Workload
+from strategies.fleet.devices import DeviceProfile
+from strategies.policy.allocation import allocate
+from strategies.policy.grouping import (
     GroupConfig,
     assign_cost,
     assign_kmeans,

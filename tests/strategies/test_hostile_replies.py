@@ -5,12 +5,12 @@ import pytest
 from flwr.app import ConfigRecord, Error, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 
-from strategies import wire
-from strategies.messages import exchange
-from strategies.records import to_record
-from strategies.rundir import RunDirectory
+from strategies.persist.rundir import RunDirectory
+from strategies.round.messages import exchange
 from strategies.settings import SplitSettings
-from strategies.split_strategy import SplitPrefixStrategy
+from strategies.strategy import SplitPrefixStrategy
+from strategies.wire import names as wire
+from strategies.wire.records import to_record
 from tests.strategies.fakes import FakeClient, FakeGrid, FakeServerModel, fleet, initial_state
 
 SETTINGS = SplitSettings(steps=10, batch_size=4, wait_for_nodes_s=0, seed=7)

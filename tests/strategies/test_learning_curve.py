@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from strategies.learning_curve import fit_curve
+from strategies.selection.learning_curve import fit_curve
 
 
 def _power_law(x, a_inf=0.85, b=0.4, c=0.5):

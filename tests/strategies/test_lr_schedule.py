@@ -5,10 +5,10 @@ from dataclasses import replace
 
 import pytest
 
-from strategies.lr_schedule import lr_factor, settings_for_round
-from strategies.records import to_record
+from strategies.round.lr_schedule import lr_factor, settings_for_round
 from strategies.settings import SplitSettings
-from strategies.split_strategy import SplitPrefixStrategy
+from strategies.strategy import SplitPrefixStrategy
+from strategies.wire.records import to_record
 from tests.strategies.fakes import FakeClient, FakeServerModel, fleet, initial_state
 
 

@@ -11,16 +11,16 @@ from flwr.server.superlink.linkstate.utils import (
     create_message_error_unavailable_res_message,
 )
 
-from strategies import wire
-from strategies.devices import to_config
-from strategies.fleet import Policy
-from strategies.fleet_state import ClientInfo, client_info
-from strategies.membership import admit, profile_updates, requery_due
-from strategies.records import to_record
-from strategies.requirements import Failure, FailureCause, failure_to_config
-from strategies.rundir import RunDirectory
+from strategies.fleet.devices import to_config
+from strategies.fleet.membership import admit, profile_updates, requery_due
+from strategies.fleet.state import ClientInfo, client_info
+from strategies.persist.rundir import RunDirectory
+from strategies.policy.policies import Policy
+from strategies.policy.requirements import Failure, FailureCause, failure_to_config
 from strategies.settings import SplitSettings
-from strategies.split_strategy import SplitPrefixStrategy
+from strategies.strategy import SplitPrefixStrategy
+from strategies.wire import names as wire
+from strategies.wire.records import to_record
 from tests.strategies.fakes import FakeClient, FakeServerModel, fleet, initial_state, profile
 
 SETTINGS = SplitSettings(steps=10, batch_size=4, wait_for_nodes_s=0, seed=7)
@@ -485,7 +485,7 @@ def test_a_checkpoint_keeps_who_was_unreachable_and_the_moved_modes(tmp_path):
 
 def test_queries_go_out_in_batches_and_every_node_is_admitted(monkeypatch):
     # Prepare: 250 nodes, batches of 100 (Flower's simulation engine slows with messages in flight)
-    from strategies import messages
+    from strategies.round import messages
 
     grid = fleet([FakeClient(i, 1.0, 10, num_partitions=250) for i in range(250)])
     exchanges = []

@@ -5,8 +5,8 @@ import logging
 import numpy as np
 import pytest
 
-from strategies.performance_model import HistoryRun, append_run, fit_regressor, read_history
-from strategies.zero_cost import linear_probe_accuracy
+from strategies.selection.performance_model import HistoryRun, append_run, fit_regressor, read_history
+from strategies.selection.zero_cost import linear_probe_accuracy
 
 
 def _run(i, accuracy, **features):

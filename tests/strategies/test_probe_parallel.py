@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 from flwr.app import MetricRecord
 
-from strategies import wire
-from strategies.checkpoint import load_checkpoint
-from strategies.fleet_state import ClientInfo
-from strategies.grouping import ModeAssignment
-from strategies.probe_parallel import split_halves
-from strategies.probing import ProbePlan
-from strategies.records import from_record, to_record
-from strategies.rundir import RunDirectory
+from strategies.fleet.state import ClientInfo
+from strategies.persist.checkpoint import load_checkpoint
+from strategies.persist.rundir import RunDirectory
+from strategies.policy.grouping import ModeAssignment
+from strategies.probing.judge import ProbePlan
+from strategies.probing.parallel import split_halves
 from strategies.settings import SplitSettings
-from strategies.split_strategy import SplitPrefixStrategy
+from strategies.strategy import SplitPrefixStrategy
+from strategies.wire import names as wire
+from strategies.wire.records import from_record, to_record
 from tests.strategies.fakes import FakeClient, FakeServerModel, fleet, initial_state, profile
 
 

@@ -6,11 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from flower_app.runner import run_inprocess
-from flower_app.server_model import SplitServer
-from strategies import probing
-from strategies.checkpoint import load_checkpoint
-from strategies.probing import ProbePlan, Trial, decide, rate, stage_due
+from flower_app.apps.runner import run_inprocess
+from flower_app.modes.server_model import SplitServer
+from strategies.persist.checkpoint import load_checkpoint
+from strategies.probing import judge as probing
+from strategies.probing.judge import ProbePlan, Trial, decide, rate, stage_due
 
 
 def _trial(mode, drop, seconds, accuracy=0.8):

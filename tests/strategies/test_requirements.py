@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from strategies.requirements import (
+from strategies.policy.requirements import (
     EXCLUDE,
     Failure,
     FailureCause,

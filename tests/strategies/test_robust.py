@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from strategies.aggregation import Contribution, aggregate
-from strategies.robust import bound_updates, robust_average, update_norm
+from strategies.aggregate.robust import bound_updates, robust_average, update_norm
+from strategies.aggregate.volume import Contribution, aggregate
 
 STATE = {"p": np.zeros(2, np.float32)}
 

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from strategies import wire
-from strategies.costmodel import EnergyLedger, uplink_rate
-from strategies.fleet import Policy, effective_allocation
-from strategies.fleet_state import ClientInfo, FleetState, round_seed, sample
-from strategies.messages import exchange, plan_config
-from strategies.records import content_bytes, to_record
-from strategies.requirements import Failure, FailureCause
-from strategies.round_record import round_record, simulate
-from strategies.round_state import RoundState
+from strategies.cost.costmodel import EnergyLedger, uplink_rate
+from strategies.fleet.state import ClientInfo, FleetState, round_seed, sample
+from strategies.policy.policies import Policy, effective_allocation
+from strategies.policy.requirements import Failure, FailureCause
+from strategies.round.messages import exchange, plan_config
+from strategies.round.record import round_record, simulate
+from strategies.round.state import RoundState
 from strategies.settings import SplitSettings
+from strategies.wire import names as wire
+from strategies.wire.records import content_bytes, to_record
 from tests.strategies.fakes import FakeClient, FakeGrid, FakeServerModel, profile
 
 SETTINGS = SplitSettings(steps=2, batch_size=4, seed=3)
@@ -200,7 +200,7 @@ def test_the_round_record_names_each_drop_once_with_its_cause():
 
 def test_a_loss_of_exactly_zero_is_logged_as_zero(caplog):
     # Prepare
-    from strategies.round_record import log_round
+    from strategies.round.record import log_round
 
     record = {
         "round": 1,

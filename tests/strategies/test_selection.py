@@ -4,8 +4,9 @@ import math
 
 import pytest
 
-from strategies.devices import DeviceProfile
-from strategies.selection import (
+from strategies.cost.workload import ModelShape, RoundPlan
+from strategies.fleet.devices import DeviceProfile
+from strategies.selection.rank import (
     Footprint,
     Limits,
     Violation,
@@ -16,7 +17,6 @@ from strategies.selection import (
     ranks,
     violations,
 )
-from strategies.workload import ModelShape, RoundPlan
 
 PHONE = DeviceProfile(
     cpu_hz_max=1.5e9,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from strategies.sparsify import rebuild, sparse_bytes, sparsify, topk_count
+from strategies.wire.sparsify import rebuild, sparse_bytes, sparsify, topk_count
 
 SHAPES = {"prefix.0": (2, 4, 8), "head.weight": (3, 5)}
 

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
-from strategies import wire
-from strategies.checkpoint import Checkpoint
-from strategies.records import to_record
-from strategies.rundir import RunDirectory
+from strategies.persist.checkpoint import Checkpoint
+from strategies.persist.rundir import RunDirectory
 from strategies.settings import SplitSettings
-from strategies.split_strategy import SplitPrefixStrategy
+from strategies.strategy import SplitPrefixStrategy
+from strategies.wire import names as wire
+from strategies.wire.records import to_record
 from tests.strategies.fakes import FakeClient, FakeServerModel, fleet, initial_state
 
 SETTINGS = SplitSettings(steps=10, batch_size=4, wait_for_nodes_s=0, seed=7)  # a client may claim up to 40

@@ -4,14 +4,15 @@ import json
 
 import pytest
 
-from flower_app.config import load_config, split_settings
-from flower_app.runner import run_inprocess
-from strategies import probing, wire
-from strategies.checkpoint import load_checkpoint
-from strategies.costmodel import EnergyLedger
-from strategies.round_record import simulate
+from flower_app.apps.runner import run_inprocess
+from flower_app.config.schema import load_config, split_settings
+from strategies.cost.costmodel import EnergyLedger
+from strategies.persist.checkpoint import load_checkpoint
+from strategies.probing import judge as probing
+from strategies.probing.modes import Mode, apply_mode, parse_mode
+from strategies.round.record import simulate
 from strategies.settings import SplitSettings
-from strategies.train_modes import Mode, apply_mode, parse_mode
+from strategies.wire import names as wire
 from tests.replies import arrays, spy
 from tests.strategies.fakes import FakeGrid, FakeServerModel
 from tests.strategies.test_round_pieces import SETTINGS, _fleet, _split_round

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from strategies.validation import (
+from strategies.wire.validation import (
     ArraySpec,
     Verdict,
     judge,

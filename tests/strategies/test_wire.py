@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from strategies import wire
+from strategies.wire import names as wire
 
 
 def _chunks(steps=2, batch=3, length=5, hidden=4):

@@ -4,9 +4,7 @@ from dataclasses import replace
 
 import pytest
 
-from strategies.allocation import allocate
-from strategies.devices import DeviceProfile
-from strategies.workload import (
+from strategies.cost.workload import (
     ModelShape,
     RoundPlan,
     affordable_rows,
@@ -17,6 +15,8 @@ from strategies.workload import (
     upload_row_bytes,
     upload_workload,
 )
+from strategies.fleet.devices import DeviceProfile
+from strategies.policy.allocation import allocate
 
 # A toy model: 2 layers below the split, 4 above, 100 parameters a layer, 10 tokens a sample.
 SHAPE = ModelShape(

@@ -1,0 +1,178 @@
+"""The server's half of the model: upper layers, head, pool training, held-out evaluation.
+
+:class:`SplitServer` implements :class:`strategies.interfaces.ServerModel`, the only way
+the strategy reaches the model; :meth:`SplitServer.evaluate_fn` is the ``evaluate_fn``
+a ServerApp hands to ``SplitPrefixStrategy.start``, as to Flower's ``FedAvg``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, MetricRecord
+
+from flower_app.data import files as data_mod
+from flower_app.data.setup import Setup, test_data
+from flower_app.model.emulator import emulator_keys, kept_layers
+from flower_app.model.split_model import ClientPart, get_state, set_state
+from flower_app.modes.centralized import train_centralized
+from flower_app.modes.training import EvalTally, adam, from_wire, task_loss, to_wire, torch_threads
+from strategies.cost.workload import ModelShape
+from strategies.settings import SplitSettings
+from strategies.wire import names as wire
+from strategies.wire.records import from_record, to_record
+
+
+class SplitServer:
+    """The server's half of the model, as the strategy sees it.
+
+    Parameters
+    ----------
+    setup : Setup
+        The job's model and data (:func:`flower_app.data.setup.build`).
+    settings : SplitSettings
+        The strategy's settings: learning rates, wire dtype, upload kind, batch size.
+    """
+
+    def __init__(self, setup: Setup, settings: SplitSettings):
+        self.setup, self.settings = setup, settings
+        self.threads = setup.config.run.server_threads
+        self.client_keys = tuple(get_state(setup.client))
+        self.server_keys = tuple(get_state(setup.server))
+
+    def initial_state(self) -> dict[str, np.ndarray]:
+        """Every trainable tensor at the start of a run (lower prefix, upper prefix, head)."""
+        return {k: v.copy() for k, v in self.setup.initial_state.items()}
+
+    def initial_arrays(self) -> ArrayRecord:
+        """:meth:`initial_state` as the ``initial_arrays`` of ``SplitPrefixStrategy.start``."""
+        return to_record(self.initial_state())
+
+    def train_split(
+        self,
+        state: Mapping[str, np.ndarray],
+        batches: Sequence[wire.Chunk],
+        *,
+        lr: float | None = None,
+        head_lr: float | None = None,
+    ) -> tuple[dict[str, np.ndarray], list[np.ndarray], float]:
+        """Step through a client's minibatches; return server tensors, boundary grads, mean loss.
+
+        ``lr`` / ``head_lr``: the round's rates (None: the settings')."""
+        server, s = self.setup.server, self.settings
+        set_state(server, state)
+        optimizer = adam([server], s.lr if lr is None else lr, s.head_lr if head_lr is None else head_lr)
+        grads, losses = [], []
+        with torch_threads(self.threads):
+            for batch in batches:
+                boundary = from_wire(batch.inputs).requires_grad_(True)  # (B, T, hidden)
+                mask = torch.as_tensor(batch.mask).long()  # (B, T)
+                loss = self.loss(server(boundary, mask), mask, torch.as_tensor(batch.label))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                assert boundary.grad is not None
+                grads.append(to_wire(boundary.grad, s.activation_dtype))
+                losses.append(loss.item())
+        return get_state(server), grads, float(np.mean(losses))
+
+    def train_pool(
+        self,
+        state: Mapping[str, np.ndarray],
+        chunks: Sequence[wire.Chunk],
+        steps: int,
+        seed: int,
+        *,
+        lr: float | None = None,
+        head_lr: float | None = None,
+    ) -> tuple[dict[str, np.ndarray], float, int]:
+        """Train on the centralized clients' pooled uploads; tensors, mean loss, samples drawn.
+
+        ``lr`` / ``head_lr``: the round's rates (None: the settings')."""
+        setup, s = self.setup, self.settings
+        set_state(setup.client, state)
+        set_state(setup.server, state)
+        with torch_threads(self.threads):
+            return train_centralized(
+                setup.client,
+                setup.server,
+                chunks,
+                s.upload_kind,
+                steps,
+                s.batch_size,
+                s.lr if lr is None else lr,
+                s.head_lr if head_lr is None else head_lr,
+                seed,
+                setup.spec,
+                setup.verbalizer_ids,
+            )
+
+    def loss(self, logits: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return task_loss(self.setup.spec, logits, mask, labels, self.setup.verbalizer_ids)
+
+    def evaluate(self, state: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """Loss and accuracy (and perplexity, for causal-LM) of the global tensors on the held-out split."""
+        setup = self.setup
+        set_state(setup.client, state)
+        set_state(setup.server, state)
+        encoded, size = test_data(setup.config), setup.config.eval.batch_size
+        # Length-sorted batches pad little: evaluation costs what the tokens cost.
+        order = np.argsort([len(ids) for ids in encoded.ids], kind="stable")
+        tally = EvalTally(setup.spec, setup.verbalizer_ids)
+        with torch.no_grad(), torch_threads(self.threads):
+            for start in range(0, len(encoded), size):
+                ids, mask, labels = data_mod.collate(encoded, order[start : start + size], setup.pad_id)
+                tally.add(setup.server(setup.client(ids, mask), mask), mask, labels)
+        return {**tally.metrics(), wire.NUM_EXAMPLES: len(encoded)}
+
+    def evaluate_fn(self, every: int, num_rounds: int) -> Callable[[int, ArrayRecord], MetricRecord | None]:
+        """Flower's ``evaluate_fn``: held-out metrics every ``every`` rounds and after the last."""
+
+        def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            if server_round % every and server_round != num_rounds:
+                return None
+            return MetricRecord({k: v for k, v in self.evaluate(from_record(arrays)).items()})
+
+        return evaluate
+
+    # --- what the hybrid strategy needs beyond split ---------------------------------------
+
+    def shape(self) -> ModelShape:
+        """Sizes that set each mode's simulated cost (see :mod:`strategies.cost.workload`)."""
+        setup = self.setup
+        state = setup.initial_state
+        layer_prefix = [state[k].nbytes for k in self.server_keys if wire.is_prefix(k)]
+        lengths = [len(ids) for ids in test_data(setup.config).ids]
+        return ModelShape(
+            layer_params=sum(p.numel() for p in setup.server.stack.layers[0].parameters()),
+            client_layers=len(setup.client.stack.layers),
+            server_layers=len(setup.server.stack.layers),
+            hidden=_hidden_size(setup.client),
+            embedding_params=sum(p.numel() for p in setup.client.embeddings.parameters()),
+            client_state_bytes=sum(state[k].nbytes for k in self.client_keys),
+            layer_prefix_bytes=layer_prefix[0] if layer_prefix else 0,
+            head_bytes=sum(state[k].nbytes for k in self.server_keys if wire.is_head(k)),
+            mean_tokens=float(np.mean(lengths)),
+        )
+
+    def limits(self) -> wire.ChunkLimits:
+        """Sequence length, label range and vocabulary this model accepts."""
+        setup = self.setup
+        embedding = next(p for p in setup.client.embeddings.parameters() if p.dim() == 2)  # (vocab, hidden)
+        return wire.ChunkLimits(
+            max_tokens=setup.config.model.max_length,
+            num_labels=setup.spec.num_labels,
+            vocab_size=int(embedding.shape[0]),
+            token_labels=setup.config.data.objective == "causal-lm",
+        )
+
+    def emulator_keys(self, layers: int) -> tuple[str, ...]:
+        """Server tensors a local-mode emulator of ``layers`` upper layers holds (0: all)."""
+        server = self.setup.server
+        return emulator_keys(self.server_keys, kept_layers(server, layers or len(server.stack.layers)))
+
+
+def _hidden_size(client: ClientPart) -> int:
+    return int(next(p for p in client.embeddings.parameters() if p.dim() == 2).shape[1])
