@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup device run run-inprocess scale lint test test-fast bench bench-hetero-seeds bench-robust bench-scale bench-deploy bench-llm bench-probe bench-semcom bench-select clean
+.PHONY: setup config-reference device run run-inprocess scale lint test test-fast bench bench-hetero-seeds bench-robust bench-scale bench-deploy bench-llm bench-probe bench-semcom bench-select clean
 
 setup: $(STAMP)
 
@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml requirements.txt requirements-assets.txt requirements-t
 	$(PY) -m pip install --quiet --no-deps -r requirements-assets.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# pyproject.toml's [tool.flwr.app.config] and docs/reference/configuration.md, generated from
+# flower_app/config/schema.py and conf/*.yaml (tests/flower_app/test_config.py fails when they drift).
+config-reference: setup
+	$(PY) -m flower_app.config.reference --write
 
 # A SuperNode device: pinned runtime requirements, offline assets and the package; no test tools.
 device:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 
-from flower_app.config.schema import load_config
+from flower_app.config.load import load_config
 from flower_app.data.files import batch_plan
 from flower_app.data.setup import build, client_data
 from flower_app.model.loading import load

@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from flower_app.deploy import cli as deploy  # noqa: E402
 from flower_app.deploy import device_worker, local_fleet  # noqa: E402
-from flower_app.model.device_part import CACHE_ENV  # noqa: E402
+from flower_app.model.cache import CACHE_ENV  # noqa: E402
 
 NODES = 3
 EXCHANGES = 2  # a split round: forward, then backward
@@ -205,7 +205,7 @@ def measure(kind: str, source: str, cache: str) -> dict:
         model, _ = load(source)
         touch([model])
     else:  # "device part": read from the checkpoint (cold cache) or from the disk cache (warm)
-        from flower_app.config.schema import load_config
+        from flower_app.config.load import load_config
         from flower_app.model.device_part import device_part
 
         overrides = {"config": "base", "model.source": source}

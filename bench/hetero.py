@@ -44,8 +44,8 @@ import time
 from pathlib import Path
 
 from flower_app.apps.runner import run_inprocess
+from flower_app.config.load import load_config
 from flower_app.config.overrides import overrides_of
-from flower_app.config.schema import load_config
 from strategies.persist.rundir import RunDirectory
 
 ROWS = {

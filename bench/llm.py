@@ -32,14 +32,16 @@ import numpy as np
 import torch
 
 from flower_app.apps.runner import run_inprocess
-from flower_app.config.schema import load_config, split_settings
+from flower_app.config.load import load_config
+from flower_app.config.strategy_settings import split_settings
 from flower_app.data import files as data_mod
-from flower_app.data.setup import Setup, build, client_data, test_data
+from flower_app.data.setup import build, client_data, test_data
 from flower_app.generate.session import generate
 from flower_app.model.loading import load
 from flower_app.model.split_model import set_state
 from flower_app.modes.server_model import SplitServer
 from flower_app.modes.training import torch_threads
+from flower_app.tasks.family import Setup
 from flower_app.tasks.lm import LmTally, lm_loss
 from strategies.persist.checkpoint import load_checkpoint
 from strategies.persist.rundir import RunDirectory

@@ -32,7 +32,7 @@ from pathlib import Path
 import yaml
 
 from flower_app.apps.runner import run_inprocess
-from flower_app.config.schema import from_dict, load_config, to_dict
+from flower_app.config.load import from_dict, load_config, to_dict
 from strategies.persist.rundir import RunDirectory
 
 FLEETS = {

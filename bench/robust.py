@@ -32,8 +32,8 @@ import numpy as np
 from flwr.app import Message, RecordDict
 
 from flower_app.apps.runner import Fault, run_inprocess
+from flower_app.config.load import load_config
 from flower_app.config.overrides import overrides_of
-from flower_app.config.schema import load_config
 from strategies.wire import names as wire
 from strategies.wire.records import from_record, to_record
 

@@ -47,8 +47,9 @@ from flwr.proto.message_pb2 import Message as ProtoMessage
 
 from flower_app.apps.client_app import app as client_app
 from flower_app.apps.runner import InProcessGrid
+from flower_app.config.load import load_config
 from flower_app.config.overrides import overrides_of
-from flower_app.config.schema import load_config, split_settings
+from flower_app.config.strategy_settings import split_settings
 from flower_app.data.setup import build
 from flower_app.modes.server_model import SplitServer
 from strategies.persist.rundir import RunDirectory
@@ -137,11 +138,11 @@ class TimedStrategy(SplitPrefixStrategy):
         super().__init__(server, *args)
         self.rounds: list[tuple[float, float, float]] = []  # (wall s, CPU s, server model CPU s)
 
-    def run_round(self, grid, state, server_round, *args, **kwargs):
+    def run_round(self, ctx, origin, settle=None):
         server = self.server_model
         assert isinstance(server, TimedServer)
         start, model_before = clock(), server.model_s
-        outcome = super().run_round(grid, state, server_round, *args, **kwargs)
+        outcome = super().run_round(ctx, origin, settle)
         self.rounds.append((*since(start), server.model_s - model_before))
         return outcome
 

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from flower_app.apps.runner import run_inprocess
+from flower_app.config.load import load_config
 from flower_app.config.overrides import overrides_of
-from flower_app.config.schema import load_config, split_settings
+from flower_app.config.strategy_settings import split_settings
 from flower_app.data.setup import build
 from flower_app.tasks.image.server import ImageServer
 from strategies.persist.rundir import RunDirectory

@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from strategies.cost.workload import ModelShape
+from strategies.wire.codecs.base import WireCodec
 from strategies.wire.names import Chunk, ChunkLimits
 
 
@@ -22,13 +23,20 @@ class ServerModel(Protocol):
     server_keys: tuple[str, ...]  # trainable tensors the server holds (upper prefix, head)
 
     def train_split(
-        self, state: Mapping[str, np.ndarray], batches: Sequence[Chunk], *, lr: float, head_lr: float
+        self,
+        state: Mapping[str, np.ndarray],
+        batches: Sequence[Chunk],
+        *,
+        lr: float,
+        head_lr: float,
+        codec: WireCodec,
     ) -> tuple[dict[str, np.ndarray], list[np.ndarray], float]:
         """Train the server side on one client's minibatches of boundary activations.
 
         ``lr`` and ``head_lr`` are the round's learning rates (the strategy's, after its
-        schedule). Returns the server tensors after the steps, one boundary gradient per
-        minibatch, and the mean training loss.
+        schedule); ``codec`` is the round's wire codec (a probe trial's may differ from the
+        run's). Returns the server tensors after the steps, one boundary gradient per
+        minibatch encoded by ``codec``, and the mean training loss.
         """
         ...
 

@@ -1,10 +1,11 @@
 """The strategy's settings: one frozen object, one default per setting.
 
 :class:`SplitSettings` is built once (from the run config by
-``flower_app.config.schema.split_settings``, or by hand in a user's own ServerApp) and handed
-to :class:`strategies.strategy.SplitPrefixStrategy` and to the server's half of
-the model. The defaults here are the project's defaults: ``flower_app.config.schema`` takes
-its own field defaults from them.
+``flower_app.config.strategy_settings.split_settings``, or by hand in a user's own ServerApp)
+and handed to :class:`strategies.strategy.SplitPrefixStrategy` and to the server's half of
+the model. The defaults here are a hand-built object's. A run's settings come from the run
+config (``flower_app.config.schema``), which sets every one it declares: its defaults are
+the default job's and may differ from these.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from strategies.policy.requirements import TrainingRequirement
 from strategies.probing.judge import ProbePlan
 from strategies.probing.modes import parse_mode
 from strategies.wire import names as wire
+from strategies.wire.codecs.registry import CODEC_NAMES, wire_codec
 
 SERVER_SIDES = ("sequential", "parallel")
-# wire dtype -> bytes per value; int8 and int4 add a 4-byte scale per token vector (strategies.wire.compression)
-ACTIVATION_DTYPES = {"float32": 4.0, "float16": 2.0, "int8": 1.0, "int4": 0.5}
+ACTIVATION_DTYPES = CODEC_NAMES  # the choices of activation_dtype: the wire codecs' names (strategies.wire.codecs)
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,8 @@ class SplitSettings:
         Cosine decay of ``lr`` and ``head_lr`` over the run's rounds, down to this fraction
         of them at the last round (:mod:`strategies.round.lr_schedule`); 1: constant rates.
     activation_dtype : str (default: "float32")
-        Dtype of boundary activations and gradients on the wire ("float32", "float16", or
-        "int8" or "int4" with a scale per token vector).
+        Wire codec of boundary activations and gradients, a name of :mod:`strategies.wire.codecs`
+        ("float32", "float16", "bfloat16", or "int8" or "int4" with a scale per token vector).
     upload_topk : float (default: 1.0)
         Fraction of each trained tensor's entries a split or local client sends back: the
         largest of its update plus its residual, with error feedback (:mod:`strategies.wire.sparsify`);
@@ -136,7 +137,7 @@ class SplitSettings:
         for name, value, choices in (
             ("server_side", self.server_side, SERVER_SIDES),
             ("upload_kind", self.upload_kind, wire.UPLOAD_KINDS),
-            ("activation_dtype", self.activation_dtype, tuple(ACTIVATION_DTYPES)),
+            ("activation_dtype", self.activation_dtype, CODEC_NAMES),
             ("update_check", self.update_check, UPDATE_CHECKS),
             ("aggregation", self.aggregation, RULES),
         ):
@@ -176,4 +177,4 @@ class SplitSettings:
     @property
     def activation_bytes(self) -> float:
         """Bytes per boundary value on the wire."""
-        return ACTIVATION_DTYPES[self.activation_dtype]
+        return wire_codec(self.activation_dtype).bytes_per_value

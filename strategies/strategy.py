@@ -24,49 +24,65 @@ A round, for every sampled client (in order of partition id):
 
 The fleet may change during the run (:mod:`strategies.fleet.membership`, re-planned when a
 client joins or a profile changes); a probe stage (:mod:`strategies.probing.judge`) may switch
-the mode (wire dtype, top-k uploads, plan length) between rounds. Flower's
-``Strategy.start`` runs one train and one evaluate exchange a round; a split round has
-two, so this class runs its own loop (:mod:`strategies.round.loop`) with Flower's signature and ``Result``. A bad or
-missing reply is dropped with its reason; a round with fewer than ``min_clients``
-contributions stops the run, keeping the last checkpoint.
+the mode (wire dtype, top-k uploads, plan length) between rounds; the probe controller
+(:mod:`strategies.probing.controller`) owns the mode in use and gives each round its settings.
+Flower's ``Strategy.start`` runs one train and one evaluate exchange a round; a split round
+has two, so this class runs its own loop (:mod:`strategies.round.loop`) with Flower's
+signature and ``Result``. As in Flower's ``FedAvg``, the loop builds each round's first
+messages with :meth:`~SplitPrefixStrategy.configure_train` and averages with
+:meth:`~SplitPrefixStrategy.aggregate_train`: a subclass that overrides either changes the
+run. A bad or missing reply is dropped with its reason; a round with fewer than
+``min_clients`` contributions stops the run, keeping the last checkpoint.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import replace
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from logging import INFO
 from typing import Any
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from strategies.aggregate.volume import Contribution
 from strategies.cost.costmodel import EnergyLedger
 from strategies.fleet import changes as fleet_changes
 from strategies.fleet.state import FleetState
 from strategies.interfaces import ServerModel
 from strategies.persist.checkpoint import Checkpoint
 from strategies.persist.rundir import RunDirectory
-from strategies.probing import judge as probing
-from strategies.probing.modes import apply_mode
+from strategies.probing.controller import ProbeController
+from strategies.probing.judge import Settle
 from strategies.round import messages as msgs
 from strategies.round import record as records
 from strategies.round import server_side as server_modes
+from strategies.round.context import EvaluateFn, Outcome, RoundContext, State
 from strategies.round.deadline import sample_in_time
 from strategies.round.loop import run_rounds
-from strategies.round.lr_schedule import settings_for_round
 from strategies.round.state import RoundState, TrainedPart
 from strategies.settings import SplitSettings
 from strategies.wire import names as wire
 from strategies.wire.records import from_record, to_record
 
-EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
-State = dict[str, np.ndarray]
-Settle = probing.Settle  # (the round's record, its tensors) -> (fields to add, the tensors to keep)
+
+@dataclass(frozen=True)
+class RoundPart:
+    """The part of a round that Flower's hooks are called for: a whole round, or a parallel probe's half.
+
+    Flower's ``configure_train`` and ``aggregate_train`` carry a round number, not a round: while
+    the loop calls them, the strategy holds this value so that the hooks build and average that
+    part's messages. ``trained``: the part's validated contributions, once its exchanges are done.
+    """
+
+    ctx: RoundContext
+    rnd: RoundState
+    origin: State
+    trained: TrainedPart | None = None
 
 
 class SplitPrefixStrategy(Strategy):
@@ -95,31 +111,29 @@ class SplitPrefixStrategy(Strategy):
         self, server_model: ServerModel, settings: SplitSettings | None = None, run_dir: RunDirectory | None = None
     ):
         self.server_model = server_model
-        self.settings = settings or SplitSettings()
+        self.probes = ProbeController(settings or SplitSettings())
         self.run_dir = run_dir
         self.fleet = FleetState()
         self.ledger = EnergyLedger()
-        self.state: dict[str, np.ndarray] = {}  # the global tensors
+        self.state: State = {}  # the global tensors after the last closed round
         self.first_round = 1
         self.status = "not started"
         self.summary_record: dict[str, Any] = {}
         self.shape = shape = server_model.shape()  # constant over the run
         self.bounds = server_modes.Bounds(shape.hidden, server_model.limits())
-        self.basic_settings = self.settings  # what probes compare the optimized mode with
-        self.basic_dtype = self.mode = self.settings.activation_dtype  # the basic mode's name; the mode in use
-        self.probed: list[str] = []  # modes a plateau probe has started from
-        self.decisions: list[dict[str, Any]] = []
         self.keys = server_modes.TensorKeys.of(server_model, self.settings.emulator_layers, shape)
+        self._part: RoundPart | None = None  # set only while the loop calls a Flower hook
+
+    @property
+    def settings(self) -> SplitSettings:
+        """The settings of the mode in use (the probe controller's)."""
+        return self.probes.settings
 
     def resume(self, checkpoint: Checkpoint) -> None:
-        """Continue after the checkpoint's round: fleet state, simulated clock, pool."""
+        """Continue after the checkpoint's round: fleet state, simulated clock, pool, probe mode."""
         state = checkpoint.state
         self.fleet.restore(state, self.run_dir.load_pool() if self.run_dir is not None else {})
-        probe = state.get("probe") or {}  # a hot switch outlives a restart (older checkpoints: a wire dtype)
-        self.mode = str(probe.get("mode", probe.get("wire-dtype", self.mode)))
-        if self.mode != self.basic_dtype:
-            self.settings = apply_mode(self.basic_settings, self.mode)
-        self.probed = list(probe.get("probed", []))
+        self.probes.restore(state.get("probe") or {})
         self.ledger = EnergyLedger(rows=[], clock_s=float(state.get("clock-s", 0.0)))
         self.first_round = checkpoint.round + 1
 
@@ -145,7 +159,7 @@ class SplitPrefixStrategy(Strategy):
         (if given) evaluates the global tensors before the first round and after each.
         Federated evaluation is not used (``evaluate_config`` is accepted and unused).
         """
-        self._enter_stage(self.first_round)
+        self.probes.enter_stage(self.first_round)
         self.summary()
         started, result = time.time(), Result()
         self.state = from_record(initial_arrays)
@@ -161,8 +175,10 @@ class SplitPrefixStrategy(Strategy):
         history: list[dict[str, Any]] = []
         self.status = "running"
         self._finish(history, 0.0)  # a summary left by an earlier run must not stand for this one
+        config = train_config or ConfigRecord()
+        run = RoundContext(grid, self.first_round, num_rounds, self.settings, timeout, config, evaluate_fn)
         try:
-            self.status = run_rounds(self, grid, result, history, num_rounds, timeout, train_config, evaluate_fn)
+            self.status = run_rounds(self, run, result, history)
         except BaseException as err:  # a kill, Ctrl-C or a crash: the summary says so, then it goes on up
             self.status = f"interrupted: {type(err).__name__}: {err}"
             self._finish(history, time.time() - started)
@@ -170,73 +186,65 @@ class SplitPrefixStrategy(Strategy):
         self._finish(history, time.time() - started)
         return result
 
-    def run_round(
-        self,
-        grid: Grid,
-        state: dict[str, np.ndarray],
-        server_round: int,
-        num_rounds: int,
-        timeout: float,
-        train_config: ConfigRecord | None = None,
-        evaluate_fn: EvaluateFn | None = None,
-        settle: Settle | None = None,
-        seed_round: int | None = None,
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-        """One round from the global tensors ``state``: the next ones and the round's record, or None
+    def run_round(self, ctx: RoundContext, origin: State, settle: Settle | None = None) -> Outcome:
+        """One round from the global tensors ``origin``: the next ones and the round's record, or None
         when too few contributions were valid. ``settle(record, state)``, once the round is
-        evaluated, may add to its record and choose the tensors to keep (a probe's decision)."""
-        s = settings_for_round(self.settings, server_round, num_rounds)
-        if s is not self.settings:
-            log(INFO, "round %d: lr %.3g, head lr %.3g (cosine decay)", server_round, s.lr, s.head_lr)
-        rnd = self.begin_round(grid, server_round, num_rounds, timeout)
-        part = self.train_part(grid, state, rnd, s, timeout, train_config, seed_round)
-        if not fleet_changes.enough_contributions(self.fleet, rnd, part.accepted, self.settings, self.run_dir):
+        evaluated, may add to its record, choose the tensors to keep and decide a probe."""
+        rnd = self.begin_round(ctx)
+        part = self.train_part(ctx, rnd, origin)
+        if not self.enough_contributions(ctx, rnd, part.accepted):
             return None
-        state = server_modes.average_part(part, state, rnd, s, self.fleet)
-        record, state = self.close_round(rnd, state, part.uploaded, evaluate_fn, settle)
+        state = self.average_part(ctx, rnd, part, origin)
+        record, state = self.close_round(ctx, rnd, state, part.uploaded, settle)
         return state, record
 
-    def begin_round(self, grid: Grid, server_round: int, num_rounds: int, timeout: float) -> RoundState:
+    def begin_round(self, ctx: RoundContext) -> RoundState:
         """The fleet's changes at the round's start, then the round's sample."""
-        joined, left = self._refresh_fleet(grid, server_round, timeout)
-        sampled, sat_out = sample_in_time(self.fleet, server_round, self.settings)
-        rnd = RoundState(server_round, num_rounds, sampled, dict(self.fleet.assignments), joined=joined, left=left)
+        joined, left = self._refresh_fleet(ctx)
+        sampled, sat_out = sample_in_time(self.fleet, ctx.server_round, ctx.settings)
+        assignments = dict(self.fleet.assignments)
+        rnd = RoundState(ctx.server_round, ctx.num_rounds, sampled, assignments, joined=joined, left=left)
         rnd.sat_out = [c.partition_id for c in sat_out]
         return rnd
 
-    def train_part(
-        self,
-        grid: Grid,
-        state: dict[str, np.ndarray],
-        rnd: RoundState,
-        s: SplitSettings,
-        timeout: float,
-        train_config: ConfigRecord | None = None,
-        seed_round: int | None = None,
-    ) -> TrainedPart:
-        """Both exchanges with ``rnd.sampled`` in the settings ``s``, the server's side trained from ``state``
-        (:func:`strategies.round.server_side.train_part`)."""
+    def train_part(self, ctx: RoundContext, rnd: RoundState, origin: State) -> TrainedPart:
+        """Both exchanges with ``rnd.sampled`` in ``ctx.settings``, the server's side trained from ``origin``
+        (:func:`strategies.round.server_side.train_part`); the first messages are ``configure_train``'s."""
+        with self._hooks_for(RoundPart(ctx, rnd, origin)):
+            first = list(self.configure_train(ctx.server_round, to_record(origin), ctx.train_config, ctx.grid))
         parts = (self.server_model, self.keys, self.bounds, self.fleet)
-        return server_modes.train_part(grid, *parts, state, rnd, s, timeout, train_config, seed_round)
+        return server_modes.train_part(ctx, *parts, origin, rnd, first)
+
+    def average_part(self, ctx: RoundContext, rnd: RoundState, part: TrainedPart, origin: State) -> State:
+        """The part's average, by ``aggregate_train`` over the replies of its accepted contributions;
+        ``origin`` again when it returns no arrays."""
+        replies = [rnd.backward[n] for n in part.split] + [rnd.first[n] for n in part.local]
+        with self._hooks_for(RoundPart(ctx, rnd, origin, part)):
+            arrays, _ = self.aggregate_train(ctx.server_round, replies)
+        return origin if arrays is None else from_record(arrays)
+
+    def enough_contributions(self, ctx: RoundContext, rnd: RoundState, accepted: Mapping[int, Contribution]) -> bool:
+        """The failure policy applied to the round; whether ``min_clients`` contributions were valid."""
+        return fleet_changes.enough_contributions(self.fleet, rnd, accepted, ctx.settings, self.run_dir)
 
     def close_round(
-        self,
-        rnd: RoundState,
-        state: dict[str, np.ndarray],
-        uploaded: bool,
-        evaluate_fn: EvaluateFn | None,
-        settle: Settle | None = None,
-    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Price the round, evaluate, record; save metrics, ledger, pool and checkpoint."""
-        sim, costs = records.simulate(rnd, self.fleet, self.settings, self.shape, self.ledger)
-        evaluation = evaluate_fn(rnd.server_round, to_record(state)) if evaluate_fn is not None else None
+        self, ctx: RoundContext, rnd: RoundState, state: State, uploaded: bool, settle: Settle | None = None
+    ) -> tuple[dict[str, Any], State]:
+        """Price the round, evaluate, record, settle (a probe's decision goes to the controller);
+        keep the tensors; save metrics, ledger, pool and checkpoint."""
+        sim, costs = records.simulate(rnd, self.fleet, ctx.settings, self.shape, self.ledger)
+        evaluation = ctx.evaluate_fn(rnd.server_round, to_record(state)) if ctx.evaluate_fn is not None else None
         record = records.round_record(rnd, self.fleet, sim, costs, dict(evaluation) if evaluation else None)
         if settle is not None:
-            extra, state = settle(record, state)
-            record.update(extra)
+            settled = settle(record, state)
+            record.update(settled.extra)
+            state = settled.state
+            if settled.decision is not None:  # before the checkpoint: a resumed run goes on in the chosen mode
+                self.probes.decide(settled.decision)
         records.log_round(record, rnd.num_rounds)
+        self.state = state
         if self.run_dir is not None:
-            probe = {"wire-dtype": self.settings.activation_dtype, "mode": self.mode, "probed": list(self.probed)}
+            probe = self.probes.checkpoint_entry()
             records.save_round(self.run_dir, record, state, self.fleet, self.ledger, uploaded, probe)
         return record, state
 
@@ -245,19 +253,42 @@ class SplitPrefixStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """The first message of each sampled client's round, by its mode (see the module docstring)."""
-        sampled, _ = sample_in_time(self.fleet, server_round, self.settings)
-        return msgs.first_messages(self.settings, self.fleet, sampled, server_round, arrays, config, self.keys.by_mode)
+        """The first message of each sampled client's round, by its mode (see the module docstring).
+
+        In a round, the round's sample in its settings; called outside one, the clients that
+        would be sampled now, in the settings of the mode in use.
+        """
+        part = self._part
+        if part is None:
+            sampled, _ = sample_in_time(self.fleet, server_round, self.settings)
+            return msgs.first_messages(
+                self.settings, self.fleet, sampled, server_round, arrays, config, self.keys.by_mode
+            )
+        ctx = part.ctx
+        return msgs.first_messages(
+            ctx.settings, self.fleet, part.rnd.sampled, server_round, arrays, config, self.keys.by_mode, ctx.seed_round
+        )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Volume-weighted average of the prefixes in ``replies`` (local or split backward replies).
 
-        Each reply is validated like in a round (names, shapes, dtypes, finite values,
-        ``num-examples`` within what the client holds); invalid ones are left out with a
-        warning. Returns None for the arrays when no reply is valid.
+        In a round, ``replies`` are those of the round's contributions, validated as they
+        arrived: the contributions of the replies passed here are averaged with the server's
+        (its split-trained tensors, the centralized pool) by the round's rule
+        (:func:`strategies.round.server_side.average_part`), from the tensors the round
+        started from. Called outside a round, each reply is validated against the global
+        tensors (names, shapes, dtypes, finite values, ``num-examples`` within what the
+        client holds) and invalid ones are left out with a warning. Returns None for the
+        arrays when no reply is valid.
         """
+        part = self._part
+        if part is not None and part.trained is not None:
+            trained = _only_from(part.trained, {r.metadata.src_node_id for r in replies})
+            average = server_modes.average_part(trained, part.origin, part.rnd, part.ctx.settings, self.fleet)
+            volume = sum(c.num_examples for c in trained.accepted.values())
+            return to_record(average), MetricRecord({wire.NUM_EXAMPLES: volume})
         arrays, volume = server_modes.aggregate_replies(replies, self.fleet, self.state)
         if arrays is None:
             return None, None
@@ -272,24 +303,32 @@ class SplitPrefixStrategy(Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         return None
 
+    @contextmanager
+    def _hooks_for(self, part: RoundPart) -> Iterator[None]:
+        """While the loop calls a Flower hook: the part of the round it is for."""
+        self._part = part
+        try:
+            yield
+        finally:
+            self._part = None
+
     # --- the fleet ----------------------------------------------------------------------------
 
-    def _refresh_fleet(self, grid: Grid, server_round: int, timeout: float) -> tuple[list[int], list[int]]:
+    def _refresh_fleet(self, ctx: RoundContext) -> tuple[list[int], list[int]]:
         """At a round's start, :func:`strategies.fleet.changes.refresh`; groups.json again if re-planned."""
-        staged = self._enter_stage(server_round)
         joined, left, replanned = fleet_changes.refresh(
-            grid, self.fleet, self.settings, self.shape, self.first_round, server_round, timeout, staged
+            ctx.grid,
+            self.fleet,
+            ctx.settings,
+            self.shape,
+            self.first_round,
+            ctx.server_round,
+            ctx.timeout,
+            ctx.replan,
         )
         if replanned:
             self._write_groups()
         return joined, left
-
-    def _enter_stage(self, server_round: int) -> bool:
-        """Take the policy schedule's stage for ``server_round`` (a probe's basic mode too); whether it changed."""
-        staged = fleet_changes.stage_of(self.settings, server_round)
-        if staged is not None:
-            self.settings, self.basic_settings = staged, replace(self.basic_settings, policy=staged.policy)
-        return staged is not None
 
     def _write_groups(self) -> None:
         fleet_changes.report_groups(self.fleet, self.settings, self.run_dir)
@@ -301,3 +340,10 @@ class SplitPrefixStrategy(Strategy):
         if self.run_dir is not None:
             self.run_dir.write_summary(self.summary_record)
         log(INFO, "run %s: %s", self.status, self.summary_record)
+
+
+def _only_from(trained: TrainedPart, nodes: set[int]) -> TrainedPart:
+    """A part's contributions of the clients in ``nodes`` (and the pool's): those whose replies are averaged."""
+    split = {n: c for n, c in trained.split.items() if n in nodes}
+    local = {n: c for n, c in trained.local.items() if n in nodes}
+    return TrainedPart(split, local, trained.pool, trained.uploaded)

@@ -6,7 +6,7 @@ import tempfile
 
 import pytest
 
-from flower_app.model.device_part import CACHE_ENV
+from flower_app.model.cache import CACHE_ENV
 
 
 @pytest.fixture(autouse=True, scope="session")

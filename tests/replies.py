@@ -2,10 +2,12 @@
 
 import numpy as np
 
-from flower_app.config.schema import load_config, split_settings
+from flower_app.config.load import load_config
+from flower_app.config.strategy_settings import split_settings
 from flower_app.data.setup import build
 from flower_app.modes.server_model import SplitServer
 from strategies.wire import names as wire
+from strategies.wire.codecs.registry import wire_codec
 from strategies.wire.records import from_record
 
 
@@ -45,7 +47,7 @@ def sequential_server_half(run_config, forward_replies):
     for reply in forward_replies:
         batches, problems = wire.decode_chunks(arrays(reply, wire.ACTIVATIONS), wire.ACTIVATIONS_KIND)
         assert problems == [], problems
-        state, _, _ = server.train_split(state, batches)
+        state, _, _ = server.train_split(state, batches, codec=wire_codec("float32"))
     return state
 
 

@@ -13,7 +13,7 @@ import pytest
 from flower_app.apps.runner import run_inprocess
 from strategies.persist.checkpoint import load_checkpoint
 from strategies.persist.rundir import RunDirectory
-from strategies.policy.policies import Policy
+from strategies.policy.groupings.threshold import ThresholdParams
 from strategies.policy.requirements import TrainingRequirement, requirement_to_config
 from strategies.wire import names as wire
 
@@ -75,7 +75,7 @@ def test_each_policy_trains_and_records_groups_allocations_and_the_ledger(tmp_pa
 def test_the_ledger_prices_the_bytes_each_client_really_sent_and_received(tmp_path):
     # Prepare: a fleet in all three modes (kmeans: split 1, centralized 3, local 2)
     from flower_app.apps.client_app import node_profile
-    from flower_app.config.schema import load_config
+    from flower_app.config.load import load_config
     from strategies.cost.costmodel import uplink_rate
 
     overrides = {"strategy.policy": "kmeans", "run.num-rounds": 2}
@@ -113,7 +113,7 @@ def test_threshold_policy_trains_weak_clients_centrally():
     from flower_app.apps.client_app import _fleet
 
     profiles = _fleet("bimodal", NODES, 0)
-    weak = {i for i, p in enumerate(profiles) if p.capability < Policy().threshold_flops}
+    weak = {i for i, p in enumerate(profiles) if p.capability < ThresholdParams().threshold_flops}
     assert 0 < len(weak) < NODES  # the fleet has both kinds, or the test proves nothing
 
     # Execute
@@ -146,7 +146,7 @@ def test_every_train_message_tells_group_mode_threshold_and_allocation(tmp_path)
     # Assert
     assert {t for _, t, _ in seen} == {wire.SPLIT_FORWARD, wire.SPLIT_BACKWARD, wire.UPLOAD}
     for _, message_type, config in seen:
-        assert config[wire.POLICY] == "threshold" and config[wire.THRESHOLD_FLOPS] == Policy().threshold_flops
+        assert config[wire.POLICY] == "threshold" and config[wire.THRESHOLD_FLOPS] == ThresholdParams().threshold_flops
         assert config[wire.MODE] == {wire.UPLOAD: "centralized"}.get(message_type, "split")
         for key in ("tx-power-w", "cpu-hz", "energy-budget-j"):
             assert config[wire.ALLOC_PREFIX + key] > 0
@@ -175,7 +175,7 @@ def test_a_local_result_below_the_threshold_stays_out_of_the_average(tmp_path):
     assert all("performance-below-threshold" in record["dropped"][p] for p in local)
     # Only local clients train the lower prefix here (the pool holds fixed activations): it must not move
     initial = np.load(run_dir.path / "checkpoint.npz")  # round 1's checkpoint
-    from flower_app.config.schema import load_config
+    from flower_app.config.load import load_config
     from flower_app.data.setup import build
 
     start = build(load_config({"config": "test"})).initial_state
@@ -207,10 +207,11 @@ def test_a_client_over_the_time_limit_moves_to_a_cheaper_mode(tmp_path):
 
 def test_split_replay_stops_at_the_time_limit():
     # Prepare
-    from flower_app.config.schema import load_config
+    from flower_app.config.load import load_config
     from flower_app.data.files import batch_plan
     from flower_app.data.setup import build, client_data
     from flower_app.modes.split import replay_plan
+    from strategies.wire.codecs.registry import wire_codec
 
     config = load_config({"config": "test"})
     setup, encoded = build(config), client_data(config, 0, 4)
@@ -218,7 +219,7 @@ def test_split_replay_stops_at_the_time_limit():
     grads = [np.zeros((8, max(len(encoded.ids[i]) for i in p), 64), np.float32) for p in plan]
 
     # Execute
-    done = replay_plan(setup.client, encoded, plan, grads, 0.01, setup.pad_id, max_s=1e-9)
+    done = replay_plan(setup.client, encoded, plan, grads, 0.01, setup.pad_id, max_s=1e-9, codec=wire_codec("float32"))
 
     # Assert: the first step always runs, none starts after the limit
     assert done == 1

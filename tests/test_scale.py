@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flower_app.apps.runner import run_inprocess
-from flower_app.config.schema import load_config
+from flower_app.config.load import load_config
 from flower_app.data import files as data_mod
 from flower_app.data import setup as setup_mod
 from strategies.persist.rundir import RunDirectory

@@ -6,7 +6,8 @@ from flwr.serverapp.strategy import Result
 
 from flower_app.apps.client_app import app as client_app
 from flower_app.apps.runner import InProcessGrid
-from flower_app.config.schema import load_config, split_settings
+from flower_app.config.load import load_config
+from flower_app.config.strategy_settings import split_settings
 from flower_app.data.setup import build
 from flower_app.modes.server_model import SplitServer
 from strategies.strategy import SplitPrefixStrategy

@@ -1,0 +1,1 @@
+"""Thin Flower apps (one handler per message type) and the in-process grid runner."""

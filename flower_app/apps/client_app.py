@@ -1,10 +1,11 @@
 """ClientApp: one handler per message type; the work is in the mode modules (split_mode, local_mode,
 centralized_mode).
 
-What a node holds comes from :mod:`flower_app.model.device_part`: its part of the model and its
-encoded samples, kept on its disk, because a deployed SuperNode runs every message in
-a fresh process. The mode modules (and with them torch) are imported by the handler
-that needs them: a ``query`` answers from the data cache without touching the model.
+What a node holds comes from its task family (:mod:`flower_app.tasks.registry`): its part of
+the model and its encoded samples, kept on its disk (:mod:`flower_app.model.device_part`),
+because a deployed SuperNode runs every message in a fresh process. The mode modules (and
+with them torch) are imported by the handler that needs them: a ``query`` answers from the
+data cache without touching the model.
 
 A node's ``--node-config``: ``partition-id`` (and ``num-partitions``) for a node that
 holds a partition of the run's dataset (simulation), or ``device-id`` and
@@ -27,11 +28,15 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from flower_app.config.schema import Config, load_config
-from flower_app.data.device_cache import DataSource, node_data
+from flower_app.config.load import load_config
+from flower_app.config.schema import Config
+from flower_app.data.device_cache import DataSource
 from flower_app.data.files import Encoded, batch_plan
-from flower_app.model.device_part import DevicePart, cache_root, device_part, tokenizer_of
+from flower_app.deploy.handoff import ask
+from flower_app.model.cache import cache_root
+from flower_app.model.device_part import DevicePart, tokenizer_of
 from flower_app.modes.sparse_upload import sparse_upload
+from flower_app.tasks.registry import family_of
 from strategies.fleet import channel
 from strategies.fleet.channel import ChannelProcess
 from strategies.fleet.devices import (
@@ -52,6 +57,7 @@ from strategies.policy.requirements import (
     requirement_from_config,
 )
 from strategies.wire import names as wire
+from strategies.wire.codecs.registry import tagged_codec
 from strategies.wire.records import from_record, to_record
 
 app = ClientApp()
@@ -71,8 +77,6 @@ def on_worker(handler: Handler) -> Handler:
     def run(msg: Message, context: Context) -> Message:
         socket = context.node_config.get("device-worker")
         if socket:
-            from flower_app.deploy.device_worker import ask
-
             content = ask(str(socket), msg, context)
             if content is not None:
                 return Message(content, reply_to=msg)
@@ -151,33 +155,18 @@ class Job:
 
 def _job(msg: Message, context: Context) -> Job:
     config, source, root = _node(context)
-    cfg = msg.content.config_records[wire.CONFIG]
+    family, cfg = family_of(config), msg.content.config_records[wire.CONFIG]
     job = Job(
         config,
-        device_part(config, root),
-        node_data(config, source, root),
+        family.device_part(config, root),
+        family.node_data(config, source, root),
         wire.TrainPlan.from_config(cfg),
         requirement_from_config(cfg),
     )
-    if config.task.family == "image":
-        fleet_size = source.num_partitions or max(config.data.num_partitions, source.client_id + 1)
-        profile = node_profile(config, context.node_config, source.client_id, fleet_size)
-        job.device.client.channel.configure(device_snr_db(config, profile), job.plan.seed)
+    fleet_size = source.num_partitions or max(config.data.num_partitions, source.client_id + 1)
+    profile = node_profile(config, context.node_config, source.client_id, fleet_size)
+    family.prepare_device(config, job.device, profile, job.plan.seed)
     return job
-
-
-def device_snr_db(config: Config, profile: DeviceProfile) -> float | None:
-    """The SNR of this device's encoding in training forwards (None: noiseless).
-
-    From its channel profile (``p h / N0B``) or the config's ``image.snr-db``; None when the
-    channel is noiseless or only the test sees noise (``image.channel-train=false``).
-    """
-    from flower_app.tasks.image.channel import profile_snr_db
-
-    i = config.image
-    if i.channel == "noiseless" or not i.channel_train:
-        return None
-    return profile_snr_db(profile) if i.snr_source == "profile" else i.snr_db
 
 
 def _declined(msg: Message, job: Job) -> Message | None:
@@ -234,7 +223,7 @@ def node_channel(
 def query(msg: Message, context: Context) -> Message:
     """Who this node is: its client id, where its data comes from, how much it holds, its device profile."""
     config, source, root = _node(context)
-    encoded = node_data(config, source, root)
+    encoded = family_of(config).node_data(config, source, root)
     # A device with its own file and no stated profile takes a preset entry like a partition would.
     fleet_size = source.num_partitions or max(config.data.num_partitions, source.client_id + 1)
     profile = node_profile(config, context.node_config, source.client_id, fleet_size)
@@ -257,7 +246,7 @@ def query(msg: Message, context: Context) -> Message:
 def split_forward(msg: Message, context: Context) -> Message:
     """Split mode, first exchange: the boundary activations of every planned minibatch."""
     from flower_app.model.split_model import set_state
-    from flower_app.modes.split import forward_plan
+    from flower_app.modes.split import codec_tag, forward_plan
     from flower_app.modes.training import torch_threads
 
     job = _job(msg, context)
@@ -276,7 +265,10 @@ def split_forward(msg: Message, context: Context) -> Message:
             return _failure(msg, failure)
         activations = {**first, **forward_plan(device.client, encoded, plan[1:], device.pad_id, dtype, first_index=1)}
     metrics = MetricRecord({wire.NUM_EXAMPLES: len(np.unique(np.concatenate(plan)))})
-    return Message(RecordDict({wire.ACTIVATIONS: to_record(activations), wire.METRICS: metrics}), reply_to=msg)
+    tag = codec_tag(dtype)  # the activations' wire codec: the server decodes by it
+    return Message(
+        RecordDict({wire.ACTIVATIONS: to_record(activations), wire.METRICS: metrics, wire.CONFIG: tag}), reply_to=msg
+    )
 
 
 def _failure(msg: Message, failure: Failure) -> Message:
@@ -299,6 +291,7 @@ def split_backward(msg: Message, context: Context) -> Message:
     set_state(device.client, from_record(msg.content.array_records[wire.ARRAYS]))
     plan = job.minibatches()
     grads = from_record(msg.content.array_records[wire.GRADIENTS])
+    codec = tagged_codec(msg.content.config_records[wire.CONFIG], wire.CODEC, job.plan.activation_dtype)
     with torch_threads(job.config.run.client_threads):
         done = replay_plan(
             device.client,
@@ -308,6 +301,7 @@ def split_backward(msg: Message, context: Context) -> Message:
             job.plan.lr * job.plan.replay_lr_scale,
             device.pad_id,
             max_s=job.requirement.max_train_s,
+            codec=codec,
         )
     # The volume behind the update is what was replayed before the time limit.
     metrics = MetricRecord({wire.NUM_EXAMPLES: len(np.unique(np.concatenate(plan[:done]))), wire.STEPS_DONE: done})
@@ -361,6 +355,7 @@ def upload(msg: Message, context: Context) -> Message:
     """Centralized mode: send samples (token ids) or lower-layer activations, once, within budget."""
     from flower_app.model.split_model import set_state
     from flower_app.modes.centralized import upload_activations, upload_samples
+    from flower_app.modes.split import codec_tag
     from flower_app.modes.training import torch_threads
 
     job = _job(msg, context)
@@ -370,14 +365,18 @@ def upload(msg: Message, context: Context) -> Message:
     device, encoded = job.device, job.encoded
     rows = min(job.plan.upload_rows, plan_volume(job.requirement, len(encoded)))
     chosen = np.random.default_rng(job.plan.seed).permutation(len(encoded))[:rows]
+    tag = ConfigRecord()
     if job.plan.upload_kind == wire.SAMPLES:
         uploaded = upload_samples(encoded, chosen, device.pad_id)
     else:
         set_state(device.client, from_record(msg.content.array_records[wire.ARRAYS]))
         with torch_threads(job.config.run.client_threads):
             uploaded = upload_activations(device.client, encoded, chosen, device.pad_id, job.plan.activation_dtype)
+        tag = codec_tag(job.plan.activation_dtype)  # the activations' wire codec: the server decodes by it
     metrics = MetricRecord({wire.NUM_EXAMPLES: len(chosen)})
-    return Message(RecordDict({wire.UPLOAD_RECORD: to_record(uploaded), wire.METRICS: metrics}), reply_to=msg)
+    return Message(
+        RecordDict({wire.UPLOAD_RECORD: to_record(uploaded), wire.METRICS: metrics, wire.CONFIG: tag}), reply_to=msg
+    )
 
 
 @app.query("generate")
@@ -392,5 +391,5 @@ def generate(msg: Message, context: Context) -> Message:
 
     config, root = _config(frozenset(context.run_config.items())), cache_root(context.node_config)
     with torch_threads(config.run.client_threads):
-        client = device_part(config, root).client
+        client = family_of(config).device_part(config, root).client
         return device_reply(msg, context, client, tokenizer_of(config, root), config.train.activation_dtype)

@@ -38,6 +38,7 @@ from flower_app.generate.session import (
     GenerationResult,
     Sampling,
     ServerSession,
+    WireBoundary,
     decode_loop,
     eos_ids_of,
     prompt_ids,
@@ -45,6 +46,8 @@ from flower_app.generate.session import (
     with_text,
 )
 from flower_app.model.split_model import ClientPart, ServerPart, set_state
+from strategies.wire.codecs.registry import CODEC_NAMES
+from strategies.wire.names import CODEC
 from strategies.wire.records import from_record, to_record
 
 MESSAGE_TYPE = "query.generate"
@@ -76,7 +79,9 @@ def device_reply(msg: Message, context: Context, client: ClientPart, tokenizer: 
     else:
         raise GenerationError(f"unknown generate action '{action}': start, step or end")
     keep(context, session_id, session, prefix)
-    return Message(RecordDict({ARRAYS: to_record({BOUNDARY: to_wire(boundary, wire_dtype)})}), reply_to=msg)
+    wired = to_wire(boundary, wire_dtype)
+    content = RecordDict({ARRAYS: to_record({BOUNDARY: wired.array}), CONFIG: ConfigRecord({CODEC: wired.codec})})
+    return Message(content, reply_to=msg)
 
 
 def keep(context: Context, session_id: str, session: DeviceSession, prefix: Mapping[str, npt.NDArray[Any]]) -> None:
@@ -127,8 +132,13 @@ class RemoteDevice:
             raise GenerationError(f"node {self.node_id}: {replies[0].error.reason}")
         return replies[0].content
 
-    def boundary(self, config: Mapping[str, Any], arrays: Mapping[str, npt.NDArray[Any]] | None = None) -> Any:
-        return from_record(self.ask(config, arrays).array_records[ARRAYS])[BOUNDARY]
+    def boundary(self, config: Mapping[str, Any], arrays: Mapping[str, npt.NDArray[Any]] | None = None) -> WireBoundary:
+        """The device's boundary activations, under the codec its reply is tagged with."""
+        content = self.ask(config, arrays)
+        tag = content.config_records[CONFIG].get(CODEC) if CONFIG in content.config_records else None
+        if tag not in CODEC_NAMES:
+            raise GenerationError(f"node {self.node_id}: boundary activations tagged {tag!r}, not a wire codec")
+        return WireBoundary(from_record(content.array_records[ARRAYS])[BOUNDARY], str(tag))
 
     def end(self) -> None:
         # The text is made; a node that is gone keeps nothing worth freeing.

@@ -14,9 +14,12 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import OmegaConf
 
-from flower_app.config.schema import Config, load_config, split_settings, to_dict
+from flower_app.config.load import load_config, to_dict
+from flower_app.config.schema import Config
+from flower_app.config.strategy_settings import split_settings
 from flower_app.data.setup import build
-from flower_app.modes.server_model import SplitServer
+from flower_app.tasks.family import ServerHalf
+from flower_app.tasks.registry import family_of
 from strategies.persist.checkpoint import Checkpoint
 from strategies.persist.rundir import RunDirectory, RunDirectoryError
 from strategies.settings import SplitSettings
@@ -72,10 +75,11 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
         )
     log(
         INFO,
-        "run directory: %s (%d trainable tensors, %d values)",
+        "run directory: %s (%d trainable tensors, %d values; held-out %s)",
         run_dir.path.resolve(),
         len(initial),
         sum(v.size for v in initial.values()),
+        ", ".join(family_of(config).metrics(config)),
     )
     strategy.start(
         grid=grid,
@@ -87,23 +91,22 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
     return strategy.summary_record
 
 
-def server_model(config: Config, settings: SplitSettings) -> SplitServer:
+def server_model(config: Config, settings: SplitSettings) -> ServerHalf:
     """The server's half of the job's task family, as the strategy reaches it."""
-    if config.task.family == "image":
-        from flower_app.tasks.image.server import ImageServer
-
-        return ImageServer(build(config), settings)
-    return SplitServer(build(config), settings)
+    return family_of(config).server_model(build(config), settings)
 
 
 def job_fingerprint(config: Config, initial: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """What a resumed run must share with the run it continues: model, split, prefix, data, seed, tensors."""
+    """What a resumed run must share with the run it continues: model, split, prefix, data, seed, tensors.
+
+    A task family adds the config sections of its own (the image task: ``image``).
+    """
     sections = to_dict(config)
     data = {k: v for k, v in sections["data"].items() if k != "num-partitions"}  # simulation sets it per run
     return {
         "model": {k: v for k, v in sections["model"].items() if k != "allow-download"},
         "data": data,
-        **({"image": sections["image"]} if config.task.family == "image" else {}),
+        **{key: sections[key] for key in family_of(config).resume_keys},
         "seed": config.run.seed,
         "tensors": {name: list(array.shape) for name, array in sorted(initial.items())},
     }

@@ -1,6 +1,8 @@
 """The run config's strategy side: the :class:`SplitSettings`, :class:`Policy` and
 :class:`TrainingRequirement` that ``strategies/`` takes, built from a validated
-:class:`flower_app.config.schema.Config` (whose ``from_dict`` calls them once as a cross-check).
+:class:`flower_app.config.schema.Config` (:func:`flower_app.config.load.from_dict` builds them
+once as a cross-check). Every setting the schema declares is passed on: the run config's defaults
+are the schema's, never these classes' own.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from strategies.policy.groupings.registry import grouping_params
 from strategies.policy.policies import Policy, Schedule, parse_schedule, stage_deadlines
 from strategies.policy.requirements import TrainingRequirement
 from strategies.probing.judge import ProbePlan, parse_rounds
@@ -59,11 +62,13 @@ def _policy(config: Config, name: str, schedule: Schedule) -> Policy:
     s = config.strategy
     return Policy(
         name=name,
-        threshold_flops=s.threshold_flops,
-        weak_mode=s.weak_mode,
-        strong_mode=s.strong_mode,
-        kmeans_modes=mode_list(config, "kmeans-modes"),
-        cost_modes=mode_list(config, "cost-modes"),
+        params=grouping_params(
+            threshold_flops=s.threshold_flops,
+            weak_mode=s.weak_mode,
+            strong_mode=s.strong_mode,
+            kmeans_modes=mode_list(config, "kmeans-modes"),
+            cost_modes=mode_list(config, "cost-modes"),
+        ),
         local_epochs=config.train.local_epochs,
         batch_size=config.train.batch_size,
         seed=config.run.seed,

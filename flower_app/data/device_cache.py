@@ -1,6 +1,6 @@
 """A device's samples: its own file or a partition of the run's dataset, encoded once and cached on its disk.
 
-``data/<data key>.npz`` under the device cache (:func:`flower_app.model.device_part.cache_root`) holds
+``data/<data key>.npz`` under the device cache (:func:`flower_app.model.cache.cache_root`) holds
 the encoded samples, keyed by the data file (path, size, modification time) or the
 partition, and by the tokenizer. A cache hit loads neither torch nor the model: a
 ``query`` answers from it alone.
@@ -47,18 +47,7 @@ class DataSource:
 
 
 def node_data(config: Config, source: DataSource, root: Path) -> data_mod.Encoded:
-    """The node's encoded samples: from the cache, else read, checked, encoded and cached.
-
-    The image task reads its partition of ``image.dataset`` in memory (see :mod:`flower_app.tasks.image.task`).
-    """
-    if config.task.family == "image":
-        from flower_app.tasks.image.task import partition_encoded
-
-        if source.data_path:
-            raise data_mod.DataFileError(
-                "task.family=image reads partitions of image.dataset; a node's own data-path is for text"
-            )
-        return partition_encoded(config, source.client_id, source.num_partitions)
+    """The node's encoded samples: from the cache, else read, checked, encoded and cached (``task.family=text``)."""
     labels = run_label_names(config)  # not the part itself: a cache hit must not load the model
     key = _data_key(config, source, model_key(config, labels))
     entry = root / "data" / f"{key}.npz"

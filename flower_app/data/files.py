@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from strategies.wire import names as wire
+
 if TYPE_CHECKING:
     import torch
 
@@ -360,10 +362,26 @@ def collate(encoded: Encoded, indices, pad_id: int) -> tuple[torch.Tensor, torch
         ids[j, : len(row)] = torch.tensor(row)
         mask[j, : len(row)] = 1
     if encoded.prompt_lengths is not None:
-        from flower_app.tasks.lm import token_targets
-
         return ids, mask, token_targets(ids, mask, encoded.prompt_lengths[np.asarray(indices)])
     return ids, mask, torch.as_tensor(encoded.labels[np.asarray(indices)], dtype=torch.long)
+
+
+def token_targets(ids: torch.Tensor, mask: torch.Tensor, prompt_lengths: npt.ArrayLike) -> torch.Tensor:
+    """``(B, T)`` next-token targets: ``ids[t + 1]`` where token ``t + 1`` is a target, else ``IGNORE_TARGET``.
+
+    The first target token is predicted from the last prompt position; a sample with an
+    empty prompt cannot score its first token (nothing precedes it).
+    """
+    import torch
+
+    batch, length = ids.shape
+    positions = torch.arange(length)[None, :]  # (1, T)
+    following = positions + 1
+    starts = torch.as_tensor(np.asarray(prompt_lengths), dtype=torch.long)[:, None]  # (B, 1)
+    lengths = mask.sum(1, keepdim=True)  # (B, 1)
+    scored = (following >= starts.clamp(min=1)) & (following < lengths)
+    shifted = torch.cat([ids[:, 1:], ids.new_full((batch, 1), wire.IGNORE_TARGET)], dim=1)
+    return torch.where(scored, shifted, torch.full_like(ids, wire.IGNORE_TARGET))
 
 
 def batch_plan(num_samples: int, steps: int, batch_size: int, seed: int) -> list[npt.NDArray[np.int64]]:

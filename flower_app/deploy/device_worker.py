@@ -8,9 +8,10 @@ this worker once::
     python -m flower_app.deploy.device_worker --socket /run/user/1000/hsp-worker.sock
 
 and names it in its node config (``--node-config "... device-worker=/run/user/1000/hsp-worker.sock"``)
-has each ClientApp process hand its message to the worker over that Unix socket and
-return the worker's answer: the ClientApp process then imports neither torch nor the
-model. The worker runs the very same ClientApp (:data:`flower_app.apps.client_app.app`).
+has each ClientApp process hand its message to the worker over that Unix socket
+(:mod:`flower_app.deploy.handoff`) and return the worker's answer: the ClientApp process
+then imports neither torch nor the model. The worker runs the very same ClientApp
+(:data:`flower_app.apps.client_app.app`).
 
 Security: the socket is created with mode 0600 and every connection is authenticated
 with a random key kept beside it (``<socket>.key``, mode 0600), so only the device's
@@ -28,80 +29,28 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from multiprocessing.connection import Client, Listener
+from multiprocessing.connection import Listener
 from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
-from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from flower_app.apps.client_app import app
+from flower_app.deploy.handoff import IN_WORKER_KEY, WORKER_KEY, decode, encode, key_path
+
 logger = logging.getLogger(__name__)
-
-WORKER_KEY = "device-worker"  # the node config key that names the worker's socket
-# Set in the node config of messages the worker runs: what needs the node's context.state
-# (a top-k upload's residual, flower_app.modes.sparse_upload) is left to the ClientApp process.
-IN_WORKER_KEY = "in-device-worker"
-
-
-class WorkerError(RuntimeError):
-    """A handler failed inside the worker; the message says how."""
-
-
-def key_path(socket: str | Path) -> Path:
-    return Path(f"{socket}.key")
-
-
-def _encode(content: RecordDict) -> bytes:
-    return bytes(recorddict_to_proto(content).SerializeToString())
-
-
-def _decode(data: bytes) -> RecordDict:
-    proto = ProtoRecordDict()
-    proto.ParseFromString(data)
-    return recorddict_from_proto(proto)
-
-
-def ask(socket: str, message: Message, context: Context, timeout_s: float = 5.0) -> RecordDict | None:
-    """The worker's reply content for ``message``, or None when no worker answers at ``socket``.
-
-    A handler error inside the worker raises :class:`WorkerError` (the message is not
-    retried locally: it would fail the same way, only slower).
-    """
-    try:
-        key = key_path(socket).read_bytes()
-        connection = Client(socket, family="AF_UNIX", authkey=key)
-    except (OSError, EOFError, ValueError) as err:
-        logger.warning("device worker %s unreachable (%s); handling the message in this process", socket, err)
-        return None
-    with connection:
-        request = {
-            "type": message.metadata.message_type,
-            "content": _encode(message.content),
-            "run-config": dict(context.run_config),
-            "node-config": dict(context.node_config),
-            "run-id": context.run_id,
-            "node-id": context.node_id,
-        }
-        connection.send(request)
-        reply = connection.recv()
-    if "error" in reply:
-        raise WorkerError(reply["error"])
-    return _decode(reply["content"])
 
 
 def answer(request: Mapping[str, Any]) -> dict[str, Any]:
     """Run one request through the ClientApp, as a SuperNode would, in this process."""
-    from flower_app.apps.client_app import app
-
     node_config = {k: v for k, v in request["node-config"].items() if k != WORKER_KEY}  # no hand-off from here
     node_config[IN_WORKER_KEY] = True
     context = Context(request["run-id"], request["node-id"], node_config, RecordDict(), request["run-config"])
     # A Message outside a Flower runtime needs the process task identity (see flower_app.apps.runner).
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, request["run-id"], SUPERLINK_NODE_ID
-    message = Message(_decode(request["content"]), request["node-id"], request["type"], group_id="")
+    message = Message(decode(request["content"]), request["node-id"], request["type"], group_id="")
     message.metadata.__dict__["_message_id"] = uuid.uuid4().hex
     try:
         reply = app(message, context)
@@ -109,7 +58,7 @@ def answer(request: Mapping[str, Any]) -> dict[str, Any]:
         return {"error": f"{type(err).__name__}: {err}"}
     if reply.has_error():
         return {"error": reply.error.reason}
-    return {"content": _encode(reply.content)}
+    return {"content": encode(reply.content)}
 
 
 def serve(socket: str | Path, stop: threading.Event | None = None, idle_exit_s: float = 0.0) -> int:

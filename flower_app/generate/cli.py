@@ -75,7 +75,7 @@ def report(result: GenerationResult) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 with the text, 2 with one line that names the problem (``--debug``: the traceback)."""
-    from flower_app.config.schema import load_config
+    from flower_app.config.load import load_config
     from flower_app.data.setup import build
     from flower_app.modes.training import torch_threads
     from strategies.persist.checkpoint import CheckpointError

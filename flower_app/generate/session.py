@@ -26,13 +26,12 @@ import numpy.typing as npt
 import torch
 
 from flower_app.model.split_model import ClientPart, PrefixCache, ServerPart
-from strategies.settings import ACTIVATION_DTYPES
-from strategies.wire.compression import to_wire_dtype, unpack
+from strategies.wire.codecs.registry import CODEC_NAMES, wire_codec
 
 DECODERS = ("gpt2", "llama")
 KV_PREFIX = "kv."  # device state: one array per lower layer, "kv.<layer>", shape (2, 1, n_kv_heads, L, head_dim)
 ID_BYTES = 8  # a chosen id travels as an int64
-WIRE_DTYPES = tuple(ACTIVATION_DTYPES)  # float32, float16, int8 and int4 (packed with a scale per token)
+WIRE_DTYPES = CODEC_NAMES  # the wire codecs of strategies.wire.codecs: float32, float16, int8, int4, ...
 
 
 class KVCache(PrefixCache):
@@ -243,28 +242,39 @@ class GenerationResult:
         }
 
 
-def to_wire(boundary: torch.Tensor | npt.NDArray[Any], dtype: str = "float32") -> npt.NDArray[Any]:
-    """The activations as they cross the link: a tensor is cast to ``dtype``; an array that came
-    through an exchange is taken as it arrived (the device chose its dtype, and those bytes crossed)."""
+@dataclass(frozen=True)
+class WireBoundary:
+    """Boundary activations as they cross the link: the encoded array and its codec's name (the tag)."""
+
+    array: npt.NDArray[Any]  # (1, L, ...): the codec's encoding of (1, L, H) floats
+    codec: str
+
+
+def to_wire(boundary: torch.Tensor | npt.NDArray[Any] | WireBoundary, dtype: str = "float32") -> WireBoundary:
+    """The activations as they cross the link: a tensor is encoded by the wire codec ``dtype``; what
+    came through an exchange is taken as it arrived, under its tag (a bare array: encoded by ``dtype``)."""
+    if isinstance(boundary, WireBoundary):
+        return boundary
     if isinstance(boundary, torch.Tensor):
-        return np.ascontiguousarray(to_wire_dtype(boundary.detach().cpu().float().numpy(), dtype))
-    return np.asarray(boundary)
+        values = boundary.detach().cpu().float().numpy()
+        return WireBoundary(np.ascontiguousarray(wire_codec(dtype).encode(values)), dtype)
+    return WireBoundary(np.asarray(boundary), dtype)
 
 
-def from_wire(boundary: npt.NDArray[Any]) -> torch.Tensor:
-    """The server's view of activations that crossed the link: int8/int4 packings unpacked to float32.
+def from_wire(boundary: WireBoundary) -> torch.Tensor:
+    """The server's view of activations that crossed the link: float32, decoded by their tag's codec.
 
-    A packing that cannot be read (a negative or non-finite scale, values out of range) is a
-    :class:`GenerationError` naming the problem, before any layer runs on it.
+    An unknown tag or an encoding that cannot be read (a negative or non-finite scale, values out
+    of range) is a :class:`GenerationError` naming the problem, before any layer runs on it.
     """
     try:
-        return torch.from_numpy(np.ascontiguousarray(unpack(np.asarray(boundary))))
+        return torch.from_numpy(np.ascontiguousarray(wire_codec(boundary.codec).decode(boundary.array)))
     except ValueError as err:
         raise GenerationError(f"boundary activations: {err}") from err
 
 
-Start = Callable[[], "torch.Tensor | npt.NDArray[Any]"]
-Step = Callable[[int], "torch.Tensor | npt.NDArray[Any]"]
+Start = Callable[[], "torch.Tensor | npt.NDArray[Any] | WireBoundary"]
+Step = Callable[[int], "torch.Tensor | npt.NDArray[Any] | WireBoundary"]
 
 
 def decode_loop(
@@ -288,13 +298,14 @@ def decode_loop(
     sampling = sampling or Sampling()
     generator = torch.Generator().manual_seed(sampling.seed)
     boundary, device_s = _timed(lambda: to_wire(start(), wire_dtype))
-    prompt_tokens, prompt_bytes, up, down = boundary.shape[1], boundary.nbytes, boundary.nbytes, 0
+    prompt_tokens, prompt_bytes = boundary.array.shape[1], boundary.array.nbytes
+    up, down = prompt_bytes, 0
     token, server_s = _timed(lambda: choose(server.start(from_wire(boundary)), sampling, generator))
     prompt_s = (device_s, server_s)
     tokens = [token]
     while token not in eos_ids and len(tokens) < max_new_tokens:
         boundary, spent = _timed(lambda sent: to_wire(step(sent), wire_dtype), token)
-        device_s, up, down = device_s + spent, up + boundary.nbytes, down + ID_BYTES
+        device_s, up, down = device_s + spent, up + boundary.array.nbytes, down + ID_BYTES
         token, spent = _timed(lambda acts: choose(server.step(from_wire(acts)), sampling, generator), boundary)
         server_s += spent
         tokens.append(token)

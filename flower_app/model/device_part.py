@@ -7,11 +7,11 @@ pooler and the head (:class:`DevicePart`). Nothing else of the model is built:
 from a safetensors checkpoint (MiniLM, any local Hugging Face folder) only the
 tensors of those modules are read, by name; the other upper layers are never
 materialised. SmolLM2 (``model.source=smollm2``) is read the same way from its
-converted folder under :func:`cache_root`. Other checkpoints (GGUF, ``.bin``,
+converted folder under :func:`~flower_app.model.cache.cache_root`. Other checkpoints (GGUF, ``.bin``,
 sharded, random test models) are loaded whole once and cut.
 
 In deployment Flower runs every message in a new ``flwr-clientapp`` process, so
-what a device prepares once is kept on its disk, under :func:`cache_root`:
+what a device prepares once is kept on its disk, under :func:`~flower_app.model.cache.cache_root`:
 
 - ``models/smollm2-135m-instruct-<sha>/``: SmolLM2's GGUF file de-quantised once
   into a float32 Hugging Face folder (:func:`flower_app.model.loading.smollm2_path`);
@@ -45,25 +45,25 @@ from typing import Any
 
 from flower_app.config.schema import Config
 from flower_app.data import files as data_mod
+from flower_app.model.loading import (
+    MINILM_SHA256,
+    RANDOM_SOURCES,
+    SMOLLM2_SHA256,
+    load,
+    minilm_path,
+    set_offline_env,
+    smollm2_path,
+)
+from flower_app.tasks.lm import job_verbalizer
 
 logger = logging.getLogger(__name__)
 
-CACHE_ENV = "HSP_CACHE_DIR"  # overrides the default cache folder (tests, shared devices)
 CACHE_VERSION = 1  # bump when the layout of a cache entry changes
 BUILT_IN_LABELS = {
     "rotten-tomatoes": ("rotten", "fresh"),
     "guardian-headlines": ("headline",),
     "synthetic": ("negative", "positive"),
 }
-
-
-def cache_root(node_config: Mapping[str, Any] | None = None) -> Path:
-    """The device's cache folder: node config ``cache-dir``, else ``$HSP_CACHE_DIR``, else the user cache."""
-    given = (node_config or {}).get("cache-dir") or os.environ.get(CACHE_ENV)
-    if given:
-        return Path(str(given)).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "hetero-split-prefix"
 
 
 @dataclass
@@ -99,8 +99,6 @@ def file_identity(path: Path) -> dict[str, Any]:
 
 def model_key(config: Config, label_names: Sequence[str]) -> str:
     """Fingerprint of a device part: the checkpoint it comes from and every setting that shapes it."""
-    from flower_app.model.loading import MINILM_SHA256, RANDOM_SOURCES, SMOLLM2_SHA256
-
     m = config.model
     if m.source == "minilm":
         source: Any = {"minilm": MINILM_SHA256}
@@ -154,10 +152,6 @@ def run_label_names(config: Config) -> tuple[str, ...]:
 @lru_cache(maxsize=4)
 def device_part(config: Config, root: Path) -> DevicePart:
     """The device part for a run config: from the cache under ``root``, else built and cached."""
-    if config.task.family == "image":  # a small network, built from the seed in memory
-        from flower_app.tasks.image.task import device_part as image_device_part
-
-        return image_device_part(config)
     labels = run_label_names(config)
     key = model_key(config, labels)
     folder = root / "parts" / key
@@ -177,9 +171,7 @@ def build_device_part(
 
     ``root`` is the cache a converted checkpoint (SmolLM2) lives in (None: :func:`cache_root`).
     """
-    from flower_app.data.setup import job_verbalizer
-    from flower_app.model.emulator import build_emulator
-    from flower_app.model.loading import load, set_offline_env
+    from flower_app.model.emulator import build_emulator  # torch: only when a part is built
     from flower_app.model.split_model import SplitSpec, detect_family, initial_prefix, split
 
     set_offline_env()
@@ -231,8 +223,6 @@ def _partial_checkpoint(config: Config, root: Path | None = None) -> tuple[Any, 
     The reduced model has the lower layers, then the kept upper layers, each told
     its global index (the prefix and GPT-2's attention scaling are per layer index).
     """
-    from flower_app.model.loading import RANDOM_SOURCES, minilm_path, smollm2_path
-
     m = config.model
     if m.source in RANDOM_SOURCES or m.gguf_file:
         return None

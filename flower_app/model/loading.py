@@ -31,6 +31,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from flower_app.model.cache import cache_root
+
 logger = logging.getLogger(__name__)
 
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -74,13 +76,11 @@ def smollm2_folder(cache: Path) -> Path:
 def smollm2_path(cache: Path | None = None) -> Path:
     """Folder of SmolLM2-135M-Instruct as a float32 Hugging Face checkpoint, converted on first use.
 
-    ``cache`` defaults to :func:`flower_app.model.device_part.cache_root` (``$HSP_CACHE_DIR`` or
+    ``cache`` defaults to :func:`flower_app.model.cache.cache_root` (``$HSP_CACHE_DIR`` or
     the user cache). Two processes converting at once both finish; one rename wins.
     """
     gguf = smollm2_gguf()
     if cache is None:
-        from flower_app.model.device_part import cache_root
-
         cache = cache_root()
     folder = smollm2_folder(cache)
     if all((folder / name).is_file() for name in SMOLLM2_FILES):

@@ -14,14 +14,15 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 
 from flower_app.data import files as data_mod
-from flower_app.data.setup import Setup, test_data
 from flower_app.model.emulator import emulator_keys, kept_layers
 from flower_app.model.split_model import ClientPart, get_state, set_state
 from flower_app.modes.centralized import train_centralized
-from flower_app.modes.training import EvalTally, adam, from_wire, task_loss, to_wire, torch_threads
+from flower_app.modes.training import EvalTally, adam, task_loss, to_wire, torch_threads
+from flower_app.tasks.family import Setup
 from strategies.cost.workload import ModelShape
 from strategies.settings import SplitSettings
 from strategies.wire import names as wire
+from strategies.wire.codecs.base import WireCodec
 from strategies.wire.records import from_record, to_record
 
 
@@ -33,7 +34,9 @@ class SplitServer:
     setup : Setup
         The job's model and data (:func:`flower_app.data.setup.build`).
     settings : SplitSettings
-        The strategy's settings: learning rates, wire dtype, upload kind, batch size.
+        The strategy's settings: the pool's upload kind and batch size, and the learning rates
+        of a call that names none. The wire codec is always the round's, handed to
+        :meth:`train_split`.
     """
 
     def __init__(self, setup: Setup, settings: SplitSettings):
@@ -57,24 +60,27 @@ class SplitServer:
         *,
         lr: float | None = None,
         head_lr: float | None = None,
+        codec: WireCodec,
     ) -> tuple[dict[str, np.ndarray], list[np.ndarray], float]:
         """Step through a client's minibatches; return server tensors, boundary grads, mean loss.
 
-        ``lr`` / ``head_lr``: the round's rates (None: the settings')."""
+        ``batches`` hold decoded (float) activations (:func:`strategies.wire.names.decode_chunks`);
+        ``lr`` / ``head_lr``: the round's rates (None: the settings'); ``codec``: the round's wire
+        codec, which encodes the boundary gradients (a probe trial's may differ from the run's)."""
         server, s = self.setup.server, self.settings
         set_state(server, state)
         optimizer = adam([server], s.lr if lr is None else lr, s.head_lr if head_lr is None else head_lr)
         grads, losses = [], []
         with torch_threads(self.threads):
             for batch in batches:
-                boundary = from_wire(batch.inputs).requires_grad_(True)  # (B, T, hidden)
+                boundary = torch.as_tensor(batch.inputs).float().requires_grad_(True)  # (B, T, hidden)
                 mask = torch.as_tensor(batch.mask).long()  # (B, T)
                 loss = self.loss(server(boundary, mask), mask, torch.as_tensor(batch.label))
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 assert boundary.grad is not None
-                grads.append(to_wire(boundary.grad, s.activation_dtype))
+                grads.append(to_wire(boundary.grad, codec))
                 losses.append(loss.item())
         return get_state(server), grads, float(np.mean(losses))
 
@@ -117,7 +123,7 @@ class SplitServer:
         setup = self.setup
         set_state(setup.client, state)
         set_state(setup.server, state)
-        encoded, size = test_data(setup.config), setup.config.eval.batch_size
+        encoded, size = setup.test_encoded, setup.config.eval.batch_size
         # Length-sorted batches pad little: evaluation costs what the tokens cost.
         order = np.argsort([len(ids) for ids in encoded.ids], kind="stable")
         tally = EvalTally(setup.spec, setup.verbalizer_ids)
@@ -144,7 +150,7 @@ class SplitServer:
         setup = self.setup
         state = setup.initial_state
         layer_prefix = [state[k].nbytes for k in self.server_keys if wire.is_prefix(k)]
-        lengths = [len(ids) for ids in test_data(setup.config).ids]
+        lengths = [len(ids) for ids in setup.test_encoded.ids]
         return ModelShape(
             layer_params=sum(p.numel() for p in setup.server.stack.layers[0].parameters()),
             client_layers=len(setup.client.stack.layers),

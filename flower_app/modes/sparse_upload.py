@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from flower_app.deploy.device_worker import IN_WORKER_KEY
+from flower_app.deploy.handoff import IN_WORKER_KEY
 from strategies.wire import names as wire
 from strategies.wire.records import from_record, to_record
 from strategies.wire.sparsify import sparsify

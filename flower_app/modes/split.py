@@ -1,9 +1,10 @@
 """Split mode on the client: boundary activations of a batch plan, then the replay.
 
 :func:`forward_plan` runs the lower layers on every planned minibatch and returns
-their boundary activations in one chunked record (:mod:`strategies.wire.names`);
-:func:`replay_plan` replays the same forwards and applies the server's boundary
-gradients in order.
+their boundary activations in one chunked record (:mod:`strategies.wire.names`),
+encoded by the round's wire codec (:mod:`strategies.wire.codecs`), whose name the reply
+carries as its tag (:func:`codec_tag`); :func:`replay_plan` replays the same forwards and
+applies the server's boundary gradients in order, decoded by the codec their message names.
 """
 
 from __future__ import annotations
@@ -13,22 +14,32 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from flwr.app import ConfigRecord
 
 from flower_app.data import files as data_mod
 from flower_app.model.split_model import ClientPart
 from flower_app.modes.training import adam, from_wire, to_wire
 from strategies.wire import names as wire
+from strategies.wire.codecs.base import WireCodec
+from strategies.wire.codecs.registry import wire_codec
+
+
+def codec_tag(codec: str) -> ConfigRecord:
+    """The config record of a reply that names the wire codec of its boundary tensors."""
+    return ConfigRecord({wire.CODEC: wire_codec(codec).name})
 
 
 def forward_chunks(
-    client: ClientPart, encoded: data_mod.Encoded, plan: Sequence[np.ndarray], pad_id: int, dtype: str
+    client: ClientPart, encoded: data_mod.Encoded, plan: Sequence[np.ndarray], pad_id: int, codec: str
 ) -> list[wire.Chunk]:
-    """Boundary activations, masks and labels of every planned minibatch, without grad."""
+    """Boundary activations (encoded by the wire codec named ``codec``), masks and labels of every
+    planned minibatch, without grad."""
+    encoder = wire_codec(codec)
     chunks = []
     with torch.no_grad():
         for indices in plan:
             ids, mask, labels = data_mod.collate(encoded, indices, pad_id)  # (B, T), (B, T), (B,)
-            boundary = to_wire(client(ids, mask), dtype)  # (B, T, hidden)
+            boundary = to_wire(client(ids, mask), encoder)  # (B, T, wire width of hidden)
             boundary_mask = client.boundary_mask(mask)  # the input's mask, or the image encoder's positions
             chunks.append(wire.Chunk(boundary, boundary_mask.numpy().astype(np.int8), labels.numpy()))
     return chunks
@@ -39,11 +50,11 @@ def forward_plan(
     encoded: data_mod.Encoded,
     plan: Sequence[np.ndarray],
     pad_id: int,
-    dtype: str,
+    codec: str,
     first_index: int = 0,
 ) -> dict[str, np.ndarray]:
     """:func:`forward_chunks` as the arrays of a record, chunks numbered from ``first_index``."""
-    chunks = forward_chunks(client, encoded, plan, pad_id, dtype)
+    chunks = forward_chunks(client, encoded, plan, pad_id, codec)
     return wire.encode_chunks(chunks, wire.ACTIVATIONS_KIND, first_index)
 
 
@@ -55,6 +66,8 @@ def replay_plan(
     lr: float,
     pad_id: int,
     max_s: float | None = None,
+    *,
+    codec: WireCodec,
 ) -> int:
     """Replay each minibatch's forward and apply its boundary gradient, in plan order; steps taken.
 
@@ -62,14 +75,14 @@ def replay_plan(
     round's start, while the client's prefix has taken ``i`` steps since: bounded
     staleness, traded for two exchanges a round instead of one per step. With
     ``max_s`` (the requirement's time limit) no step starts after that many
-    seconds; the first always runs.
+    seconds; the first always runs. ``codec``: the wire codec the gradients' message names.
     """
     optimizer = adam([client], lr, head_lr=0.0)  # the client part has no head
     started, done = time.perf_counter(), 0
     for indices, grad in zip(plan, gradients, strict=False):
         if max_s is not None and done and time.perf_counter() - started >= max_s:
             break
-        replay_step(client, encoded, indices, grad, optimizer, pad_id)
+        replay_step(client, encoded, indices, from_wire(grad, codec), optimizer, pad_id)
         done += 1
     return done
 
@@ -78,13 +91,13 @@ def replay_step(
     client: ClientPart,
     encoded: data_mod.Encoded,
     indices: np.ndarray,
-    grad: np.ndarray,
+    grad: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     pad_id: int,
 ) -> None:
-    """One replayed minibatch: forward with the current prefix, backward the server's gradient."""
+    """One replayed minibatch: forward with the current prefix, backward the server's (decoded) gradient."""
     ids, mask, _ = data_mod.collate(encoded, indices, pad_id)
     optimizer.zero_grad()
     boundary = client(ids, mask)  # (B, T, hidden)
-    boundary.backward(from_wire(grad))
+    boundary.backward(grad)
     optimizer.step()

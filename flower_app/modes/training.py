@@ -1,4 +1,4 @@
-"""Training primitives shared by every mode: threads, class scores, the optimizer, wire dtypes."""
+"""Training primitives shared by every mode: threads, class scores, the optimizer, wire codecs."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ import torch.nn.functional as F
 from flower_app.model.split_model import ClientPart, ServerPart, SplitSpec, trainable_named
 from flower_app.tasks.lm import LmTally, lm_loss
 from strategies.wire import names as wire
-from strategies.wire.compression import quantize_int4, quantize_int8, unpack
+from strategies.wire.codecs.base import WireCodec
 
 PERPLEXITY = "perplexity"  # a held-out metric of the causal-LM objective
-DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 @contextlib.contextmanager
@@ -101,19 +100,12 @@ def adam(parts: Sequence[ClientPart | ServerPart], lr: float, head_lr: float) ->
     return torch.optim.Adam(groups)
 
 
-def to_wire(tensor: torch.Tensor, dtype: str) -> np.ndarray:
-    """float16 halves the bytes crossing the split, int8 quarters them, int4 cuts them to an eighth;
-    the receiver computes in float32."""
-    if dtype == "int8":
-        return quantize_int8(tensor.detach().numpy())  # (..., H + 4): values and a scale per vector
-    if dtype == "int4":
-        return quantize_int4(tensor.detach().numpy())  # (..., H / 2 + 4): nibble pairs and a scale
-    return tensor.detach().to(DTYPES[dtype]).numpy()
+def to_wire(tensor: torch.Tensor, codec: WireCodec) -> np.ndarray:
+    """A ``(..., H)`` boundary tensor as it crosses the split, encoded by ``codec`` (float16 halves
+    the bytes, int8 quarters them, int4 cuts them to an eighth); the receiver computes in float32."""
+    return codec.encode(tensor.detach().float().numpy())
 
 
-def from_wire(array: np.ndarray) -> torch.Tensor:
-    """float32 of what crossed the split, in any wire dtype (int8 and int4 vectors are unpacked)."""
-    array = np.asarray(array)
-    if array.dtype in (np.int8, np.uint8):
-        return torch.from_numpy(unpack(array))
-    return torch.as_tensor(array).float()
+def from_wire(array: np.ndarray, codec: WireCodec) -> torch.Tensor:
+    """float32 of what crossed the split, decoded by the codec its message is tagged with."""
+    return torch.from_numpy(codec.decode(array))

@@ -1,0 +1,1 @@
+"""Choosing a model and hyperparameters from a zoo under device constraints: ``python -m flower_app.select``."""

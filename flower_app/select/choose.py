@@ -36,7 +36,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from flower_app.apps.runner import run_inprocess
-from flower_app.config.schema import Config, RunSettings, load_config, to_dict
+from flower_app.config.load import load_config, to_dict
+from flower_app.config.schema import Config, RunSettings
 from flower_app.config.strategy_settings import policy, split_settings
 from flower_app.data.setup import build
 from flower_app.modes.server_model import SplitServer
@@ -47,7 +48,7 @@ from strategies.policy.policies import round_plan
 from strategies.selection.learning_curve import CurveFit, fit_curve
 from strategies.selection.performance_model import HistoryRun, Regressor, append_run, fit_regressor, read_history
 from strategies.selection.rank import Footprint, Violation, choose, footprint, violations
-from strategies.settings import ACTIVATION_DTYPES
+from strategies.wire.codecs.registry import wire_codec
 
 Progress = Callable[[str], None]
 REGRESSOR_FEATURES = (
@@ -131,7 +132,7 @@ def plan_of(config: Config, shape: ModelShape) -> RoundPlan:
         config.strategy.policy,
         config.train.steps_per_round,
         config.train.emulator_layers or shape.server_layers,
-        ACTIVATION_DTYPES[config.train.activation_dtype],
+        wire_codec(config.train.activation_dtype).bytes_per_value,
         config.train.upload_kind,
     )
 

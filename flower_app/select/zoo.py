@@ -23,7 +23,7 @@ A zoo file (``conf/zoo/<name>.yaml``, ``default`` unless named, or any YAML path
           model.split-layer: [1, 2]
           train.lr: [0.003, 0.01]
 
-Every candidate's run config is checked by :func:`flower_app.config.schema.load_config` when the
+Every candidate's run config is checked by :func:`flower_app.config.load.load_config` when the
 zoo loads, so a misspelt key or an out-of-range value stops at start with one line.
 """
 
@@ -37,7 +37,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from flower_app.config.schema import CONF_DIR, Config, load_config
+from flower_app.config.load import CONF_DIR, load_config
+from flower_app.config.schema import Config
 from strategies.fleet.devices import DeviceProfile, from_config
 from strategies.selection.rank import SELECTABLE_MODES, Limits, limits_for
 

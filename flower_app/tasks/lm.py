@@ -24,20 +24,19 @@ import math
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import numpy.typing as npt
 
+from flower_app.data.files import Encoded, TextDataset, encode
+from flower_app.data.files import token_targets as token_targets  # built by collate, part of the task's API
 from strategies.wire import names as wire
 
 if TYPE_CHECKING:
     import torch
 
     from flower_app.config.schema import Config
-    from flower_app.data.files import Encoded, TextDataset
 
-OBJECTIVES = ("classify", "causal-lm")
 IGNORE = wire.IGNORE_TARGET  # PyTorch's ignore_index: a position whose next token is not scored
 FIELDS = ("text", "label")
 DEFAULT_TEMPLATES = {
@@ -106,10 +105,28 @@ def label_words(verbalizer: str, label_names: Sequence[str]) -> tuple[str, ...]:
     return words
 
 
+def job_verbalizer(tokenizer: Any, config: Config, label_names: Sequence[str]) -> tuple[int, ...] | None:
+    """The verbalizer token ids when an LM head reads classes, else None.
+
+    A causal-LM job reads classes only when its target is the class word of two or more
+    classes (sentiment as an instruction); otherwise its accuracy is next-token accuracy.
+    """
+    if config.model.head != "lm" or not reads_classes(config, len(label_names)):
+        return None
+    return verbalizer_ids(tokenizer, config.model.verbalizer, label_names)
+
+
+def verbalizer_ids(tokenizer: Any, words: str, label_names: Sequence[str]) -> tuple[int, ...]:
+    """First token of each label word: the LM logits that act as class scores."""
+    chosen = label_words(words, label_names)
+    ids = tuple(tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in chosen)
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"model.verbalizer words {chosen} share a first token; choose distinct words")
+    return ids
+
+
 def encode_for(tokenizer, data: TextDataset, config: Config) -> Encoded:
     """A dataset encoded for the job's objective: classes, or prompt + target tokens."""
-    from flower_app.data.files import encode
-
     d, m = config.data, config.model
     if d.objective != "causal-lm":
         return encode(tokenizer, data, m.max_length)
@@ -125,8 +142,6 @@ def encode_lm(
     A sample longer than ``max_length`` keeps the end of its prompt (where the
     instruction sits) and the start of its target; at least one target token stays.
     """
-    from flower_app.data.files import Encoded
-
     pairs = [
         templates.render(text, label_words[int(label)]) for text, label in zip(data.texts, data.labels, strict=True)
     ]
@@ -139,24 +154,6 @@ def encode_lm(
         rows.append(tuple(prompt) + tuple(target))
         starts.append(len(prompt))
     return Encoded(tuple(rows), data.labels, np.array(starts, dtype=np.int64))
-
-
-def token_targets(ids: torch.Tensor, mask: torch.Tensor, prompt_lengths: npt.ArrayLike) -> torch.Tensor:
-    """``(B, T)`` next-token targets: ``ids[t + 1]`` where token ``t + 1`` is a target, else IGNORE.
-
-    The first target token is predicted from the last prompt position; a sample with an
-    empty prompt cannot score its first token (nothing precedes it).
-    """
-    import torch
-
-    batch, length = ids.shape
-    positions = torch.arange(length)[None, :]  # (1, T)
-    following = positions + 1
-    starts = torch.as_tensor(np.asarray(prompt_lengths), dtype=torch.long)[:, None]  # (B, 1)
-    lengths = mask.sum(1, keepdim=True)  # (B, 1)
-    scored = (following >= starts.clamp(min=1)) & (following < lengths)
-    shifted = torch.cat([ids[:, 1:], ids.new_full((batch, 1), IGNORE)], dim=1)
-    return torch.where(scored, shifted, torch.full_like(ids, IGNORE))
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Volume-weighted averaging and the robust rules that bound hostile contributions."""

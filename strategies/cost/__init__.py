@@ -1,0 +1,1 @@
+"""The cost model: FLOPs per mode, compute time, energy and uplink rate on a simulated clock."""

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from strategies.cost.costmodel import Workload
 from strategies.fleet.devices import DeviceProfile
 from strategies.policy.allocation import allocate
-from strategies.wire.compression import SCALE_BYTES
+from strategies.wire.codecs.registry import WIRE_CODECS
 
 MASK_BYTES, LABEL_BYTES, ID_BYTES = 1, 8, 4
 # Activations kept for a backward, per token per layer and hidden unit (attention, MLP inputs).
@@ -120,9 +120,14 @@ def _memory(shape: ModelShape, layers: int, batch_size: int) -> float:
     return weights + activations
 
 
+# A plan carries a codec's bytes per value; its per-vector overhead (int8's and int4's scale) follows
+# from the registry, where no two codecs of one width differ in it (tests/strategies/test_codecs.py).
+_VECTOR_OVERHEAD = {codec.bytes_per_value: codec.vector_overhead for codec in WIRE_CODECS.values()}
+
+
 def vector_bytes(hidden: int, activation_bytes: float) -> float:
-    """Bytes of one token's boundary vector on the wire; int8 and int4 carry their scale too."""
-    return hidden * activation_bytes + (SCALE_BYTES if activation_bytes <= 1 else 0)
+    """Bytes of one token's boundary vector on the wire: the values, and a wire codec's overhead."""
+    return hidden * activation_bytes + _VECTOR_OVERHEAD.get(activation_bytes, 0)
 
 
 def boundary_bytes(shape: ModelShape, samples: float, activation_bytes: float) -> float:

@@ -42,12 +42,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # devices imports this module to validate presets
-    from strategies.fleet.devices import DeviceProfile
+from strategies.fleet.profile import DeviceProfile
 
 FADINGS = ("none", "rayleigh")
 SECTION_KEYS = ("shadowing-db", "shadowing-correlation", "fading")

@@ -294,7 +294,7 @@ class FleetState:
         return {
             "policy": policy.name,
             "modes": list(policy.modes),
-            "threshold-flops": policy.threshold_flops if policy.name == "threshold" else None,
+            "threshold-flops": policy.threshold_flops,
             "clients": {
                 str(p): fleet.describe(a, self.planned_profile(infos[p]), self.upload_rows[p])
                 for p, a in sorted(self.assignments.items())

@@ -1,0 +1,1 @@
+"""Who trains how: grouping policies (:mod:`.groupings`), resource allocation, training requirements and failure reactions."""

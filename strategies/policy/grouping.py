@@ -1,24 +1,25 @@
-"""Grouping policies: which training mode and config each client gets.
+"""What a grouping policy is: the fleet it reads, the assignments it returns, its registry entry.
 
-Every policy maps client profiles to a list of ``ModeAssignment`` sorted by client id. Groups
-are numbered from the weakest clients up where the policy has an order (threshold, k-means);
-``assign_cost`` numbers them by the order of its ``group_configs``.
+A grouping policy decides which training mode and config each client gets. Every policy maps
+client profiles to a list of ``ModeAssignment`` sorted by client id. Groups are numbered from
+the weakest clients up where the policy has an order (threshold, k-means), otherwise by the
+order of the modes it is given (cost, random). The policies themselves are modules of
+:mod:`strategies.policy.groupings`, one each, listed once in
+:mod:`strategies.policy.groupings.registry`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-import numpy as np
-import numpy.typing as npt
-
-from strategies.cost.costmodel import Allocation, Workload, round_cost
-from strategies.fleet.devices import DeviceProfile
+from strategies.cost.costmodel import Allocation, Workload
+from strategies.fleet.profile import DeviceProfile
 from strategies.policy.allocation import allocate
 from strategies.wire.names import MODES
 
-_KMEANS_MAX_ITER = 100
+P = TypeVar("P")
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class ModeAssignment:
         Minibatch size.
     allocation : Allocation | None
         CPU frequency and transmit power for the mode; ``None`` when no workloads were given or
-        the mode does not fit the client's energy budget (and memory, for ``assign_cost``).
+        the mode does not fit the client's energy budget (and memory, for the cost policy).
     threshold : float | None
         Capability threshold (FLOP/s) the policy used, if any.
     """
@@ -66,163 +67,76 @@ class ModeAssignment:
     threshold: float | None = None
 
 
-def assign_single(
-    profiles: Mapping[int, DeviceProfile],
-    config: GroupConfig,
-    workloads: Mapping[int, Mapping[str, Workload]] | None = None,
-) -> list[ModeAssignment]:
-    """Everyone in group 0 with the same config (the single-mode baselines)."""
-    return [_assignment(cid, 0, config, profiles, workloads) for cid in sorted(profiles)]
+@dataclass(frozen=True)
+class Fleet:
+    """The fleet as a grouping policy reads it, and the run's settings every policy shares.
 
-
-def assign_threshold(
-    profiles: Mapping[int, DeviceProfile],
-    threshold: float,
-    strong: GroupConfig,
-    weak: GroupConfig,
-    workloads: Mapping[int, Mapping[str, Workload]] | None = None,
-) -> list[ModeAssignment]:
-    """Clients below ``threshold`` capability (FLOP/s) go to group 0 (``weak``), others to 1."""
-    out = []
-    for cid in sorted(profiles):
-        is_weak = profiles[cid].capability < threshold
-        group, config = (0, weak) if is_weak else (1, strong)
-        out.append(_assignment(cid, group, config, profiles, workloads, threshold))
-    return out
-
-
-def assign_cost(
-    profiles: Mapping[int, DeviceProfile],
-    workloads: Mapping[int, Mapping[str, Workload]],
-    server_flops_per_s: float,
-    group_configs: Mapping[str, GroupConfig],
-) -> list[ModeAssignment]:
-    """Per client, the mode with the least simulated round latency that fits its budget and memory.
-
-    Candidate modes are the keys of ``group_configs`` a client has a workload for; group is the
-    mode's index in ``group_configs``. Latency uses the ``allocate`` optimum for each mode.
-    A client that no mode fits gets, among the modes that fit its memory (all modes if none
-    does), the one with the least energy at full speed, with ``allocation=None`` as the mark:
-    the strategy decides whether to skip it or let it try and report a failure.
-    """
-    modes = list(group_configs)
-    for mode, config in group_configs.items():
-        if config.mode != mode:
-            raise ValueError(f"group_configs['{mode}'] has mode '{config.mode}'")
-    out = []
-    for cid in sorted(profiles):
-        candidates = [m for m in modes if m in workloads[cid]]
-        if not candidates:
-            raise ValueError(f"client {cid} has no workload for any of the modes {modes}")
-        mode, allocation = _fastest_fitting_mode(profiles[cid], workloads[cid], candidates, server_flops_per_s)
-        config = group_configs[mode]
-        out.append(ModeAssignment(cid, modes.index(mode), mode, config.local_epochs, config.batch_size, allocation))
-    return out
-
-
-def _fastest_fitting_mode(
-    profile: DeviceProfile,
-    workloads: Mapping[str, Workload],
-    candidates: list[str],
-    server_flops_per_s: float,
-) -> tuple[str, Allocation | None]:
-    fits = []
-    for order, mode in enumerate(candidates):
-        workload = workloads[mode]
-        allocation = allocate(profile, workload)
-        if allocation is not None and workload.client_memory_bytes <= profile.memory_bytes:
-            latency = round_cost(profile, workload, allocation, server_flops_per_s).latency_s
-            # The order breaks latency ties before the tuple comparison reaches Allocation.
-            fits.append((latency, order, mode, allocation))
-    if fits:
-        _, _, mode, allocation = min(fits)
-        return mode, allocation
-    return _fallback_mode(profile, workloads, candidates), None
-
-
-def _fallback_mode(profile: DeviceProfile, workloads: Mapping[str, Workload], candidates: list[str]) -> str:
-    in_memory = [m for m in candidates if workloads[m].client_memory_bytes <= profile.memory_bytes]
-    full_speed = Allocation(profile.max_tx_power_w, profile.cpu_hz_max, profile.energy_budget_j)
-    # Server speed does not enter client energy, so any positive value will do here.
-    return min(in_memory or candidates, key=lambda m: round_cost(profile, workloads[m], full_speed, 1.0).energy_j)
-
-
-def assign_kmeans(
-    profiles: Mapping[int, DeviceProfile],
-    k: int,
-    seed: int,
-    group_configs_by_rank: Sequence[GroupConfig],
-    workloads: Mapping[int, Mapping[str, Workload]] | None = None,
-) -> list[ModeAssignment]:
-    """Cluster clients into ``k`` groups by resources; group r gets ``group_configs_by_rank[r]``.
-
-    Features are standardised [log capability, log SNR at max power, log energy budget,
-    log memory]; clusters are ranked by their centroid's log capability, weakest first, so
-    e.g. ``[centralized, split, local]`` sends the weakest cluster to centralized training.
-    """
-    if len(group_configs_by_rank) != k:
-        got = len(group_configs_by_rank)
-        raise ValueError(f"need one group config per cluster: k={k}, got {got}")
-    ids = sorted(profiles)
-    if not 1 <= k <= len(ids):
-        raise ValueError(f"k must be between 1 and the number of clients ({len(ids)}), got {k}")
-    features = np.log(
-        [[p.capability, p.snr, p.energy_budget_j, p.memory_bytes] for p in (profiles[cid] for cid in ids)]
-    )
-    std = features.std(axis=0)
-    # A feature every client shares carries no information; scaling by 1 keeps it at zero.
-    features = (features - features.mean(axis=0)) / np.where(std > 0, std, 1.0)
-    labels, centroids = kmeans(features, k, seed)
-    rank_of_cluster = np.argsort(np.argsort(centroids[:, 0], kind="stable"), kind="stable")
-    return [
-        _assignment(
-            cid, int(rank_of_cluster[label]), group_configs_by_rank[rank_of_cluster[label]], profiles, workloads
-        )
-        for cid, label in zip(ids, labels, strict=True)
-    ]
-
-
-def kmeans(points: npt.NDArray[np.float64], k: int, seed: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]:
-    """Lloyd's k-means with seeded k-means++ initialisation.
-
-    Parameters
+    Attributes
     ----------
-    points : npt.NDArray[np.float64]
-        Shape (n, d).
-    k : int
-        Number of clusters, 1 <= k <= n.
-    seed : int
-        Seed of the initialisation; the result is a deterministic function of it.
-
-    Returns
-    -------
-    tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]
-        Labels of shape (n,) and centroids of shape (k, d). A cluster that loses all its points
-        keeps its previous centroid.
+    profiles : Mapping[int, DeviceProfile]
+        Each client's device profile, by client id.
+    workloads : Mapping[int, Mapping[str, Workload]] | None
+        Each client's workload per mode; ``None``: assign without allocations.
+    local_epochs : int (default: 1)
+        Local epochs a round of a local-mode group.
+    batch_size : int (default: 16)
+        Minibatch size of every group.
+    seed : int (default: 0)
+        The run's seed: a policy that draws at random draws from it alone.
+    server_flops : float (default: 10e12)
+        The server's compute, FLOP/s, for policies that price a round.
     """
-    rng = np.random.default_rng(seed)
-    n = len(points)
-    chosen = [points[rng.integers(n)]]
-    for _ in range(1, k):
-        dist2 = ((points[:, None, :] - np.array(chosen)[None]) ** 2).sum(-1).min(axis=1)
-        # Duplicated points can leave no distance to weight by; then any point is as good.
-        probs = dist2 / dist2.sum() if dist2.sum() > 0 else np.full(n, 1.0 / n)
-        chosen.append(points[rng.choice(n, p=probs)])
-    centroids = np.array(chosen, dtype=np.float64)
-    labels: npt.NDArray[np.intp] = np.full(n, -1, dtype=np.intp)
-    for _ in range(_KMEANS_MAX_ITER):
-        dist2 = ((points[:, None, :] - centroids[None]) ** 2).sum(-1)  # (n, k)
-        new_labels = dist2.argmin(axis=1)
-        if np.array_equal(new_labels, labels):
-            break
-        labels = new_labels
-        for j in range(k):
-            if np.any(labels == j):
-                centroids[j] = points[labels == j].mean(axis=0)
-    return labels, centroids
+
+    profiles: Mapping[int, DeviceProfile]
+    workloads: Mapping[int, Mapping[str, Workload]] | None = None
+    local_epochs: int = 1
+    batch_size: int = 16
+    seed: int = 0
+    server_flops: float = 10e12
+
+    def config(self, mode: str) -> GroupConfig:
+        """A group's training config: local-mode groups take ``local_epochs`` passes a round."""
+        return group_config(mode, self.local_epochs, self.batch_size)
 
 
-def _assignment(
+def group_config(mode: str, local_epochs: int, batch_size: int) -> GroupConfig:
+    """The training config of a group in ``mode``: only local mode takes several passes a round."""
+    return GroupConfig(mode, local_epochs if mode == "local" else 1, batch_size)
+
+
+def _no_threshold(params: object) -> float | None:
+    return None
+
+
+@dataclass(frozen=True)
+class GroupingPolicy(Generic[P]):
+    """A grouping policy as the registry holds it: a name, its parameters and what it does.
+
+    Attributes
+    ----------
+    name : str
+        Its name in ``strategy.policy`` and in the stages of ``strategy.policy-schedule``.
+    defaults : P
+        Its own parameters dataclass with every field at its default; a run's config replaces
+        fields by name (:func:`strategies.policy.groupings.registry.grouping_params`).
+    assign : Callable[[P, Fleet], list[ModeAssignment]]
+        Pure: every client's assignment under these parameters, sorted by client id.
+    modes : Callable[[P], tuple[str, ...]]
+        The modes it may give a client under these parameters (a failed client may move among
+        them).
+    threshold : Callable[[P], float | None] (default: none)
+        The capability threshold (FLOP/s) it splits the fleet at, if it has one: what a client's
+        train message and ``groups.json`` report as ``threshold-flops``.
+    """
+
+    name: str
+    defaults: P
+    assign: Callable[[P, Fleet], list[ModeAssignment]]
+    modes: Callable[[P], tuple[str, ...]]
+    threshold: Callable[[P], float | None] = _no_threshold
+
+
+def assignment(
     cid: int,
     group: int,
     config: GroupConfig,
@@ -230,7 +144,15 @@ def _assignment(
     workloads: Mapping[int, Mapping[str, Workload]] | None,
     threshold: float | None = None,
 ) -> ModeAssignment:
+    """Client ``cid`` in ``group`` with ``config``, allocated for its mode when it has a workload."""
     allocation = None
     if workloads is not None and config.mode in workloads.get(cid, {}):
         allocation = allocate(profiles[cid], workloads[cid][config.mode])
     return ModeAssignment(cid, group, config.mode, config.local_epochs, config.batch_size, allocation, threshold)
+
+
+def check_modes(modes: tuple[str, ...]) -> None:
+    """ValueError unless every name in ``modes`` is a training mode."""
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"mode '{mode}' must be one of {list(MODES)}")

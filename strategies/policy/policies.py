@@ -1,9 +1,10 @@
 """From a fleet's profiles to each client's group, mode, allocation and upload size.
 
-A *policy* is either one mode for everyone (``split``, ``local``, ``centralized``: the
-single-mode baselines) or a grouping policy of :mod:`strategies.policy.grouping` (``threshold``,
-``cost``, ``kmeans``). Clients are keyed by partition id, which is stable across runs and
-restarts (Flower node ids are not).
+A *policy* is one of :data:`strategies.policy.groupings.registry.GROUPING_POLICIES`: one mode
+for everyone (``split``, ``local``, ``centralized``: the single-mode baselines) or a grouping
+policy (``threshold``, ``cost``, ``kmeans``, ``random``), each a module of
+:mod:`strategies.policy.groupings` with its own parameters. Clients are keyed by partition id,
+which is stable across runs and restarts (Flower node ids are not).
 
 What the strategy tells a client in every train message, and so in its first:
 ``group``, ``mode``, ``policy``, the policy's ``threshold-flops`` (threshold policy), and its
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from strategies.cost.costmodel import Allocation, Workload
@@ -28,34 +29,38 @@ from strategies.cost.workload import (
     split_workload,
     upload_workload,
 )
-from strategies.fleet.devices import DeviceProfile
+from strategies.fleet.profile import DeviceProfile
 from strategies.policy.allocation import allocate
-from strategies.policy.grouping import (
-    GroupConfig,
-    ModeAssignment,
-    assign_cost,
-    assign_kmeans,
-    assign_single,
-    assign_threshold,
-)
+from strategies.policy.grouping import Fleet, GroupConfig, GroupingPolicy, ModeAssignment, group_config
+from strategies.policy.groupings.registry import GROUPING_POLICIES
 from strategies.wire import names as wire
 from strategies.wire.names import MODES
 
-POLICIES = (*MODES, "threshold", "cost", "kmeans")
+POLICIES = tuple(GROUPING_POLICIES)
 # (policy name, rounds) stages of a schedule; rounds 0 in the last stage: until the run ends
 Schedule = tuple[tuple[str, int], ...]
 
 
 @dataclass(frozen=True)
 class Policy:
-    """Which policy groups the fleet, and its settings (see the config's ``strategy`` section)."""
+    """Which policy groups the fleet, every policy's parameters, and the settings they share.
+
+    Attributes
+    ----------
+    name : str (default: "split")
+        The policy in effect, a key of ``GROUPING_POLICIES``.
+    params : Mapping[str, Any] (default: every policy's defaults)
+        Each policy's own parameters dataclass by policy name, as
+        :func:`strategies.policy.groupings.registry.grouping_params` builds them; a policy left
+        out takes its defaults. All of them, as a schedule moves from one policy to another.
+    local_epochs, batch_size, seed, server_flops
+        What every policy shares (:class:`strategies.policy.grouping.Fleet`).
+    schedule, stage_deadlines, round_deadline_s
+        The policy schedule (:meth:`at`).
+    """
 
     name: str = "split"
-    threshold_flops: float = 20e9
-    weak_mode: str = "centralized"
-    strong_mode: str = "split"
-    kmeans_modes: tuple[str, ...] = ("centralized", "split", "local")
-    cost_modes: tuple[str, ...] = ("local", "split", "centralized")
+    params: Mapping[str, Any] = field(default_factory=dict)
     local_epochs: int = 1
     batch_size: int = 16
     seed: int = 0
@@ -69,6 +74,12 @@ class Policy:
     def __post_init__(self) -> None:
         if self.name not in POLICIES:
             raise ValueError(f"policy '{self.name}' must be one of {list(POLICIES)}")
+        for name, params in self.params.items():
+            if name not in POLICIES:
+                raise ValueError(f"parameters for an unknown policy '{name}'; policies: {list(POLICIES)}")
+            expected = type(GROUPING_POLICIES[name].defaults)
+            if type(params) is not expected:
+                raise ValueError(f"policy '{name}' takes {expected.__name__}, got {type(params).__name__}")
         for stage, (name, rounds) in enumerate(self.schedule):
             last = stage == len(self.schedule) - 1
             if name not in POLICIES:
@@ -77,19 +88,26 @@ class Policy:
                 raise ValueError(f"policy schedule: stage {stage + 1} ({name}) needs a number of rounds >= 1")
         if self.stage_deadlines and len(self.stage_deadlines) != len(self.schedule):
             raise ValueError(f"{len(self.stage_deadlines)} stage deadlines for {len(self.schedule)} stages")
-        for mode in (self.weak_mode, self.strong_mode, *self.kmeans_modes, *self.cost_modes):
-            if mode not in MODES:
-                raise ValueError(f"mode '{mode}' must be one of {list(MODES)}")
+
+    @property
+    def grouping(self) -> GroupingPolicy[Any]:
+        """The registry entry of the policy in effect."""
+        return GROUPING_POLICIES[self.name]
+
+    def params_of(self, name: str) -> Any:
+        """Policy ``name``'s parameters: this policy's own, or that policy's defaults."""
+        return self.params.get(name, GROUPING_POLICIES[name].defaults)
 
     @property
     def modes(self) -> tuple[str, ...]:
-        """Modes the policy may give a client (a failed client may move among them)."""
-        chosen = {
-            "threshold": (self.weak_mode, self.strong_mode),
-            "kmeans": self.kmeans_modes,
-            "cost": self.cost_modes,
-        }.get(self.name, (self.name,))
+        """Modes the policy may give a client (a failed client may move among them), in ``MODES`` order."""
+        chosen = self.grouping.modes(self.params_of(self.name))
         return tuple(m for m in MODES if m in chosen)
+
+    @property
+    def threshold_flops(self) -> float | None:
+        """The capability threshold (FLOP/s) the policy in effect splits at; None if it has none."""
+        return self.grouping.threshold(self.params_of(self.name))
 
     def at(self, server_round: int) -> Policy:
         """The policy in effect at ``server_round``: its schedule's stage, or itself without one.
@@ -111,7 +129,7 @@ class Policy:
 
     def group_config(self, mode: str) -> GroupConfig:
         """A group's training config: local-mode groups take ``local_epochs`` passes a round."""
-        return GroupConfig(mode, self.local_epochs if mode == "local" else 1, self.batch_size)
+        return group_config(mode, self.local_epochs, self.batch_size)
 
 
 def parse_schedule(text: str) -> Schedule:
@@ -204,27 +222,8 @@ def assign(
     policy: Policy, profiles: Mapping[int, DeviceProfile], workloads: Mapping[int, Mapping[str, Workload]]
 ) -> dict[int, ModeAssignment]:
     """Every client's group, mode, training config and allocation under ``policy``."""
-    if policy.name in MODES:
-        out = assign_single(profiles, policy.group_config(policy.name), workloads)
-    elif policy.name == "threshold":
-        out = assign_threshold(
-            profiles,
-            policy.threshold_flops,
-            policy.group_config(policy.strong_mode),
-            policy.group_config(policy.weak_mode),
-            workloads,
-        )
-    elif policy.name == "cost":
-        configs = {m: policy.group_config(m) for m in policy.cost_modes}
-        out = assign_cost(profiles, workloads, policy.server_flops, configs)
-    else:
-        k = len(policy.kmeans_modes)
-        if k > len(profiles):
-            raise ValueError(
-                f"strategy.kmeans-modes names {k} clusters for {len(profiles)} clients; "
-                "name at most one mode per client"
-            )
-        out = assign_kmeans(profiles, k, policy.seed, [policy.group_config(m) for m in policy.kmeans_modes], workloads)
+    fleet = Fleet(profiles, workloads, policy.local_epochs, policy.batch_size, policy.seed, policy.server_flops)
+    out = policy.grouping.assign(policy.params_of(policy.name), fleet)
     return {a.client_id: a for a in out}
 
 

@@ -32,8 +32,6 @@ import numpy as np
 
 from strategies.probing.modes import PLAN, parse_mode
 
-# (a round's record, its tensors) -> (fields to add to the record, the tensors to keep)
-Settle = Callable[[dict[str, Any], dict[str, np.ndarray]], tuple[dict[str, Any], dict[str, np.ndarray]]]
 CRITERIA = ("rate", "accuracy")
 AMOUNTS = ("loss", "accuracy")
 VARIANTS = ("sequential", "parallel")  # two trial rounds, or one round on two halves of the clients
@@ -90,6 +88,38 @@ class ProbePlan:
     @property
     def enabled(self) -> bool:
         return bool(self.optimized) and (bool(self.rounds) or self.plateau > 0)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A probe stage's verdict: the mode the run goes on in, and the figures that decided it.
+
+    ``figures`` is what :func:`judge` returned (and, for a parallel stage, its variant); the
+    probe controller keeps ``{"round": server_round, **figures}`` among its decisions.
+    """
+
+    server_round: int
+    chosen: str
+    figures: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What a probe makes of one of its rounds as the round closes, before it is saved.
+
+    ``extra``: fields added to the round's record; ``state``: the tensors to keep (a
+    sequential stage may keep its first trial's); ``decision``: the stage's verdict when the
+    stage ends with this round, applied before the round's checkpoint is written so that a
+    resumed run goes on in the chosen mode.
+    """
+
+    extra: dict[str, Any]
+    state: dict[str, np.ndarray]
+    decision: Decision | None = None
+
+
+# (a round's record, its tensors) -> what the probe adds, keeps and decides
+Settle = Callable[[dict[str, Any], dict[str, np.ndarray]], Settled]
 
 
 @dataclass(frozen=True)
@@ -177,7 +207,7 @@ def stage_due(
 
 def mark(mode: str) -> Settle:
     """The first trial's settle: its record says which mode it tried."""
-    return lambda record, state: ({"probe": {"trial": mode}}, state)
+    return lambda record, state: Settled({"probe": {"trial": mode}}, state)
 
 
 def judge(

@@ -6,6 +6,7 @@ mode spec      what changes                                          settings fi
 ``float16``    boundary activations and gradients on the wire        ``activation_dtype``
 ``int8``       the same, int8 with a scale per token vector          ``activation_dtype``
 ``int4``       the same, 4 bits a value: lossy, an eighth of float32  ``activation_dtype``
+``bfloat16``   the same, float32's range in half its bytes           ``activation_dtype``
 ``topk:F``     split and local clients send the top ``F`` of each    ``upload_topk``
                trained tensor's entries, with error feedback
 ``plan:M``     ``M`` times the minibatches per exchange: a round's   ``steps``
@@ -13,21 +14,20 @@ mode spec      what changes                                          settings fi
                fewer exchanges per step trained, more staleness
 =============  ====================================================  ==========================
 
-The basic mode is the run's own settings; a mode is applied to them (never to an already
-optimized copy), so ``plan:M`` always means ``M`` times ``train.steps-per-round``.
+The basic mode is the run's own settings; a mode is applied to them
+(:func:`strategies.probing.controller.apply_mode`, never to an already optimized copy), so
+``plan:M`` always means ``M`` times ``train.steps-per-round``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-if TYPE_CHECKING:
-    from strategies.settings import SplitSettings
+from strategies.wire.codecs.registry import CODEC_NAMES
 
-DTYPE_MODES = ("float32", "float16", "int8", "int4")
+DTYPE_MODES = CODEC_NAMES  # every wire codec is a mode; float32 is the basic one's usual dtype
 TOPK, PLAN = "topk", "plan"
-SPEC_HELP = "float16, int8, int4, topk:F (0 < F < 1) or plan:M (an integer M >= 2)"
+SPEC_HELP = f"{', '.join(CODEC_NAMES[1:])}, topk:F (0 < F < 1) or plan:M (an integer M >= 2)"
 
 
 @dataclass(frozen=True)
@@ -52,16 +52,6 @@ def parse_mode(spec: str) -> Mode:
     if kind == PLAN and value is not None and value >= 2:
         return Mode(PLAN, value)
     raise ValueError(f"probe mode {spec!r} must be {SPEC_HELP}")
-
-
-def apply_mode(basic: SplitSettings, spec: str) -> SplitSettings:
-    """The basic settings in the mode ``spec``."""
-    mode = parse_mode(spec)
-    if mode.kind == TOPK:
-        return replace(basic, upload_topk=mode.value)
-    if mode.kind == PLAN:
-        return replace(basic, steps=basic.steps * int(mode.value))
-    return replace(basic, activation_dtype=mode.kind)
 
 
 def probe_mode(mode: str, dtype: str) -> str:

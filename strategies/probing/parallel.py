@@ -21,37 +21,26 @@ are the whole trained state a switch has to keep.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from logging import INFO
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.common.logger import log
-from flwr.serverapp import Grid
 
 from strategies.cost.costmodel import EnergyLedger
-from strategies.fleet import changes as fleet_changes
 from strategies.fleet.state import ClientInfo
 from strategies.policy.grouping import ModeAssignment
 from strategies.probing import judge as probing
-from strategies.probing.modes import apply_mode
+from strategies.probing.judge import Decision, Settled
 from strategies.probing.stage import probe_stage
 from strategies.round import record as records
+from strategies.round.context import Outcome, RoundContext, State
 from strategies.round.deadline import sample_in_time
-from strategies.round.lr_schedule import settings_for_round
-from strategies.round.server_side import average_part
+from strategies.round.host import RoundHost
 from strategies.round.state import RoundState, SplitOutcome, TrainedPart
-from strategies.settings import SplitSettings
 from strategies.wire.records import to_record
 
-if TYPE_CHECKING:
-    from strategies.strategy import SplitPrefixStrategy
-
-State = dict[str, np.ndarray]
-EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
-Outcome = tuple[State, dict[str, Any]] | None
 HALVES_ID = 2**31 - 2  # seeds the split into halves apart from every partition and the pool
 
 
@@ -114,104 +103,79 @@ def merge_halves(rnd: RoundState, halves: Sequence[RoundState]) -> None:
         rnd.pool_loss = float(np.average([x for x, _ in pool_losses], weights=[n for _, n in pool_losses]))
 
 
-def parallel_stage(
-    strategy: SplitPrefixStrategy,
-    server_round: int,
-    start: Mapping[str, float],
-    grid: Grid,
-    num_rounds: int,
-    timeout: float,
-    train_config: ConfigRecord | None,
-    evaluate_fn: EvaluateFn | None,
-) -> list[Outcome]:
+def parallel_stage(host: RoundHost, ctx: RoundContext, start: Mapping[str, float]) -> list[Outcome]:
     """One round on two halves; sequential instead when fewer than 2 clients would be sampled."""
-    args = (num_rounds, timeout, train_config, evaluate_fn)
-    if len(sample_in_time(strategy.fleet, server_round, strategy.settings)[0]) < 2:
+    if len(sample_in_time(host.fleet, ctx.server_round, host.probes.settings)[0]) < 2:
         why = "fewer than 2 participants to split into halves"
-        if server_round < num_rounds:
-            log(INFO, "probe at round %d: %s; probing sequentially", server_round, why)
-            return probe_stage(strategy, server_round, start, grid, *args)
-        log(INFO, "probe at round %d: %s and no round left for a sequential stage; not probing", server_round, why)
-        return [strategy.run_round(grid, strategy.state, server_round, *args)]
-    return [parallel_round(strategy, server_round, start, grid, *args)]
-
-
-def parallel_round(
-    strategy: SplitPrefixStrategy,
-    server_round: int,
-    start: Mapping[str, float],
-    grid: Grid,
-    num_rounds: int,
-    timeout: float,
-    train_config: ConfigRecord | None,
-    evaluate_fn: EvaluateFn | None,
-) -> Outcome:
-    """The round: each half trained from the global tensors and averaged on its own; the winner kept."""
-    s, origin = strategy.settings, strategy.state
-    modes = (s.probe.optimized, strategy.basic_dtype)
-    # a dtype, topk:F or plan:M, at the round's learning rates
-    settings = [settings_for_round(apply_mode(strategy.basic_settings, m), server_round, num_rounds) for m in modes]
-    strategy.probed.append(strategy.mode)
-    rnd = strategy.begin_round(grid, server_round, num_rounds, timeout)
-    clients = split_halves(rnd.sampled, rnd.assignments, s.seed, server_round)
-    halves = [RoundState(server_round, num_rounds, list(c), rnd.assignments) for c in clients]
-    parts = [
-        strategy.train_part(grid, origin, h, st, timeout, train_config) for h, st in zip(halves, settings, strict=True)
-    ]
-    accepted = {n: c for part in parts for n, c in part.accepted.items()}
-    candidates = [
-        average_part(p, origin, h, st, strategy.fleet) for p, h, st in zip(parts, halves, settings, strict=True)
-    ]
-    merge_halves(rnd, halves)
-    if not fleet_changes.enough_contributions(strategy.fleet, rnd, accepted, strategy.settings, strategy.run_dir):
-        return None
-    ran = [Half(m, st, h, p, c) for m, st, h, p, c in zip(modes, settings, halves, parts, candidates, strict=True)]
-    return keep_the_winner(strategy, rnd, ran, start, evaluate_fn)
+        if ctx.server_round < ctx.num_rounds:
+            log(INFO, "probe at round %d: %s; probing sequentially", ctx.server_round, why)
+            return probe_stage(host, ctx, start)
+        log(INFO, "probe at round %d: %s and no round left for a sequential stage; not probing", ctx.server_round, why)
+        return [host.run_round(ctx, host.state)]
+    return [parallel_round(host, ctx, start)]
 
 
 @dataclass(frozen=True)
 class Half:
-    """One half of a parallel stage: its mode and settings, round state, contributions, candidate."""
+    """One half of a parallel stage: its mode, context (the mode's settings), round state, contributions, candidate."""
 
     mode: str
-    settings: SplitSettings
+    ctx: RoundContext
     rnd: RoundState
     part: TrainedPart
     candidate: State
 
 
+def parallel_round(host: RoundHost, ctx: RoundContext, start: Mapping[str, float]) -> Outcome:
+    """The round: each half trained from the global tensors and averaged on its own; the winner kept."""
+    probes, origin, server_round = host.probes, host.state, ctx.server_round
+    modes = (ctx.settings.probe.optimized, probes.basic_mode)
+    # each half in its mode (a dtype, topk:F or plan:M) at the round's learning rates
+    contexts = [replace(ctx, settings=probes.round_settings(server_round, ctx.num_rounds, m)) for m in modes]
+    probes.begin_stage()
+    rnd = host.begin_round(ctx)
+    clients = split_halves(rnd.sampled, rnd.assignments, ctx.settings.seed, server_round)
+    halves = [RoundState(server_round, ctx.num_rounds, list(c), rnd.assignments) for c in clients]
+    parts = [host.train_part(c, h, origin) for c, h in zip(contexts, halves, strict=True)]
+    candidates = [host.average_part(c, h, p, origin) for c, h, p in zip(contexts, halves, parts, strict=True)]
+    merge_halves(rnd, halves)
+    if not host.enough_contributions(ctx, rnd, {n: c for part in parts for n, c in part.accepted.items()}):
+        return None
+    ran = [Half(*half) for half in zip(modes, contexts, halves, parts, candidates, strict=True)]
+    return keep_the_winner(host, ctx, rnd, ran, start)
+
+
 def keep_the_winner(
-    strategy: SplitPrefixStrategy,
-    rnd: RoundState,
-    halves: Sequence[Half],
-    start: Mapping[str, float],
-    evaluate_fn: EvaluateFn | None,
+    host: RoundHost, ctx: RoundContext, rnd: RoundState, halves: Sequence[Half], start: Mapping[str, float]
 ) -> Outcome:
     """Evaluate and time each half, judge, and close the round with the winner's candidate and mode."""
     server_round, (optimized, basic) = rnd.server_round, (h.mode for h in halves)
+    evaluate_fn = ctx.evaluate_fn
     evaluations = [evaluate_fn(server_round, to_record(h.candidate)) if evaluate_fn else None for h in halves]
     trials = [
-        {**probing.figures_of(dict(e or {})), "sim-latency-s": seconds(strategy, h)}
+        {**probing.figures_of(dict(e or {})), "sim-latency-s": seconds(host, h)}
         for e, h in zip(evaluations, halves, strict=True)
     ]
     if all(h.part.accepted or h.part.pool is not None for h in halves):
-        chosen, extra = probing.judge(start, trials[0], trials[1], optimized, basic, strategy.settings.probe)
+        chosen, figures = probing.judge(start, trials[0], trials[1], optimized, basic, ctx.settings.probe)
     else:
-        chosen, extra = basic, {"chosen": basic, "reason": "a half had no valid contributions"}
+        chosen, figures = basic, {"chosen": basic, "reason": "a half had no valid contributions"}
     won = 0 if chosen == optimized and chosen != basic else 1
-    strategy.settings, strategy.mode = halves[won].settings, halves[won].mode
-    strategy.decisions.append({"round": server_round, "variant": "parallel", **extra})
-    log(INFO, "probe at round %d (parallel halves): %s", server_round, probing.describe(extra))
+    log(INFO, "probe at round %d (parallel halves): %s", server_round, probing.describe(figures))
     names = {h.mode: [c.partition_id for c in h.rnd.sampled] for h in halves}
-    entry = {"probe": {"variant": "parallel", "halves": names, **extra}}
+    entry = {"probe": {"variant": "parallel", "halves": names, **figures}}
+    decision = Decision(server_round, halves[won].mode, {"variant": "parallel", **figures})
     kept = evaluations[won]
-    evaluate = None if evaluate_fn is None else lambda _round, _arrays: kept  # evaluated above
+    # Priced in the winner's settings; evaluated above, so the round's evaluation is the winner's.
+    closing = replace(halves[won].ctx, evaluate_fn=None if evaluate_fn is None else lambda _round, _arrays: kept)
     uploaded = any(h.part.uploaded for h in halves)
-    record, state = strategy.close_round(rnd, halves[won].candidate, uploaded, evaluate, lambda r, st: (entry, st))
+    record, state = host.close_round(
+        closing, rnd, halves[won].candidate, uploaded, lambda r, st: Settled(entry, st, decision)
+    )
     return state, record
 
 
-def seconds(strategy: SplitPrefixStrategy, half: Half) -> float:
+def seconds(host: RoundHost, half: Half) -> float:
     """A half's duration: the simulated latency of a round of that half alone (on a ledger of its own)."""
-    figures, _ = records.simulate(half.rnd, strategy.fleet, half.settings, strategy.shape, EnergyLedger())
+    figures, _ = records.simulate(half.rnd, host.fleet, half.ctx.settings, host.shape, EnergyLedger())
     return float(figures["sim-latency-s"])

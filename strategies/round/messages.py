@@ -116,10 +116,12 @@ def backward_messages(
     messages = []
     for node, grads in gradients.items():
         info = fleet_state.clients[node]
+        plan = plan_config(settings, fleet_state, info, server_round, config, seed_round)
+        plan[wire.CODEC] = settings.activation_dtype  # the gradients' wire codec: the client decodes by it
         records = {
             wire.ARRAYS: client_record,
             wire.GRADIENTS: to_record({wire.gradient_key(i): g for i, g in enumerate(grads)}),
-            wire.CONFIG: plan_config(settings, fleet_state, info, server_round, config, seed_round),
+            wire.CONFIG: plan,
         }
         messages.append(message(info, wire.SPLIT_BACKWARD, server_round, records))
     return messages

@@ -21,9 +21,8 @@ from dataclasses import dataclass, replace
 from logging import WARNING
 
 import numpy as np
-from flwr.app import ConfigRecord, Message
+from flwr.app import Message
 from flwr.common.logger import log
-from flwr.serverapp import Grid
 
 from strategies.aggregate import robust
 from strategies.aggregate.volume import Contribution, aggregate
@@ -32,14 +31,15 @@ from strategies.fleet.state import FleetState, round_seed
 from strategies.interfaces import ServerModel
 from strategies.policy.requirements import FailureCause
 from strategies.round import messages as msgs
+from strategies.round.context import RoundContext
 from strategies.round.messages import answers, reason
 from strategies.round.state import RoundState, SplitOutcome, TrainedPart
 from strategies.settings import SplitSettings
 from strategies.wire import names as wire
 from strategies.wire import sparsify
-from strategies.wire.compression import to_wire_dtype
-from strategies.wire.records import from_record, to_record
-from strategies.wire.validation import judge, spec_of, validate_num_examples, validate_upload
+from strategies.wire.codecs.registry import tagged_codec
+from strategies.wire.records import from_record
+from strategies.wire.validation import judge, read_upload, spec_of, validate_num_examples
 
 POOL_ID = 2**31 - 1  # seeds the server's pool training apart from every partition
 
@@ -94,23 +94,25 @@ def train_split_side(
         start = outcome.sequential if settings.server_side == "sequential" else {k: state[k] for k in model.server_keys}
         try:
             arrays = from_record(reply.content.array_records[wire.ACTIVATIONS])
+            codec = tagged_codec(reply.content.config_records.get(wire.CONFIG), wire.CODEC, settings.activation_dtype)
             planned = fleet_state.steps_of(info, settings)
             chunks, problems = wire.decode_chunks(
-                arrays, wire.ACTIVATIONS_KIND, count=planned, hidden=shape.hidden, limits=limits
+                arrays, wire.ACTIVATIONS_KIND, count=planned, hidden=shape.hidden, limits=limits, codec=codec
             )
             claimed = reply.content.metric_records[wire.METRICS][wire.NUM_EXAMPLES]
             problems += validate_num_examples(claimed, min(info.num_available, planned * settings.batch_size))
             if problems:
                 raise ValueError("; ".join(problems))
             volume = wire.as_int(claimed)
-            trained, grads, loss = model.train_split(start, chunks, lr=settings.lr, head_lr=settings.head_lr)
+            trained, grads, loss = model.train_split(
+                start, chunks, lr=settings.lr, head_lr=settings.head_lr, codec=codec
+            )
             if not _finite(trained, grads, loss):
                 raise ValueError("the server's steps on these activations left non-finite tensors (undone)")
         except Exception as err:  # one client's bad activations must not end the round
             rnd.drop(info.node_id, FailureCause.INVALID_REPLY, f"forward reply rejected: {reason(err)}")
             continue
-        # On the wire in the round's dtype: a probe may have switched it since the model was built.
-        outcome.gradients[info.node_id] = [to_wire_dtype(g, settings.activation_dtype) for g in grads]
+        outcome.gradients[info.node_id] = grads  # encoded by the round's codec, the one the client was asked for
         outcome.server_parts[info.node_id] = Contribution(trained, volume, f"server half of client {info.partition_id}")
         outcome.losses[info.node_id] = loss
         if settings.server_side == "sequential":
@@ -190,26 +192,35 @@ def _uploaded(reply: Message, start: Mapping[str, np.ndarray], fraction: float) 
 def receive_uploads(
     replies: Mapping[int, Message], fleet_state: FleetState, settings: SplitSettings, shape: Bounds, rnd: RoundState
 ) -> bool:
-    """Validate centralized clients' uploads into the pool; whether any arrived."""
+    """Validate centralized clients' uploads into the pool; whether any arrived.
+
+    Uploaded activations enter the pool decoded (float32): a later round may use another codec.
+    """
     arrived = False
     for info, reply in answers(replies, fleet_state, rnd):
+        chunks: list[wire.Chunk] = []
         try:
             arrays = from_record(reply.content.array_records[wire.UPLOAD_RECORD])
             claimed = reply.content.metric_records[wire.METRICS][wire.NUM_EXAMPLES]
-            problems = validate_upload(
+            codec = None
+            if settings.upload_kind == wire.ACTIVATIONS_KIND:
+                tag = reply.content.config_records.get(wire.CONFIG)
+                codec = tagged_codec(tag, wire.CODEC, settings.activation_dtype)
+            chunks, problems = read_upload(
                 arrays,
                 settings.upload_kind,
                 shape.hidden,
                 fleet_state.upload_rows[info.partition_id],
                 claimed,
                 replace(shape.limits, max_abs=settings.max_activation),
+                codec,
             )
         except Exception as err:
             problems = [reason(err)]
         if problems:
             rnd.drop(info.node_id, FailureCause.INVALID_REPLY, "upload rejected: " + "; ".join(problems))
             continue
-        fleet_state.pool[info.partition_id] = arrays
+        fleet_state.pool[info.partition_id] = wire.encode_chunks(chunks, settings.upload_kind)
         arrived = True
     return arrived
 
@@ -300,27 +311,22 @@ def average_part(
 
 
 def train_part(
-    grid: Grid,
+    ctx: RoundContext,
     model: ServerModel,
     keys: TensorKeys,
     bounds: Bounds,
     fleet_state: FleetState,
     state: dict[str, np.ndarray],
     rnd: RoundState,
-    settings: SplitSettings,
-    timeout: float,
-    train_config: ConfigRecord | None = None,
-    seed_round: int | None = None,
+    first: Iterable[Message],
 ) -> TrainedPart:
-    """Both exchanges with ``rnd.sampled``, the server's side trained from ``state``, in ``settings``.
+    """Both exchanges with ``rnd.sampled``, the server's side trained from ``state``, in ``ctx.settings``.
 
-    ``settings`` are the round's (its lr, or a parallel probe half's mode), not necessarily the
-    run's: a top-k half's sparse replies are read as top-k.
+    ``first``: the first exchange's messages (the strategy's ``configure_train``). ``ctx.settings``
+    are the round's (its lr, or a parallel probe half's mode), not necessarily the run's: a top-k
+    half's sparse replies are read as top-k.
     """
-    config = train_config or ConfigRecord()
-    first = msgs.first_messages(
-        settings, fleet_state, rnd.sampled, rnd.server_round, to_record(state), config, keys.by_mode, seed_round
-    )
+    grid, settings, timeout, config, seed_round = ctx.grid, ctx.settings, ctx.timeout, ctx.train_config, ctx.seed_round
     rnd.first = msgs.exchange_in_round(grid, first, timeout, rnd)
     by_mode = {m: {n: r for n, r in rnd.first.items() if fleet_state.mode_of(n) == m} for m in wire.MODES}
     rnd.split = train_split_side(model, settings, bounds, state, fleet_state, by_mode[wire.SPLIT_MODE], rnd)

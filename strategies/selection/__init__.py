@@ -1,0 +1,1 @@
+"""Ranking candidates before a run: footprints, learning-curve fits, a performance model, zero-cost proxies."""

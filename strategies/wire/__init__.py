@@ -1,0 +1,1 @@
+"""What crosses the wire: names, chunks, codecs (:mod:`.codecs`), top-k uploads and reply validation."""

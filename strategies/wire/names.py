@@ -9,12 +9,17 @@ one layout, written by :func:`encode_chunks` and read back, checked, by
 =============  ==========================  ===============================================
 array          shape                       what
 =============  ==========================  ===============================================
-``act.i``      ``(B_i, T_i, hidden)``      boundary activations of chunk ``i`` (float)
+``act.i``      ``(B_i, T_i, hidden)``      boundary activations of chunk ``i`` (wire codec)
 ``ids.i``      ``(B_i, T_i)``              token ids of chunk ``i`` (integer; uploads only)
 ``mask.i``     ``(B_i, T_i)``              attention mask, right-padded (integer)
 ``label.i``    ``(B_i,)``                  class labels (integer)
-``grad.i``     ``(B_i, T_i, hidden)``      boundary gradient of minibatch ``i`` (float)
+``grad.i``     ``(B_i, T_i, hidden)``      boundary gradient of minibatch ``i`` (wire codec)
 =============  ==========================  ===============================================
+
+Boundary tensors (``act.i``, ``grad.i``) are encoded by a wire codec
+(:mod:`strategies.wire.codecs`); the message that carries them names it under
+:data:`CODEC` in its config record, and the receiver decodes by that name. Its last
+dimension is the codec's wire width of ``hidden``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from strategies.wire.compression import unpack
+from strategies.wire.codecs.base import WireCodec
+from strategies.wire.codecs.registry import wire_codec
 
 # Message types (Flower routes "<category>.<action>" to the matching handler).
 QUERY = "query"
@@ -77,6 +83,9 @@ FAILURE_CAUSE = "failure-cause"
 FAILURE_NEEDED = "failure-needed"
 FAILURE_AVAILABLE = "failure-available"
 FAILURE_DETAIL = "failure-detail"
+
+# The wire codec of the boundary tensors a message carries (both ways), by its registry name.
+CODEC = "wire-codec"
 
 # Profile / metric keys (client -> server).
 PARTITION_ID = "partition-id"
@@ -271,6 +280,7 @@ def decode_chunks(
     count: int | None = None,
     hidden: int | None = None,
     limits: ChunkLimits | None = None,
+    codec: WireCodec | None = None,
 ) -> tuple[list[Chunk], list[str]]:
     """Read a chunked record back and list what is wrong with it (empty: valid).
 
@@ -288,6 +298,9 @@ def decode_chunks(
         every chunk.
     limits : ChunkLimits | None (default: None)
         Bounds on rows, sequence length, labels, token ids and activation magnitude.
+    codec : WireCodec | None (default: None)
+        The wire codec the activations are tagged with (:mod:`strategies.wire.codecs`);
+        None: float32. They are decoded to float32 before any other check.
 
     Chunks must be numbered ``0..n-1`` with nothing else in the record; masks and labels
     (and token ids) must be integers, activations finite.
@@ -307,7 +320,7 @@ def decode_chunks(
     width = hidden
     for i in range(n):
         chunk = Chunk(*(np.asarray(arrays[key]) for key in (_input_key(kind, i), mask_key(i), label_key(i))))
-        chunk, problem = _unpacked(chunk, kind)
+        chunk, problem = _decoded(chunk, kind, codec or wire_codec("float32"))
         problem = problem or _chunk_problem(chunk, kind, width) or _limit_problem(chunk, kind, limits or ChunkLimits())
         if problem:
             problems.append(f"chunk {i}: {problem}")
@@ -317,12 +330,12 @@ def decode_chunks(
     return chunks, problems
 
 
-def _unpacked(chunk: Chunk, kind: str) -> tuple[Chunk, str]:
-    """int8 and int4 activations unpacked to float32 (:mod:`strategies.wire.compression`) before any check."""
-    if kind != ACTIVATIONS_KIND or chunk.inputs.dtype not in (np.int8, np.uint8):
+def _decoded(chunk: Chunk, kind: str, codec: WireCodec) -> tuple[Chunk, str]:
+    """Activations decoded to float32 by their tagged codec, before any other check."""
+    if kind != ACTIVATIONS_KIND:
         return chunk, ""
     try:
-        return Chunk(unpack(chunk.inputs), chunk.mask, chunk.label), ""
+        return Chunk(codec.decode(chunk.inputs), chunk.mask, chunk.label), ""
     except ValueError as err:
         return chunk, str(err)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from strategies.wire import names as wire
+from strategies.wire.codecs.base import WireCodec
 
 
 @dataclass(frozen=True)
@@ -155,19 +156,33 @@ def validate_upload(
     max_rows: int,
     num_examples: object,
     limits: wire.ChunkLimits | None = None,
+    codec: WireCodec | None = None,
 ) -> list[str]:
-    """Problems with a centralized client's upload: chunk layout, shapes, values and row count.
+    """Problems with a centralized client's upload: chunk layout, shapes, values and row count."""
+    return read_upload(arrays, kind, hidden, max_rows, num_examples, limits, codec)[1]
+
+
+def read_upload(
+    arrays: Mapping[str, np.ndarray],
+    kind: str,
+    hidden: int,
+    max_rows: int,
+    num_examples: object,
+    limits: wire.ChunkLimits | None = None,
+    codec: WireCodec | None = None,
+) -> tuple[list[wire.Chunk], list[str]]:
+    """A centralized client's upload, activations decoded to float32, and every problem with it.
 
     An upload is a chunked record (:func:`strategies.wire.names.decode_chunks`) of token ids
-    (kind ``samples``) or ``(rows, T, hidden)`` activations (kind ``activations``). Its rows
-    must be no more than the client was asked for, and as many as it claims; ``limits``
-    bounds sequence lengths, labels, token ids and magnitudes.
+    (kind ``samples``) or ``(rows, T, hidden)`` activations (kind ``activations``, encoded by
+    ``codec``; None: float32). Its rows must be no more than the client was asked for, and as
+    many as it claims; ``limits`` bounds sequence lengths, labels, token ids and magnitudes.
     """
-    chunks, problems = wire.decode_chunks(arrays, kind, hidden=hidden, limits=limits)
+    chunks, problems = wire.decode_chunks(arrays, kind, hidden=hidden, limits=limits, codec=codec)
     rows = wire.chunk_rows(chunks)
     if rows > max_rows:
         problems.append(f"{rows} rows uploaded, at most {max_rows} were asked for")
     problems += validate_num_examples(num_examples, rows) if not problems else []
     if not problems and num_examples != rows:
         problems.append(f"num-examples {num_examples} != {rows} rows uploaded")
-    return problems
+    return chunks, problems

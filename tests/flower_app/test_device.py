@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from flower_app.apps.client_app import data_source
-from flower_app.config.schema import load_config
+from flower_app.config.load import load_config
 from flower_app.data import device_cache as device_data
 from flower_app.data.device_cache import DataSource, node_data
 from flower_app.data.files import DataFileError, collate

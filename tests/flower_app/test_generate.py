@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from flower_app.apps.client_app import app as client_app
 from flower_app.apps.generate_app import STATE_ARRAYS, RemoteDevice, generate_on_grid
 from flower_app.apps.runner import InProcessGrid
-from flower_app.config.schema import load_config, to_dict
+from flower_app.config.load import load_config, to_dict
 from flower_app.data.setup import build
 from flower_app.generate.cli import main
 from flower_app.generate.session import (

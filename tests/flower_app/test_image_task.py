@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from flower_app.apps.runner import run_inprocess
-from flower_app.config.schema import load_config, split_settings
+from flower_app.config.load import load_config
+from flower_app.config.strategy_settings import split_settings
 from flower_app.data import setup as setup_mod
 from flower_app.data.files import DataFileError
 from flower_app.data.setup import build
@@ -22,6 +23,9 @@ from strategies.cost.workload import upload_row_bytes
 from strategies.fleet.devices import DeviceProfile
 from strategies.persist.rundir import RunDirectory
 from strategies.wire import names as wire
+from strategies.wire.codecs.registry import wire_codec
+
+FLOAT32 = wire_codec("float32")
 
 TINY = {
     "config": "image",
@@ -126,7 +130,7 @@ def test_noiseless_split_network_equals_the_unsplit_network():
 
     # Execute: client, float32 on the wire, server
     with torch.no_grad():
-        boundary = from_wire(to_wire(client(ids, mask), "float32"))
+        boundary = from_wire(to_wire(client(ids, mask), FLOAT32), FLOAT32)
         split = server(boundary, client.boundary_mask(mask))
         whole = unsplit(ids)
 

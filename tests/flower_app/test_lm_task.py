@@ -8,13 +8,21 @@ import pytest
 import torch
 
 from flower_app.apps.runner import run_inprocess
-from flower_app.config.schema import load_config
+from flower_app.config.load import load_config
 from flower_app.data import files as data_mod
 from flower_app.data.device_cache import _read_encoded, _write_encoded
-from flower_app.data.setup import job_verbalizer
 from flower_app.model.device_part import BUILT_IN_LABELS
 from flower_app.model.loading import tiny_tokenizer
-from flower_app.tasks.lm import IGNORE, LmTally, Templates, encode_lm, lm_loss, templates_for, token_targets
+from flower_app.tasks.lm import (
+    IGNORE,
+    LmTally,
+    Templates,
+    encode_lm,
+    job_verbalizer,
+    lm_loss,
+    templates_for,
+    token_targets,
+)
 from strategies.wire import names as wire
 
 LM = {"model.source": "random-gpt2", "model.head": "lm", "model.pooling": "last", "model.verbalizer": "bad,good"}

@@ -13,6 +13,7 @@ from flower_app.modes import centralized as centralized_mode
 from flower_app.modes import local as local_mode
 from flower_app.modes.training import class_logits
 from strategies.wire import names as wire
+from strategies.wire.codecs.registry import wire_codec
 
 PAD_ID = 0  # "[PAD]" of loading.tiny_tokenizer
 
@@ -154,7 +155,7 @@ def test_train_centralized_on_activations_trains_only_the_server_side():
     state, loss, _ = centralized_mode.train_centralized(
         client,
         server,
-        _chunks(uploaded, "activations"),
+        _chunks(uploaded, "activations", "float16"),
         "activations",
         steps=3,
         batch_size=8,
@@ -241,7 +242,7 @@ def test_train_local_stops_when_told_after_at_least_one_step():
     assert len(seen) == 1 and seen[0][0] == 1 and seen[0][1] > 0
 
 
-def _chunks(uploaded, kind):
-    chunks, problems = wire.decode_chunks(uploaded, kind)
+def _chunks(uploaded, kind, codec="float32"):
+    chunks, problems = wire.decode_chunks(uploaded, kind, codec=wire_codec(codec))
     assert problems == []
     return chunks

@@ -3,13 +3,17 @@
 import numpy as np
 import torch
 
-from flower_app.config.schema import load_config, split_settings
+from flower_app.config.load import load_config
+from flower_app.config.strategy_settings import split_settings
 from flower_app.data.files import batch_plan, collate
 from flower_app.data.setup import build, client_data
 from flower_app.model.split_model import get_state, set_state
 from flower_app.modes.server_model import SplitServer
 from flower_app.modes.split import forward_chunks, replay_plan, replay_step
 from flower_app.modes.training import class_logits
+from strategies.wire.codecs.registry import wire_codec
+
+FLOAT32 = wire_codec("float32")
 
 
 def _loss_after(setup, server, encoded, plan, client_state, server_state):
@@ -31,16 +35,16 @@ def _per_step(setup, server, encoded, plan, state):
     server_state = {k: state[k] for k in server.server_keys}
     for indices in plan:
         batches = forward_chunks(setup.client, encoded, [indices], setup.pad_id, "float32")
-        server_state, grads, _ = server.train_split(server_state, batches)
-        replay_step(setup.client, encoded, indices, grads[0], optimizer, setup.pad_id)
+        server_state, grads, _ = server.train_split(server_state, batches, codec=FLOAT32)
+        replay_step(setup.client, encoded, indices, torch.from_numpy(grads[0]), optimizer, setup.pad_id)
     return get_state(setup.client), server_state
 
 
 def _planned(setup, server, encoded, plan, state):
     set_state(setup.client, state)
     batches = forward_chunks(setup.client, encoded, plan, setup.pad_id, "float32")
-    server_state, grads, _ = server.train_split({k: state[k] for k in server.server_keys}, batches)
-    replay_plan(setup.client, encoded, plan, grads, setup.config.train.lr, setup.pad_id)
+    server_state, grads, _ = server.train_split({k: state[k] for k in server.server_keys}, batches, codec=FLOAT32)
+    replay_plan(setup.client, encoded, plan, grads, setup.config.train.lr, setup.pad_id, codec=FLOAT32)
     return get_state(setup.client), server_state
 
 
@@ -104,8 +108,8 @@ def test_one_split_step_equals_one_adam_step_on_the_unsplit_graph():
     # Execute: the split pieces (client forward -> server step -> client replay) ...
     set_state(setup.client, start)
     batches = forward_chunks(setup.client, encoded, plan, setup.pad_id, "float32")
-    _, grads, _ = server.train_split({k: start[k] for k in server.server_keys}, batches)
-    replay_plan(setup.client, encoded, plan, grads, lr, setup.pad_id)
+    _, grads, _ = server.train_split({k: start[k] for k in server.server_keys}, batches, codec=FLOAT32)
+    replay_plan(setup.client, encoded, plan, grads, lr, setup.pad_id, codec=FLOAT32)
     split_prefix = get_state(setup.client)
     # ... and the unsplit model: client and server part in one autograd graph, one Adam step
     set_state(setup.client, start)

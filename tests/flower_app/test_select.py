@@ -2,7 +2,7 @@
 
 import pytest
 
-from flower_app.config.schema import load_config
+from flower_app.config.load import load_config
 from flower_app.select import choose as select_mod
 from flower_app.select.choose import REGRESSOR_FEATURES, Probe, main, run_candidate, select, write_choice
 from flower_app.select.zoo import load_zoo

@@ -16,10 +16,11 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from flower_app.config.schema import load_config
+from flower_app.config.load import load_config
 from flower_app.generate.session import generate
 from flower_app.model import loading
-from flower_app.model.device_part import CACHE_ENV, device_part
+from flower_app.model.cache import CACHE_ENV
+from flower_app.model.device_part import device_part
 from flower_app.model.loading import SMOLLM2_GGUF, build_random, load, smollm2_path
 from flower_app.model.split_model import SplitSpec, get_state, initial_prefix, set_state, split
 

@@ -20,6 +20,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from strategies.cost.workload import ModelShape
 from strategies.fleet.devices import DeviceProfile, to_config
 from strategies.wire import names as wire
+from strategies.wire.codecs.registry import wire_codec
 from strategies.wire.records import from_record, to_record
 
 HIDDEN = 4
@@ -40,10 +41,10 @@ class FakeServerModel:
     def __init__(self) -> None:
         self.split_calls: list[dict[str, np.ndarray]] = []
 
-    def train_split(self, state, batches, *, lr=None, head_lr=None):
+    def train_split(self, state, batches, *, lr=None, head_lr=None, codec):
         self.split_calls.append({k: np.array(v) for k, v in state.items()})
         trained = {k: np.asarray(state[k]) + len(batches) for k in SERVER_KEYS}
-        return trained, [2.0 * np.asarray(b.inputs, np.float32) for b in batches], 0.5
+        return trained, [codec.encode(2.0 * np.asarray(b.inputs, np.float32)) for b in batches], 0.5
 
     def shape(self) -> ModelShape:
         return ModelShape(
@@ -115,11 +116,13 @@ class FakeClient:
             )
             return Message(RecordDict({wire.PROFILE: record}), reply_to=msg)
         plan = wire.TrainPlan.from_config(msg.content.config_records[wire.CONFIG])
+        codec = wire_codec(plan.activation_dtype)
+        tag = ConfigRecord({wire.CODEC: codec.name})  # boundary tensors in the codec the plan asks for
         if kind == wire.SPLIT_FORWARD:
             rows, tokens = self.forward_shape
             chunks = [
                 wire.Chunk(
-                    np.full((rows, tokens, HIDDEN), self.value, np.float32),
+                    codec.encode(np.full((rows, tokens, HIDDEN), self.value, np.float32)),
                     np.ones((rows, tokens), np.int8),
                     np.full(rows, self.label, np.int64),
                 )
@@ -128,7 +131,13 @@ class FakeClient:
             arrays = to_record(wire.encode_chunks(chunks, "activations"))
             volume = self.volume if self.forward_volume is None else self.forward_volume
             return Message(
-                RecordDict({wire.ACTIVATIONS: arrays, wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: volume})}),
+                RecordDict(
+                    {
+                        wire.ACTIVATIONS: arrays,
+                        wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: volume}),
+                        wire.CONFIG: tag,
+                    }
+                ),
                 reply_to=msg,
             )
         if kind in (wire.SPLIT_BACKWARD, wire.LOCAL):
@@ -139,14 +148,18 @@ class FakeClient:
             return self._reply(msg, {wire.ARRAYS: to_record(mine)})
         if kind == wire.UPLOAD:
             chunk = wire.Chunk(
-                np.full((plan.upload_rows, 3, HIDDEN), self.value, np.float32),
+                codec.encode(np.full((plan.upload_rows, 3, HIDDEN), self.value, np.float32)),
                 np.ones((plan.upload_rows, 3), np.int8),
                 np.zeros(plan.upload_rows, np.int64),
             )
             upload = to_record(wire.encode_chunks([chunk], "activations"))
             return Message(
                 RecordDict(
-                    {wire.UPLOAD_RECORD: upload, wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: plan.upload_rows})}
+                    {
+                        wire.UPLOAD_RECORD: upload,
+                        wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: plan.upload_rows}),
+                        wire.CONFIG: tag,
+                    }
                 ),
                 reply_to=msg,
             )

@@ -9,13 +9,14 @@ import pytest
 import yaml
 
 from flower_app.apps.client_app import node_channel
-from flower_app.config.schema import load_config
+from flower_app.config.load import load_config
 from strategies.cost.workload import ModelShape
 from strategies.fleet import channel
 from strategies.fleet.channel import ChannelProcess, gain_offset_db, planning_round, profile_at
 from strategies.fleet.devices import load_fleet_spec, sample_channels, sample_fleet
 from strategies.fleet.state import ClientInfo, FleetState
 from strategies.persist.rundir import RunDirectory
+from strategies.policy.groupings.registry import grouping_params
 from strategies.policy.policies import Policy
 from strategies.settings import SplitSettings
 from strategies.strategy import SplitPrefixStrategy
@@ -230,7 +231,7 @@ def test_requery_regroups_clients_whose_channel_faded_across_the_split_local_bou
     clients = [FakeClient(p, 1.0, 10, strong=False) for p in range(3)]
     for c in clients:
         c.profile = replace(c.profile, channel_gain=10 ** (-97.0 / 10.0))
-    policy = Policy(name="cost", cost_modes=("local", "split"))
+    policy = Policy(name="cost", params=grouping_params(cost_modes=("local", "split")))
     settings = SplitSettings(
         steps=10, batch_size=4, wait_for_nodes_s=0, seed=7, policy=policy, requery_every=requery_every
     )

@@ -4,18 +4,11 @@ import numpy as np
 import pytest
 
 from strategies.cost.workload import vector_bytes
-from strategies.settings import ACTIVATION_DTYPES
 from strategies.wire import names as wire
-from strategies.wire.compression import (
-    INT4_LEVELS,
-    LEVELS,
-    SCALE_BYTES,
-    dequantize_int4,
-    dequantize_int8,
-    quantize_int4,
-    quantize_int8,
-    to_wire_dtype,
-)
+from strategies.wire.codecs.int4 import INT4_LEVELS, dequantize_int4, quantize_int4
+from strategies.wire.codecs.int8 import LEVELS, dequantize_int8, quantize_int8
+from strategies.wire.codecs.registry import wire_codec
+from strategies.wire.codecs.scaled import SCALE_BYTES
 
 
 def test_zero_vectors_and_extremes_survive():
@@ -48,9 +41,9 @@ def test_the_chunk_codec_unpacks_int8_activations_before_checking_them():
     arrays = wire.encode_chunks([chunk], wire.ACTIVATIONS_KIND)
 
     # Execute
-    chunks, problems = wire.decode_chunks(arrays, wire.ACTIVATIONS_KIND, hidden=16)
+    chunks, problems = wire.decode_chunks(arrays, wire.ACTIVATIONS_KIND, hidden=16, codec=wire_codec("int8"))
     broken = dict(arrays, **{"act.0": arrays["act.0"][..., :3]})
-    _, broken_problems = wire.decode_chunks(broken, wire.ACTIVATIONS_KIND, hidden=16)
+    _, broken_problems = wire.decode_chunks(broken, wire.ACTIVATIONS_KIND, hidden=16, codec=wire_codec("int8"))
 
     # Assert
     assert problems == [] and chunks[0].inputs.dtype == np.float32 and chunks[0].inputs.shape == (2, 5, 16)
@@ -137,13 +130,14 @@ def test_hostile_int4_packings_are_refused():
 def test_the_chunk_codec_unpacks_int4_activations_and_the_wire_counts_their_bytes():
     # Arrange
     x = np.random.default_rng(3).normal(size=(2, 5, 16)).astype(np.float32)
-    chunk = wire.Chunk(to_wire_dtype(x, "int4"), np.ones((2, 5), np.int8), np.array([0, 1]))
+    int4 = wire_codec("int4")
+    chunk = wire.Chunk(int4.encode(x), np.ones((2, 5), np.int8), np.array([0, 1]))
 
     # Execute
     chunks, problems = wire.decode_chunks(
-        wire.encode_chunks([chunk], wire.ACTIVATIONS_KIND), wire.ACTIVATIONS_KIND, hidden=16
+        wire.encode_chunks([chunk], wire.ACTIVATIONS_KIND), wire.ACTIVATIONS_KIND, hidden=16, codec=int4
     )
 
     # Assert: unpacked to float32 of the stated width, and planned bytes match what is sent
     assert problems == [] and chunks[0].inputs.dtype == np.float32 and chunks[0].inputs.shape == (2, 5, 16)
-    assert chunk.inputs.nbytes == 2 * 5 * vector_bytes(16, ACTIVATION_DTYPES["int4"])
+    assert chunk.inputs.nbytes == 2 * 5 * vector_bytes(16, int4.bytes_per_value) == 2 * 5 * int4.vector_bytes(16)

@@ -7,6 +7,8 @@ from strategies.cost.workload import local_workload, split_workload, upload_work
 from strategies.fleet.devices import DeviceProfile, load_fleet_spec, sample_fleet
 from strategies.policy.allocation import allocate
 from strategies.policy.grouping import ModeAssignment
+from strategies.policy.groupings.cost import CostParams
+from strategies.policy.groupings.registry import grouping_params
 from strategies.policy.policies import (
     Policy,
     assign,
@@ -69,12 +71,22 @@ def _workloads(policy, profiles, available=None, emulator_layers=1, upload_kind=
         ({"name": "threshold", "strong_mode": "cloud"}, "mode 'cloud'"),
         ({"name": "kmeans", "kmeans_modes": ("split", "federated")}, "mode 'federated'"),
         ({"name": "cost", "cost_modes": ("Local",)}, "mode 'Local'"),
+        ({"name": "cost", "cost_mode": ("local",)}, "no grouping policy has the parameters \\['cost_mode'\\]"),
     ],
 )
 def test_policy_rejects_unknown_names(kwargs, match):
+    # Prepare
+    name = kwargs.pop("name")
+
     # Execute / Assert
     with pytest.raises(ValueError, match=match):
-        Policy(**kwargs)
+        Policy(name, params=grouping_params(**kwargs))
+
+
+def test_policy_rejects_parameters_of_another_policy():
+    # Execute / Assert: the threshold policy's slot holds ThresholdParams only
+    with pytest.raises(ValueError, match="policy 'threshold' takes ThresholdParams, got CostParams"):
+        Policy("threshold", params={"threshold": CostParams()})
 
 
 @pytest.mark.parametrize(
@@ -84,13 +96,19 @@ def test_policy_rejects_unknown_names(kwargs, match):
         (Policy("local"), ("local",)),
         (Policy("centralized"), ("centralized",)),
         (Policy("threshold"), ("split", "centralized")),  # weak centralized, strong split
-        (Policy("threshold", weak_mode="centralized", strong_mode="local"), ("local", "centralized")),
-        (Policy("threshold", weak_mode="split", strong_mode="split"), ("split",)),
+        (
+            Policy("threshold", params=grouping_params(weak_mode="centralized", strong_mode="local")),
+            ("local", "centralized"),
+        ),
+        (Policy("threshold", params=grouping_params(weak_mode="split", strong_mode="split")), ("split",)),
         (Policy("kmeans"), ("local", "split", "centralized")),
-        (Policy("kmeans", kmeans_modes=("centralized", "split")), ("split", "centralized")),
-        (Policy("cost", cost_modes=("split", "local")), ("local", "split")),
+        (Policy("kmeans", params=grouping_params(kmeans_modes=("centralized", "split"))), ("split", "centralized")),
+        (Policy("cost", params=grouping_params(cost_modes=("split", "local"))), ("local", "split")),
         # The other policies' settings do not leak into a single-mode policy.
-        (Policy("split", weak_mode="local", kmeans_modes=("local",), cost_modes=("local",)), ("split",)),
+        (
+            Policy("split", params=grouping_params(weak_mode="local", kmeans_modes=("local",), cost_modes=("local",))),
+            ("split",),
+        ),
     ],
 )
 def test_policy_modes_in_modes_order(policy, modes):
@@ -189,7 +207,9 @@ def test_assign_single_mode_puts_everyone_in_group_zero(mode):
 
 def test_assign_threshold_splits_on_capability():
     # Prepare: capabilities 1e8, 5e8 (exactly the threshold) and 2e9 FLOP/s
-    policy = Policy("threshold", threshold_flops=5e8, weak_mode="centralized", strong_mode="local")
+    policy = Policy(
+        "threshold", params=grouping_params(threshold_flops=5e8, weak_mode="centralized", strong_mode="local")
+    )
     profiles = {7: _profile(cycles_per_flop=10.0), 2: _profile(cycles_per_flop=2.0), 5: _profile(cycles_per_flop=0.5)}
 
     # Execute
@@ -207,7 +227,7 @@ def test_assign_threshold_splits_on_capability():
 
 def test_assign_threshold_on_sampled_fleet():
     # Prepare: phones do 0.8 - 10 GFLOP/s, base stations 100 - 600
-    policy = Policy("threshold", threshold_flops=20e9)
+    policy = Policy("threshold", params=grouping_params(threshold_flops=20e9))
     profiles = _bimodal()
 
     # Execute
@@ -225,7 +245,7 @@ def test_assign_threshold_on_sampled_fleet():
 @pytest.mark.parametrize("cost_modes", [("local", "split", "centralized"), ("centralized", "split")])
 def test_assign_cost_picks_a_fitting_mode_for_everyone(cost_modes):
     # Prepare
-    policy = Policy("cost", cost_modes=cost_modes)
+    policy = Policy("cost", params=grouping_params(cost_modes=cost_modes))
     profiles = _bimodal()
     workloads = _workloads(policy, profiles)
 
@@ -243,7 +263,7 @@ def test_assign_cost_picks_a_fitting_mode_for_everyone(cost_modes):
 
 def test_assign_kmeans_more_modes_than_clients_fails():
     # Prepare
-    policy = Policy("kmeans", kmeans_modes=("centralized", "split", "local"))
+    policy = Policy("kmeans", params=grouping_params(kmeans_modes=("centralized", "split", "local")))
     profiles = {0: _profile(), 1: _profile(cycles_per_flop=0.1)}
 
     # Execute / Assert
@@ -253,7 +273,7 @@ def test_assign_kmeans_more_modes_than_clients_fails():
 
 def test_assign_kmeans_groups_weakest_first():
     # Prepare
-    policy = Policy("kmeans", kmeans_modes=("centralized", "local"), seed=1)
+    policy = Policy("kmeans", seed=1, params=grouping_params(kmeans_modes=("centralized", "local")))
     profiles = _bimodal()
 
     # Execute
@@ -307,7 +327,7 @@ def test_assignment_config_over_budget_runs_at_full_speed():
 
 def test_assignment_config_adds_threshold_for_threshold_policy():
     # Prepare
-    policy = Policy("threshold", threshold_flops=5e8)
+    policy = Policy("threshold", params=grouping_params(threshold_flops=5e8))
     profiles = {0: _profile(cycles_per_flop=10.0)}
     assignment = assign(policy, profiles, _workloads(policy, profiles))[0]
 
@@ -336,7 +356,7 @@ def test_effective_allocation_keeps_a_fitting_allocation():
 @pytest.mark.parametrize("mode", ["local", "centralized"])
 def test_reassign_changes_mode_and_keeps_client_and_group(mode):
     # Prepare
-    policy = Policy("threshold", threshold_flops=5e8, local_epochs=3, batch_size=8)
+    policy = Policy("threshold", local_epochs=3, batch_size=8, params=grouping_params(threshold_flops=5e8))
     profiles = {4: _profile(cycles_per_flop=0.5)}
     workloads = _workloads(policy, profiles)
     before = assign(policy, profiles, workloads)[4]

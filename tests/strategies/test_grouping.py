@@ -6,14 +6,11 @@ import pytest
 from strategies.cost.costmodel import Allocation, Workload
 from strategies.fleet.devices import DeviceProfile
 from strategies.policy.allocation import allocate
-from strategies.policy.grouping import (
-    GroupConfig,
-    assign_cost,
-    assign_kmeans,
-    assign_single,
-    assign_threshold,
-    kmeans,
-)
+from strategies.policy.grouping import GroupConfig
+from strategies.policy.groupings.cost import assign_cost
+from strategies.policy.groupings.kmeans import assign_kmeans, kmeans
+from strategies.policy.groupings.single import assign_single
+from strategies.policy.groupings.threshold import assign_threshold
 
 LOCAL = GroupConfig("local", local_epochs=2, batch_size=8)
 SPLIT = GroupConfig("split", local_epochs=1, batch_size=16)

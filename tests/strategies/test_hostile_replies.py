@@ -112,8 +112,8 @@ def test_a_forward_reply_outside_the_plan_is_dropped_before_the_server_trains_on
 class DivergingServer(FakeServerModel):
     """Its steps on activations of 13 come out NaN (what huge-but-bounded inputs can do)."""
 
-    def train_split(self, state, batches, *, lr=None, head_lr=None):
-        trained, grads, loss = super().train_split(state, batches, lr=lr, head_lr=head_lr)
+    def train_split(self, state, batches, *, lr=None, head_lr=None, codec):
+        trained, grads, loss = super().train_split(state, batches, lr=lr, head_lr=head_lr, codec=codec)
         if float(np.asarray(batches[0].inputs).flat[0]) == 13.0:
             trained = {k: np.full_like(v, np.nan) for k, v in trained.items()}
         return trained, grads, loss

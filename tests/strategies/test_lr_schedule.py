@@ -53,9 +53,9 @@ class RecordingServer(FakeServerModel):
         super().__init__()
         self.rates: list[tuple[float, float]] = []
 
-    def train_split(self, state, batches, *, lr=None, head_lr=None):
+    def train_split(self, state, batches, *, lr=None, head_lr=None, codec):
         self.rates.append((lr, head_lr))
-        return super().train_split(state, batches, lr=lr, head_lr=head_lr)
+        return super().train_split(state, batches, lr=lr, head_lr=head_lr, codec=codec)
 
 
 def test_the_server_and_the_clients_train_at_the_rounds_rates():

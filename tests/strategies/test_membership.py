@@ -15,6 +15,7 @@ from strategies.fleet.devices import to_config
 from strategies.fleet.membership import admit, profile_updates, requery_due
 from strategies.fleet.state import ClientInfo, client_info
 from strategies.persist.rundir import RunDirectory
+from strategies.policy.groupings.registry import grouping_params
 from strategies.policy.policies import Policy
 from strategies.policy.requirements import Failure, FailureCause, failure_to_config
 from strategies.settings import SplitSettings
@@ -271,7 +272,7 @@ def test_a_node_that_reconnects_under_its_node_id_is_sampled_again_without_a_que
 def test_requery_every_2_rounds_moves_a_client_whose_channel_changed_to_another_group(tmp_path, caplog):
     # Prepare: weak clients under the cost policy train in split mode over a good channel and
     # locally over a bad one; client 1's channel turns bad after round 1
-    policy = Policy(name="cost", cost_modes=("local", "split"))
+    policy = Policy(name="cost", params=grouping_params(cost_modes=("local", "split")))
     settings = replace(SETTINGS, requery_every=2, policy=policy)
     clients = [FakeClient(p, 1.0, 10, strong=False) for p in range(3)]
     grid = fleet(clients)
@@ -341,7 +342,9 @@ def test_a_node_takes_over_the_id_of_a_node_that_disconnected_with_its_strikes_a
     # Prepare: under the cost policy client 1 starts in local mode; it reports insufficient compute
     # in round 1 (the failure policy moves it to split) and an error in round 2 (a strike); its
     # node then restarts under a new node id and fails again in round 3 (a second strike: out)
-    settings = replace(SETTINGS, max_strikes=2, policy=Policy(name="cost", cost_modes=("local", "split")))
+    settings = replace(
+        SETTINGS, max_strikes=2, policy=Policy(name="cost", params=grouping_params(cost_modes=("local", "split")))
+    )
     clients = [FakeClient(0, 1.0, 10), FakeClient(1, 2.0, 30), FakeClient(2, 3.0, 30)]
     grid = fleet(clients)
     grid.handlers[101] = _failing(clients[1], {1: FailureCause.INSUFFICIENT_COMPUTE, 2: FailureCause.CLIENT_ERROR})
@@ -436,7 +439,7 @@ def test_a_partitioning_that_disagrees_is_refused_and_an_own_data_device_is_admi
 def test_a_mode_the_failure_policy_changed_survives_a_re_plan(tmp_path, caplog):
     # Prepare: under the cost policy strong clients train locally; client 1 reports insufficient
     # compute in round 1 and moves to split; client 3 joins after round 1 (a re-plan)
-    policy = Policy(name="cost", cost_modes=("local", "split", "centralized"))
+    policy = Policy(name="cost", params=grouping_params(cost_modes=("local", "split", "centralized")))
     settings = replace(SETTINGS, policy=policy)
     clients = [FakeClient(p, 1.0 + p / 2, 10 * (p + 1)) for p in range(4)]
     grid = fleet(clients[:3])
@@ -458,7 +461,7 @@ def test_a_mode_the_failure_policy_changed_survives_a_re_plan(tmp_path, caplog):
 
 def test_a_checkpoint_keeps_who_was_unreachable_and_the_moved_modes(tmp_path):
     # Prepare: client 2's node left in round 2; client 1 was moved to split by the failure policy
-    policy = Policy(name="cost", cost_modes=("local", "split"))
+    policy = Policy(name="cost", params=grouping_params(cost_modes=("local", "split")))
     settings = replace(SETTINGS, policy=policy)
     clients = [FakeClient(0, 1.0, 10), FakeClient(1, 2.0, 30), FakeClient(2, 3.0, 30)]
     grid = fleet(clients)

@@ -5,11 +5,13 @@ import json
 import pytest
 
 from flower_app.apps.runner import run_inprocess
-from flower_app.config.schema import load_config, split_settings
+from flower_app.config.load import load_config
+from flower_app.config.strategy_settings import split_settings
 from strategies.cost.costmodel import EnergyLedger
 from strategies.persist.checkpoint import load_checkpoint
 from strategies.probing import judge as probing
-from strategies.probing.modes import Mode, apply_mode, parse_mode
+from strategies.probing.controller import apply_mode
+from strategies.probing.modes import Mode, parse_mode
 from strategies.round.record import simulate
 from strategies.settings import SplitSettings
 from strategies.wire import names as wire
@@ -25,14 +27,14 @@ def test_mode_specs_parse_and_change_one_setting_of_the_basic_ones():
     assert apply_mode(basic, "topk:0.25").upload_topk == 0.25
     assert apply_mode(basic, "plan:3").steps == 18  # three times the basic plan per exchange
     for spec in ("topk:1", "topk:0", "topk:x", "plan:1", "plan:2.5", "bf16", "plan"):
-        with pytest.raises(ValueError, match="must be float16, int8, int4, topk:F"):
+        with pytest.raises(ValueError, match="must be float16, int8, int4, bfloat16, topk:F"):
             parse_mode(spec)
 
 
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"strategy.probe-mode": "plan:1"}, "'strategy.probe-mode'='plan:1' must be float16, int8, int4, topk:F"),
+        ({"strategy.probe-mode": "plan:1"}, "'strategy.probe-mode'='plan:1' must be float16, int8, int4, bfloat16"),
         ({"strategy.probe-mode": "int8", "strategy.probe-dtype": "int8"}, "set one"),  # two names for one thing
         ({"train.upload-topk": 0.0}, "'train.upload-topk'=0.0 is below its minimum"),
     ],

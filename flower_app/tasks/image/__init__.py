@@ -1,0 +1,1 @@
+"""Image semantic communication: a split network, offline image sets, a noisy channel at the split."""

@@ -1,4 +1,4 @@
-"""The image task (``task.family=image``): offline image sets, the job's setup, the device part.
+"""The image family (``task.family=image``): offline image sets, the job's setup, the device part.
 
 Data, offline only:
 
@@ -11,22 +11,32 @@ Images become :class:`~flower_app.data.files.Encoded` rows of pixel levels (one 
 pixel), so partitions, batch plans, uploads and the wire treat them like token ids. The
 pool/test split and the partitions follow the text task's seeded rules
 (:func:`flower_app.data.files.partition`).
+
+The network (:mod:`flower_app.tasks.image.model`, torch) is imported where a part is built,
+so that a node looks this family up without loading torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from flower_app.config.schema import Config
 from flower_app.data import files as data_mod
+from flower_app.data.device_cache import DataSource
 from flower_app.model.device_part import DevicePart
-from flower_app.model.emulator import spaced_layers
-from flower_app.tasks.image.model import ImageSpec, build_parts, levels_to_ids
+from flower_app.tasks.family import ServerHalf, Setup, TaskFamily
+from strategies.fleet.profile import DeviceProfile
+from strategies.settings import SplitSettings
+from strategies.wire import names as wire
+
+if TYPE_CHECKING:
+    from flower_app.tasks.image.model import ImageSpec
 
 DIGIT_NAMES = tuple(str(i) for i in range(10))
 CIFAR_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -89,6 +99,8 @@ def _torchvision_set(dataset: str, data_root: str) -> ImageSet:
 
 
 def image_spec(config: Config, images: ImageSet) -> ImageSpec:
+    from flower_app.tasks.image.model import ImageSpec
+
     i = config.image
     mean, std = _STATS[i.dataset]
     _, channels, height, width = images.images.shape
@@ -125,6 +137,8 @@ def pool_and_test(config: Config) -> tuple[ImageSet, ImageSet]:
 
 
 def encode_images(images: ImageSet) -> data_mod.Encoded:
+    from flower_app.tasks.image.model import levels_to_ids
+
     return data_mod.Encoded(levels_to_ids(images.images), images.labels)
 
 
@@ -147,9 +161,27 @@ def partition_encoded(config: Config, partition_id: int, num_partitions: int) ->
     """The encoded partition a node holds: its share of the pool, plus its augmented copies."""
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id {partition_id} is outside [0, {num_partitions})")
-    pool = _dataset(config)[0]
-    share = pool.subset(_partitions(config, num_partitions)[partition_id])
+    return _encoded_share(config, _dataset(config)[0], _partitions(config, num_partitions)[partition_id], partition_id)
+
+
+def partition_data(setup: Setup, indices: np.ndarray, partition_id: int) -> data_mod.Encoded:
+    """Partition ``partition_id`` of the job's pool (sample ``indices``), plus its augmented copies."""
+    return _encoded_share(setup.config, setup.pool, indices, partition_id)
+
+
+def _encoded_share(config: Config, pool: ImageSet, indices: Any, partition_id: int) -> data_mod.Encoded:
+    # Each partition augments with its own seed: the copies differ between nodes, not between runs.
+    share = pool.subset(indices)
     return encode_images(augmented(share, config.image.augment, config.run.seed * 1000 + partition_id))
+
+
+def node_data(config: Config, source: DataSource, root: Path) -> data_mod.Encoded:
+    """A node's partition of ``image.dataset``, read in memory (no disk cache: the sets are small)."""
+    if source.data_path:
+        raise data_mod.DataFileError(
+            "task.family=image reads partitions of image.dataset; a node's own data-path is for text"
+        )
+    return partition_encoded(config, source.client_id, source.num_partitions)
 
 
 @lru_cache(maxsize=4)
@@ -159,10 +191,10 @@ def _partitions(config: Config, num_partitions: int) -> tuple[np.ndarray, ...]:
     return tuple(data_mod.partition(pool.labels, num_partitions, d.partitioner, d.alpha, config.run.seed))
 
 
-def build_setup(config: Config) -> Any:
-    """The job's :class:`~flower_app.data.setup.Setup` for the image task (no tokenizer, no verbalizer)."""
-    from flower_app.data.setup import Setup
+def build_setup(config: Config) -> Setup:
+    """The job's :class:`~flower_app.tasks.family.Setup` for the image task (no tokenizer, no verbalizer)."""
     from flower_app.model.split_model import get_state
+    from flower_app.tasks.image.model import build_parts
 
     pool, test = _dataset(config)
     spec = image_spec(config, pool)
@@ -170,18 +202,69 @@ def build_setup(config: Config) -> Any:
     # Setup is typed for the text parts; the image parts answer the same calls.
     client_part, server_part = cast(Any, client), cast(Any, server)
     state = {**get_state(client_part), **get_state(server_part)}
-    return Setup(config, server.spec, client_part, server_part, None, 0, None, pool, test, state)
+    return Setup(config, server.spec, client_part, server_part, None, 0, None, pool, test, state, encode_images)
+
+
+def device_part(config: Config, root: Path) -> DevicePart:
+    """What a device holds: the encoder and channel, and the emulator's kept decoder blocks.
+
+    Built in memory from the seed (a few thousand weights; the values come from the server),
+    so ``root``, the device's cache, is not read.
+    """
+    return _device_part(config)
 
 
 @lru_cache(maxsize=4)
-def device_part(config: Config) -> DevicePart:
-    """What a device holds: the encoder and channel, and the emulator's kept decoder blocks.
+def _device_part(config: Config) -> DevicePart:
+    from flower_app.model.emulator import spaced_layers
+    from flower_app.tasks.image.model import build_parts
 
-    Built in memory from the seed (a few thousand weights; the values come from the server).
-    """
     pool, _ = _dataset(config)
     spec = image_spec(config, pool)
     client, server = build_parts(spec, config.run.seed)
     blocks = server.stack.indices
     upper = server.emulator(spaced_layers(blocks, config.train.emulator_layers or len(blocks)))
     return DevicePart("image", server.spec, client, upper, len(blocks), 0, None, pool.label_names)
+
+
+def server_model(setup: Setup, settings: SplitSettings) -> ServerHalf:
+    from flower_app.tasks.image.server import ImageServer  # torch: the server's side only
+
+    return ImageServer(setup, settings)
+
+
+def device_snr_db(config: Config, profile: DeviceProfile) -> float | None:
+    """The SNR of this device's encoding in training forwards (None: noiseless).
+
+    From its channel profile (``p h / N0B``) or the config's ``image.snr-db``; None when the
+    channel is noiseless or only the test sees noise (``image.channel-train=false``).
+    """
+    from flower_app.tasks.image.channel import profile_snr_db
+
+    i = config.image
+    if i.channel == "noiseless" or not i.channel_train:
+        return None
+    return profile_snr_db(profile) if i.snr_source == "profile" else i.snr_db
+
+
+def prepare_device(config: Config, device: DevicePart, profile: DeviceProfile, seed: int) -> None:
+    """Set the encoder's channel to this device's SNR, its noise drawn from the round's ``seed``."""
+    device.client.channel.configure(device_snr_db(config, profile), seed)
+
+
+def metrics(config: Config) -> tuple[str, ...]:
+    """Loss and accuracy of the classes decoded from what crossed the channel."""
+    return (wire.LOSS, wire.ACCURACY)
+
+
+IMAGE = TaskFamily(
+    name="image",
+    setup=build_setup,
+    device_part=device_part,
+    server_model=server_model,
+    partition_data=partition_data,
+    node_data=node_data,
+    prepare_device=prepare_device,
+    metrics=metrics,
+    resume_keys=("image",),
+)

@@ -1,0 +1,1 @@
+"""Grouping policies, one module each, listed once in :mod:`strategies.policy.groupings.registry`."""
