@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup config-reference device run run-inprocess scale lint test test-fast bench bench-hetero-seeds bench-robust bench-scale bench-deploy bench-llm bench-probe bench-semcom bench-select clean
+.PHONY: results-hetero setup docs config-reference device run run-inprocess scale lint test test-fast bench bench-hetero-seeds bench-robust bench-scale bench-deploy bench-llm bench-probe bench-semcom bench-select clean
 
 setup: $(STAMP)
 
@@ -36,8 +36,12 @@ run-inprocess: setup
 scale: setup
 	scripts/flwr_run.sh 1000 "config='scale' run.run-dir='$(CURDIR)/runs/scale' $(RUN_CONFIG)"
 
-# ruff (lint + format) on the code, mypy (strict on strategies/, see pyproject.toml), then pytest.
-lint: setup
+# The docs site (mkdocs.yml, docs/) into site/, offline; --strict fails on a broken link or reference.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet --site-dir site
+
+# ruff (lint + format) on the code, mypy (strict on strategies/, see pyproject.toml), the docs site, then pytest.
+lint: setup docs
 	$(PY) -m ruff check flower_app strategies tests bench
 	$(PY) -m ruff format --check flower_app strategies tests bench
 	$(PY) -m mypy
@@ -61,6 +65,11 @@ bench-hetero-seeds: setup
 # Image semantic communication: accuracy against SNR, grouping against plain FL (a few minutes).
 bench-semcom: setup
 	nice -n 10 $(PY) bench/semcom.py --nodes 4 --rounds 15
+
+# Paste the hetero table, with its source, into docs/results.md from bench/hetero.py outputs:
+#   make results-hetero OUT="runs/bench-hetero/seed-42 runs/bench-hetero/seed-43 runs/bench-hetero/seed-44"
+results-hetero: setup
+	$(PY) bench/results.py hetero $(OUT)
 
 bench-robust: setup
 	$(PY) bench/robust.py --nodes 10 --rounds 3

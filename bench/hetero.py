@@ -14,7 +14,8 @@ the trainable tensors, prefix and head, travel), then the grouping policies thre
 ``threshold``, then all split; and ``threshold+deadline``: threshold grouping with a 30 s
 round deadline (``strategy.round-deadline-s``: clients the cost model expects to need longer
 sit the round out); ``staged+deadline``: that for rounds 1-3, then everyone split with no
-deadline (``threshold:3@30,split``).
+deadline (``threshold:3@30,split``); ``random``: modes drawn at seeded random, a baseline
+for the policies.
 
 Columns: simulated time until held-out accuracy first reaches ``--target``,
 final accuracy, uplink bytes, client energy, client-rounds over their energy
@@ -46,7 +47,11 @@ from pathlib import Path
 from flower_app.apps.runner import run_inprocess
 from flower_app.config.load import load_config
 from flower_app.config.overrides import overrides_of
+from flower_app.progress import progress, write_line
 from strategies.persist.rundir import RunDirectory
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import record_provenance  # noqa: E402  (bench/results.py, beside this script)
 
 ROWS = {
     "all-local": {"strategy.policy": "local"},
@@ -59,6 +64,7 @@ ROWS = {
     "staged": {"strategy.policy-schedule": "cost:1,threshold:2,split"},
     "threshold+deadline": {"strategy.policy": "threshold", "strategy.round-deadline-s": 30.0},
     "staged+deadline": {"strategy.policy-schedule": "threshold:3@30,split"},
+    "random": {"strategy.policy": "random"},  # modes at seeded random: a baseline for the policies above
 }
 SINGLE = ("all-local", "all-split", "all-centralized", "prefix FedAvg")
 
@@ -71,7 +77,7 @@ def time_to_target(rounds: list[dict], target: float) -> float | None:
 def run_row(name: str, overrides: dict, base: dict, nodes: int, out: Path) -> dict:
     run_dir = out / name.replace(" ", "-").lower()
     config = {**base, **overrides, "run.run-dir": str(run_dir)}
-    print(f"--- {name}: {' '.join(f'{k}={v}' for k, v in overrides.items())}", flush=True)
+    write_line(f"--- {name}: {' '.join(f'{k}={v}' for k, v in overrides.items())}")  # print, bar kept whole
     tick = time.perf_counter()
     summary = run_inprocess(config, num_nodes=nodes)
     wall = time.perf_counter() - tick
@@ -246,8 +252,10 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"--only: no row named {', '.join(unknown)} (rows: {', '.join(ROWS)})")
     out = Path(args.out)
+    record_provenance(out, [sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     rows = []
-    for name in chosen:  # in the order asked; hetero.json after every row, so a stopped bench keeps its rows
+    # In the order asked; hetero.json after every row, so a stopped bench keeps its rows.
+    for name in progress(chosen, "hetero rows"):
         rows.append(run_row(name, ROWS[name], base, args.nodes, out))
         _save(rows, out)
     print()

@@ -33,6 +33,7 @@ import yaml
 
 from flower_app.apps.runner import run_inprocess
 from flower_app.config.load import from_dict, load_config, to_dict
+from flower_app.progress import progress, write_line
 from strategies.persist.rundir import RunDirectory
 
 FLEETS = {
@@ -47,7 +48,7 @@ def time_to_target(rounds: list[dict], target: float) -> float | None:
 def run(overrides: dict, out: Path, nodes: int, reuse: Path | None = None) -> list[dict]:
     """A whole run's round records; with ``reuse``, an earlier completed run of the same config there."""
     if reuse is not None and _same_run(overrides, reuse):
-        print(f"    reusing {reuse}", flush=True)
+        write_line(f"    reusing {reuse}")
         return RunDirectory(reuse).rounds()
     run_inprocess({**overrides, "run.run-dir": str(out)}, num_nodes=nodes)
     return RunDirectory(out).rounds()
@@ -104,32 +105,33 @@ def main(argv: list[str] | None = None) -> int:
     base = {"config": "test", "strategy.policy": "split", "run.num-rounds": args.rounds}
     base.update(dict(item.split("=", 1) for item in args.overrides))
     out, started, rows = Path(args.out), time.perf_counter(), []
-    for fleet, preset in ((f, FLEETS[f]) for f in args.fleets):
-        for seed in args.seeds:
-            common = {**base, "fleet.preset": str(preset), "run.seed": seed}
-            where = out / fleet / f"seed{seed}"
-            print(f"--- {fleet}, seed {seed}", flush=True)
-            earlier = Path(args.reuse_from) / fleet / f"seed{seed}" if args.reuse_from else None
-            single = {
-                d: run({**common, "train.activation-dtype": d}, where / d, args.nodes, earlier and earlier / d)
-                for d in ("float32", args.mode)
-            }
-            probe = {"strategy.probe-mode": args.mode, "strategy.probe-rounds": str(args.probe_round)}
-            probed = run({**common, **probe}, where / "probe", args.nodes)
-            halves = run({**common, **probe, "strategy.probe-variant": "parallel"}, where / "parallel", args.nodes)
-            best = better(single, args.target, args.tie)
-            decision, rate = decided(probed)
-            row = {"fleet": fleet, "seed": seed, "mode": args.mode, "decision": decision, "better": best}
-            row["agrees"] = decision == best
-            row["rate"] = rate
-            row["parallel"] = dict(zip(("decision", "rate"), decided(halves), strict=True))
-            row["parallel"]["agrees"] = row["parallel"]["decision"] == best
-            runs = {**single, "probe": probed, "parallel": halves}
-            row["time-to-target"] = {d: time_to_target(r, args.target) for d, r in runs.items()}
-            row["final-accuracy"] = {d: r[-1]["accuracy"] for d, r in runs.items()}
-            row["final-loss"] = {d: r[-1]["eval-loss"] for d, r in runs.items()}
-            row["uplink-mb"] = {d: sum(x["bytes-up"] for x in r) / 1e6 for d, r in runs.items()}
-            rows.append(row)
+    pairs = [(f, seed) for f in args.fleets for seed in args.seeds]
+    for fleet, seed in progress(pairs, "fleets x seeds (4 runs each)"):
+        preset = FLEETS[fleet]
+        common = {**base, "fleet.preset": str(preset), "run.seed": seed}
+        where = out / fleet / f"seed{seed}"
+        write_line(f"--- {fleet}, seed {seed}")  # print, bar kept whole
+        earlier = Path(args.reuse_from) / fleet / f"seed{seed}" if args.reuse_from else None
+        single = {
+            d: run({**common, "train.activation-dtype": d}, where / d, args.nodes, earlier and earlier / d)
+            for d in ("float32", args.mode)
+        }
+        probe = {"strategy.probe-mode": args.mode, "strategy.probe-rounds": str(args.probe_round)}
+        probed = run({**common, **probe}, where / "probe", args.nodes)
+        halves = run({**common, **probe, "strategy.probe-variant": "parallel"}, where / "parallel", args.nodes)
+        best = better(single, args.target, args.tie)
+        decision, rate = decided(probed)
+        row = {"fleet": fleet, "seed": seed, "mode": args.mode, "decision": decision, "better": best}
+        row["agrees"] = decision == best
+        row["rate"] = rate
+        row["parallel"] = dict(zip(("decision", "rate"), decided(halves), strict=True))
+        row["parallel"]["agrees"] = row["parallel"]["decision"] == best
+        runs = {**single, "probe": probed, "parallel": halves}
+        row["time-to-target"] = {d: time_to_target(r, args.target) for d, r in runs.items()}
+        row["final-accuracy"] = {d: r[-1]["accuracy"] for d, r in runs.items()}
+        row["final-loss"] = {d: r[-1]["eval-loss"] for d, r in runs.items()}
+        row["uplink-mb"] = {d: sum(x["bytes-up"] for x in r) / 1e6 for d, r in runs.items()}
+        rows.append(row)
     print_table(rows, args.target, args.mode)
     print(f"\nbench wall time {time.perf_counter() - started:.0f} s")
     out.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ import math
 import time
 from pathlib import Path
 
+from flower_app.progress import progress, write_line
 from flower_app.select.choose import Assessment, run_candidate, select
 from flower_app.select.frozen_features import zero_cost_score
 from flower_app.select.zoo import load_zoo
@@ -43,16 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     feasible = [a for a in selection.assessments if a.feasible]
 
     tick = time.process_time()
-    zero_cost = [zero_cost_score(a.candidate.config) for a in feasible]
+    zero_cost = [zero_cost_score(a.candidate.config) for a in progress(feasible, "zero-cost scores")]
     zero_cost_cpu = time.process_time() - tick
 
     actual, full_cpu = [], 0.0
-    for a in feasible:
+    for a in progress(feasible, "full runs"):
         tick = time.process_time()
         summary = run_candidate(a, zoo, out / "full" / a.candidate.name)
         full_cpu += time.process_time() - tick
         actual.append(float(summary["final-accuracy"]) if summary["status"] == "completed" else math.nan)
-        print(f"full run {a.candidate.name}: final accuracy {actual[-1]:.3f}", flush=True)
+        write_line(f"full run {a.candidate.name}: final accuracy {actual[-1]:.3f}")  # print, bar kept whole
 
     print_table(selection.assessments, feasible, zero_cost, actual)
     predicted = [a.predicted or 0.0 for a in feasible]

@@ -3,6 +3,10 @@
 # stopped by PID afterwards, and fail when the run did not complete.
 #
 #   scripts/flwr_run.sh [num-supernodes] ["key=value key=value" run-config overrides]
+#
+# Overrides are written as for the in-process runner (config=llm train.lr=0.02): bare strings
+# are quoted for Flower, and the run directory is the one the overrides or the preset name
+# (run.run-dir, else conf/<preset>.yaml's), anchored at the project (flower_app/config/overrides.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NODES="${1:-10}"
@@ -14,6 +18,9 @@ export FLWR_HOME="${FLWR_HOME:-$PWD/.flwr}"
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_TELEMETRY_ENABLED=0
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_DEDUP_LOGS=0
 CPUS="$(python -c 'import os; print(max(1, min(2, os.cpu_count() or 1)))')"
+
+# Checked before anything starts: a bad pair is one line naming it, not Flower's error box.
+RUN_CONFIG="$("$VENV/bin/python" -m flower_app.config.overrides --project-root "$PWD" -- "$OVERRIDES")" || exit 2
 
 # flwr 1.41 serves the Runtime, Control and Fleet APIs on one HTTP port.
 PORT="${FLWR_PORT:-39091}"
@@ -38,10 +45,8 @@ for _ in $(seq 60); do
   sleep 0.5
 done
 
-# The ServerApp runs in another working directory: give it an absolute run directory.
-case " $OVERRIDES " in *" run.run-dir="*) ;; *) OVERRIDES="$OVERRIDES run.run-dir='$PWD/runs/default'" ;; esac
 ARGS=(run . local --stream --federation-config "num-supernodes=$NODES client-resources-num-cpus=1"
-      --run-config "$OVERRIDES")
+      --run-config "$RUN_CONFIG")
 flwr "${ARGS[@]}" 2>&1 | tee "$FLWR_HOME/last-run.log"
 
 # `flwr run --stream` exits 0 even when the run failed: ask the SuperLink.

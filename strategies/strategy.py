@@ -103,6 +103,8 @@ class SplitPrefixStrategy(Strategy):
     run_dir : RunDirectory | None (default: None)
         Where metrics, checkpoints, groups, the ledger and the summary go.
 
+    Notes
+    -----
     Failures are counted by cause each round and answered by
     :func:`strategies.policy.requirements.react_to_failures` among the policy's modes.
     """
@@ -218,7 +220,8 @@ class SplitPrefixStrategy(Strategy):
     def average_part(self, ctx: RoundContext, rnd: RoundState, part: TrainedPart, origin: State) -> State:
         """The part's average, by ``aggregate_train`` over the replies of its accepted contributions;
         ``origin`` again when it returns no arrays."""
-        replies = [rnd.backward[n] for n in part.split] + [rnd.first[n] for n in part.local]
+        # A node's last reply of the round is the one that carried its trained prefix.
+        replies = [rnd.backward[n] if n in rnd.backward else rnd.first[n] for n in part.accepted]
         with self._hooks_for(RoundPart(ctx, rnd, origin, part)):
             arrays, _ = self.aggregate_train(ctx.server_round, replies)
         return origin if arrays is None else from_record(arrays)
@@ -285,7 +288,7 @@ class SplitPrefixStrategy(Strategy):
         """
         part = self._part
         if part is not None and part.trained is not None:
-            trained = _only_from(part.trained, {r.metadata.src_node_id for r in replies})
+            trained = part.trained.only_from({r.metadata.src_node_id for r in replies})
             average = server_modes.average_part(trained, part.origin, part.rnd, part.ctx.settings, self.fleet)
             volume = sum(c.num_examples for c in trained.accepted.values())
             return to_record(average), MetricRecord({wire.NUM_EXAMPLES: volume})
@@ -340,10 +343,3 @@ class SplitPrefixStrategy(Strategy):
         if self.run_dir is not None:
             self.run_dir.write_summary(self.summary_record)
         log(INFO, "run %s: %s", self.status, self.summary_record)
-
-
-def _only_from(trained: TrainedPart, nodes: set[int]) -> TrainedPart:
-    """A part's contributions of the clients in ``nodes`` (and the pool's): those whose replies are averaged."""
-    split = {n: c for n, c in trained.split.items() if n in nodes}
-    local = {n: c for n, c in trained.local.items() if n in nodes}
-    return TrainedPart(split, local, trained.pool, trained.uploaded)

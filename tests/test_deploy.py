@@ -9,9 +9,12 @@ ClientApp process that imports torch: about 5 s on 2 cores).
 
 import csv
 import json
+import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import pytest
 from flower_app.data.files import synthetic
 from flower_app.deploy import cli as deploy
 from flower_app.deploy import local_fleet
+from tests import test_docs_examples as doc_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = 3
@@ -147,3 +151,87 @@ def test_a_secure_deployment_survives_late_and_stopped_nodes(tmp_path, monkeypat
     assert round_2_s < 60, round_2_s
     assert all("2" not in contributors(r) for r in records[1:])
     assert {"0", "1"} <= contributors(records[-1])
+
+
+# --- the how-to, run as written -------------------------------------------------------------
+
+HOW_TO = ROOT / "docs" / "how-to" / "deploy.md"
+APP = ("pyproject.toml", ".gitignore", "flower_app", "strategies", "conf")  # what `flwr run .` bundles and runs
+DOC_PORT = re.compile(r"\b909\d\b")  # the how-to's ports, each replaced by a free one
+
+
+def checkout_copy(folder):
+    """The app's files in ``folder`` (``flwr run .`` bundles no symbolic link), the venv linked as ``.venv``."""
+    folder.mkdir()
+    for name in APP:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, folder / name)
+    (folder / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+    return folder
+
+
+def in_one_shell(code, state):
+    """``code`` in the shell that ran the earlier blocks: their exported variables carry over."""
+    return f"if [ -f '{state}' ]; then source '{state}'; fi\n{code}\nexport -p > '{state}'\n"
+
+
+def test_only_the_deploy_how_to_starts_servers():
+    assert [p.name for p in doc_examples.PAGES if doc_examples.starts_servers(p)] == [HOW_TO.name]
+
+
+@pytest.mark.slow
+def test_the_deploy_how_to_runs_on_loopback(tmp_path):
+    # Prepare: a copy of the checkout, an environment whose PATH lacks the venv (the blocks activate
+    # it), free ports for the how-to's, Flower's state and the model cache kept in tmp_path
+    checkout = checkout_copy(tmp_path / "checkout")
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep) if d != venv_bin)
+    env = {
+        **os.environ,
+        "PATH": path,
+        "FLWR_HOME": str(tmp_path / "flwr-home"),
+        "HSP_CACHE_DIR": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+    }
+    free, ports = iter(local_fleet.free_ports(8)), {}
+    shell_state = tmp_path / "shell.env"
+    outputs = []
+    runnable = [b for b in doc_examples.blocks(HOW_TO) if b.runs]
+
+    # Execute: each block in order; a background one (SuperLink, SuperNode) until its port opens
+    with local_fleet.LocalProcesses(tmp_path / "logs", env) as fleet:
+        for block in runnable:
+            code = DOC_PORT.sub(lambda m: str(ports.setdefault(m.group(), next(free))), block.code)
+            where = f"{HOW_TO.relative_to(ROOT)}:{block.line}"
+            if block.background:
+                name = f"line-{block.line}"
+                proc = fleet.start(name, ["bash", "-e", "-o", "pipefail", "-c", code], cwd=checkout)
+                port = int(re.findall(r"--port (\d+)", code)[-1])
+                try:
+                    local_fleet.wait_for_port(port, proc, timeout_s=60)
+                except deploy.DeployError as err:
+                    raise AssertionError(f"{where}: {err}\n{fleet.log(name)[-3000:]}") from None
+                continue
+            command = ["bash", "-e", "-o", "pipefail", "-c", in_one_shell(code, shell_state)]
+            if block.lang == "python":
+                command = [sys.executable, "-c", code]
+            fleet.watch()
+            done = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True, timeout=240)
+            logs = "\n".join(f"--- {n}\n{fleet.log(n)[-2000:]}" for n in fleet.procs)
+            said = f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n{logs}"
+            assert done.returncode == 0, f"{where} exited {done.returncode}\n{said}"
+            outputs.append(done.stdout)
+
+    # Assert: the last block, `flwr ls`, lists the one run as completed, and the run wrote its round
+    assert len(runnable) >= 8 and sum(b.background for b in runnable) == 3
+    listed = outputs[-1]
+    runs = json.loads(listed[listed.index("{") :])["runs"]
+    assert [r["status"] for r in runs] == ["finished:completed"], listed
+    run_dir = checkout / "runs" / "lan-1"
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    assert [contributors(r) for r in rounds_written(run_dir)] == [{"1", "2"}]

@@ -110,7 +110,7 @@ def test_the_ledger_prices_the_bytes_each_client_really_sent_and_received(tmp_pa
 
 def test_threshold_policy_trains_weak_clients_centrally():
     # Prepare: capabilities of the fleet the clients report
-    from flower_app.apps.client_app import _fleet
+    from flower_app.modes.node import _fleet
 
     profiles = _fleet("bimodal", NODES, 0)
     weak = {i for i, p in enumerate(profiles) if p.capability < ThresholdParams().threshold_flops}

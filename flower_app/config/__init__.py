@@ -1,1 +1,3 @@
-"""The one configuration schema (:mod:`.schema`), its loader, the generated reference, and the strategy's settings built from it."""
+"""The one configuration schema (:mod:`.schema`), its loader, the generated reference, and the
+strategy's settings built from it.
+"""

@@ -62,7 +62,11 @@ class ModelSettings:
     head: str = _f("classifier", "output head", choices=("classifier", "lm"))
     # all-MiniLM-L6-v2, the default model, is trained for mean pooling.
     pooling: str = _f("mean", "pooling for a classifier head", choices=("pooler", "mean", "last"))
-    verbalizer: str = _f("", "comma-separated label words for an LM head, one per label")
+    verbalizer: str = _f(
+        "",
+        "label words of an LM head: class=word pairs (negative=bad,positive=good), or one word per class "
+        "in sorted class order (bad,good); empty: the class names",
+    )
     max_length: int = _f(64, "tokens per sample after truncation", low=4, high=4096)
 
 
@@ -180,7 +184,11 @@ class StrategySettings:
     probe_dtype: str = _f(
         "", "probing: probe-mode limited to a wire dtype ('': none)", choices=("", *ACTIVATION_DTYPES)
     )
-    probe_mode: str = _f("", "probing: the optimized mode, float16, int8, int4, topk:F or plan:M ('': probe-dtype's)")
+    probe_mode: str = _f(
+        "",
+        f"probing: the optimized mode, a wire codec ({', '.join(ACTIVATION_DTYPES)}), topk:F or plan:M"
+        " ('': probe-dtype's)",
+    )
     probe_rounds: str = _f("", "probing: comma-separated rounds that start a probe stage")
     probe_plateau: float = _f(
         0.0,

@@ -23,7 +23,9 @@ file           what                                                        who g
 =============  ==========================================================  ================================
 
 Existing files are never overwritten unless ``--force`` is given; private keys are
-written with mode 0600. Errors are one line on stderr and exit code 2.
+written with mode 0600. Errors are one line on stderr and exit code 2. Writing into a
+git checkout prints one warning line on stderr: the project's ``.gitignore`` covers
+``certs/``, ``keys/`` and ``*.key``, not a key file elsewhere.
 """
 
 from __future__ import annotations
@@ -72,6 +74,37 @@ def write_files(files: Files, force: bool) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(content)
         os.replace(tmp, path)
+
+
+def checkout_of(folder: Path) -> Path | None:
+    """The git checkout that holds ``folder`` (a parent with a ``.git`` folder or file), else None.
+
+    Found without running git: a device being set up may have none installed.
+    """
+    folder = folder.expanduser().resolve()
+    for parent in (folder, *folder.parents):
+        if (parent / ".git").exists():  # a folder in a clone, a file in a worktree or submodule
+            return parent
+    return None
+
+
+def checkout_warning(out: Path) -> str | None:
+    """One line when private keys are about to be written inside a git checkout, else None."""
+    checkout = checkout_of(out)
+    if checkout is None:
+        return None
+    return (
+        f"warning: writing private keys to {out}, inside the git checkout {checkout}: "
+        "keep them out of commits (.gitignore there may not cover this folder)"
+    )
+
+
+def write_private(files: Files, out: Path, force: bool) -> None:
+    """:func:`write_files`, then the checkout warning (on stderr) once they are written."""
+    write_files(files, force)
+    warning = checkout_warning(out)
+    if warning is not None:
+        print(warning, file=sys.stderr)
 
 
 def cert_files(out: Path, addresses: Sequence[str], days: int, now: dt.datetime) -> Files:
@@ -266,11 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "certs":
             files = cert_files(args.out, args.address, args.days, dt.datetime.now(dt.UTC))
-            write_files(files, args.force)
+            write_private(files, args.out, args.force)
             print(f"wrote {', '.join(str(p) for p, _, _ in files)}; keep ca.key off the network")
         elif args.command == "keys":
             files = key_files(args.out, args.names)
-            write_files(files, args.force)
+            write_private(files, args.out, args.force)
             print(f"wrote {', '.join(str(p) for p, _, _ in files)}")
         elif args.command == "register":
             for key, node_id in register(args.connection, args.public_keys):

@@ -1,1 +1,3 @@
-"""The split transformer with a prefix per attention layer, its loading, the local-mode emulator and the part a device holds."""
+"""The split transformer with a prefix per attention layer, its loading, the local-mode emulator and
+the part a device holds.
+"""

@@ -41,13 +41,17 @@ from flower_app.config.schema import Config, RunSettings
 from flower_app.config.strategy_settings import policy, split_settings
 from flower_app.data.setup import build
 from flower_app.modes.server_model import SplitServer
+from flower_app.progress import progress as progress_bar
+from flower_app.progress import write_line
 from flower_app.select.zoo import Candidate, Zoo
 from strategies.cost.workload import ModelShape, RoundPlan
+from strategies.modes.registry import TRAINING_MODES
 from strategies.persist.rundir import RunDirectory
 from strategies.policy.policies import round_plan
 from strategies.selection.learning_curve import CurveFit, fit_curve
 from strategies.selection.performance_model import HistoryRun, Regressor, append_run, fit_regressor, read_history
 from strategies.selection.rank import Footprint, Violation, choose, footprint, violations
+from strategies.wire import names as wire
 from strategies.wire.codecs.registry import wire_codec
 
 Progress = Callable[[str], None]
@@ -98,7 +102,7 @@ class Selection:
 
 
 def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    write_line(line, sys.stderr)  # as print(..., flush=True), without tearing the candidates' bar
 
 
 @contextlib.contextmanager
@@ -147,7 +151,8 @@ def assess(candidate: Candidate, zoo: Zoo) -> Assessment:
 
 def client_steps(config: Config, rounds: int, clients: float, steps: int) -> float:
     """Minibatches all clients train in ``rounds`` rounds (local mode: times its epochs)."""
-    epochs = config.train.local_epochs if config.strategy.policy == "local" else 1
+    mode = TRAINING_MODES.get(config.strategy.policy)
+    epochs = mode.epochs(config.train.local_epochs) if mode is not None else 1
     return rounds * clients * config.strategy.fraction_train * steps * epochs
 
 
@@ -187,8 +192,8 @@ def features(assessment: Assessment) -> dict[str, float]:
         "split-layer": float(config.model.split_layer),
         "prefix-length": float(config.model.prefix_length),
         "log10-lr": math.log10(config.train.lr),
-        "mode-local": float(config.strategy.policy == "local"),
-        "mode-centralized": float(config.strategy.policy == "centralized"),
+        # One-hot over the modes, split the reference level (all zeros).
+        **{f"mode-{m}": float(config.strategy.policy == m) for m in TRAINING_MODES if m != wire.SPLIT_MODE},
     }
     if assessment.probe is not None:
         out["probe-last-accuracy"] = assessment.probe.accuracy[-1]
@@ -216,7 +221,7 @@ def select(
             f"the regressor needs {zoo.probe.min_history_runs}"
         )
     out = []
-    for i, candidate in enumerate(zoo.candidates, start=1):
+    for i, candidate in enumerate(progress_bar(zoo.candidates, "candidates"), start=1):
         assessment = assess(candidate, zoo)
         if assessment.feasible:
             assessment = _predict(assessment, zoo, Path(workdir), regressor)

@@ -7,8 +7,9 @@ The model learns to continue the prompt with the target; the prompt's tokens onl
 condition it. Two offline tasks come with defaults:
 
 - ``rotten-tomatoes`` as an instruction: ``"Review: {text}\\nSentiment:"`` followed by
-  ``" {label}"`` (``model.verbalizer=negative,positive``); the class is read from the
-  verbalizer tokens' logits at the last prompt position, as zero-shot prompting does.
+  ``" {label}"`` (``model.verbalizer=negative=bad,positive=good``, or the class names
+  themselves when it is empty); the class is read from the verbalizer tokens' logits at
+  the last prompt position, as zero-shot prompting does.
 - ``guardian-headlines``: domain adaptation on 4,080 news headlines of 2020,
   ``"Headline:"`` followed by ``" {text}"``, scored by held-out perplexity.
 
@@ -20,13 +21,16 @@ labels: ``(B, T)`` ids where position ``t`` is scored on token ``t + 1``, and
 
 from __future__ import annotations
 
+import difflib
 import math
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
+from logging import INFO, WARNING
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from flwr.common.logger import log
 
 from flower_app.data.files import Encoded, TextDataset, encode
 from flower_app.data.files import token_targets as token_targets  # built by collate, part of the task's API
@@ -98,11 +102,67 @@ def check_objective(config: Config) -> None:
 
 
 def label_words(verbalizer: str, label_names: Sequence[str]) -> tuple[str, ...]:
-    """The word of each class: ``model.verbalizer``'s, else the class names."""
-    words = tuple(w.strip() for w in verbalizer.split(",")) if verbalizer else tuple(label_names)
-    if len(words) != len(label_names):
-        raise ValueError(f"model.verbalizer has {len(words)} words for {len(label_names)} labels")
-    return words
+    """The word of each class, in class order: ``model.verbalizer``'s, else the class names.
+
+    ``model.verbalizer`` names each class (``negative=bad,positive=good``, in any order)
+    or lists the words by position (``bad,good``: the i-th word is the i-th class's, and
+    classes are in the dataset's order, sorted by name). A class named that the data does
+    not have, a class without a word, or a class with two is refused with one line.
+    """
+    if not verbalizer:
+        return tuple(label_names)
+    items = [item.strip() for item in verbalizer.split(",")]
+    named = ["=" in item for item in items]
+    if any(named) and not all(named):
+        raise ValueError(f"model.verbalizer={verbalizer!r} mixes class=word and bare words: use one form")
+    if not any(named):
+        if len(items) != len(label_names):
+            raise ValueError(
+                f"model.verbalizer has {len(items)} words for {len(label_names)} classes {list(label_names)}"
+            )
+        return tuple(items)
+    return _words_by_class(items, label_names)
+
+
+def _words_by_class(items: Sequence[str], label_names: Sequence[str]) -> tuple[str, ...]:
+    words: dict[str, str] = {}
+    for item in items:
+        name, _, word = (part.strip() for part in item.partition("="))
+        if name not in label_names:
+            close = difflib.get_close_matches(name, label_names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(f"model.verbalizer names class '{name}'{hint}; the classes are {list(label_names)}")
+        if name in words:
+            raise ValueError(f"model.verbalizer gives class '{name}' two words ('{words[name]}', '{word}')")
+        if not word:
+            raise ValueError(f"model.verbalizer gives class '{name}' an empty word")
+        words[name] = word
+    missing = [name for name in label_names if name not in words]
+    if missing:
+        raise ValueError(f"model.verbalizer gives no word for class '{missing[0]}' (classes: {list(label_names)})")
+    return tuple(words[name] for name in label_names)
+
+
+def log_verbalizer(verbalizer: str, label_names: Sequence[str], words: Sequence[str]) -> None:
+    """The class -> word mapping at start; a warning where words by position look like class names in another order.
+
+    Class names are sorted, so ``good,bad`` on good/bad classes gives class ``bad`` the
+    word ``good``: accuracy then reads each class through the other's word.
+    """
+    mapping = ", ".join(f"{name} -> {word!r}" for name, word in zip(label_names, words, strict=True))
+    log(INFO, "model.verbalizer: %s", mapping)
+    by_position = verbalizer and "=" not in verbalizer
+    if by_position and sorted(words) == sorted(label_names) and tuple(words) != tuple(label_names):
+        name, word = next((n, w) for n, w in zip(label_names, words, strict=True) if n != w)
+        log(
+            WARNING,
+            "model.verbalizer=%s gives class '%s' the word '%s' (words go to the classes in sorted order); "
+            "to name the classes: model.verbalizer=%s",
+            verbalizer,
+            name,
+            word,
+            ",".join(f"{n}={n}" for n in label_names),
+        )
 
 
 def job_verbalizer(tokenizer: Any, config: Config, label_names: Sequence[str]) -> tuple[int, ...] | None:
@@ -113,7 +173,9 @@ def job_verbalizer(tokenizer: Any, config: Config, label_names: Sequence[str]) -
     """
     if config.model.head != "lm" or not reads_classes(config, len(label_names)):
         return None
-    return verbalizer_ids(tokenizer, config.model.verbalizer, label_names)
+    ids = verbalizer_ids(tokenizer, config.model.verbalizer, label_names)
+    log_verbalizer(config.model.verbalizer, label_names, label_words(config.model.verbalizer, label_names))
+    return ids
 
 
 def verbalizer_ids(tokenizer: Any, words: str, label_names: Sequence[str]) -> tuple[int, ...]:

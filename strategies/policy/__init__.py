@@ -1,1 +1,3 @@
-"""Who trains how: grouping policies (:mod:`.groupings`), resource allocation, training requirements and failure reactions."""
+"""Who trains how: grouping policies (:mod:`.groupings`), resource allocation, training requirements
+and failure reactions.
+"""

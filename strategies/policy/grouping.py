@@ -16,6 +16,7 @@ from typing import Generic, TypeVar
 
 from strategies.cost.costmodel import Allocation, Workload
 from strategies.fleet.profile import DeviceProfile
+from strategies.modes.registry import training_mode
 from strategies.policy.allocation import allocate
 from strategies.wire.names import MODES
 
@@ -100,8 +101,8 @@ class Fleet:
 
 
 def group_config(mode: str, local_epochs: int, batch_size: int) -> GroupConfig:
-    """The training config of a group in ``mode``: only local mode takes several passes a round."""
-    return GroupConfig(mode, local_epochs if mode == "local" else 1, batch_size)
+    """The training config of a group in ``mode``: only a mode that takes local epochs passes several times."""
+    return GroupConfig(mode, training_mode(mode).epochs(local_epochs), batch_size)
 
 
 def _no_threshold(params: object) -> float | None:

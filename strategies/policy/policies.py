@@ -21,15 +21,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from strategies.cost.costmodel import Allocation, Workload
-from strategies.cost.workload import (
-    ModelShape,
-    RoundPlan,
-    affordable_rows,
-    local_workload,
-    split_workload,
-    upload_workload,
-)
+from strategies.cost.workload import ModelShape, RoundPlan, affordable_rows
 from strategies.fleet.profile import DeviceProfile
+from strategies.modes.registry import TRAINING_MODES
 from strategies.policy.allocation import allocate
 from strategies.policy.grouping import Fleet, GroupConfig, GroupingPolicy, ModeAssignment, group_config
 from strategies.policy.groupings.registry import GROUPING_POLICIES
@@ -208,14 +202,20 @@ def fleet_workloads(
     workloads, rows = {}, {}
     for cid, profile in profiles.items():
         plans = {m: round_plan(policy, m, steps, kept, activation_bytes, upload_kind) for m in MODES}
-        cap = min(available[cid], upload_cap or plans["centralized"].samples)
-        rows[cid] = affordable_rows(profile, shape, plans["centralized"], cap) or cap
-        workloads[cid] = {
-            "local": local_workload(shape, plans["local"]),
-            "split": split_workload(shape, plans["split"]),
-            "centralized": upload_workload(shape, plans["centralized"], rows[cid]),
-        }
+        rows[cid] = _upload_rows(profile, shape, plans, available[cid], upload_cap)
+        workloads[cid] = {m: TRAINING_MODES[m].workload(shape, plans[m], rows[cid]) for m in MODES}
     return workloads, rows
+
+
+def _upload_rows(
+    profile: DeviceProfile, shape: ModelShape, plans: Mapping[str, RoundPlan], available: int, upload_cap: int
+) -> int:
+    """Rows a client would upload in the mode that uploads (:attr:`TrainingMode.uploads_once`); 0 with none."""
+    rows = 0
+    for mode in (m for m in TRAINING_MODES.values() if m.uploads_once):
+        cap = min(available, upload_cap or plans[mode.name].samples)
+        rows = affordable_rows(profile, shape, plans[mode.name], cap) or cap
+    return rows
 
 
 def assign(
@@ -281,5 +281,5 @@ def describe(assignment: ModeAssignment, profile: DeviceProfile, upload_rows: in
         "tx-power-w": allocation.tx_power_w,
         "cpu-hz": allocation.cpu_hz,
         "over-budget": over,
-        "upload-rows": upload_rows if assignment.mode == "centralized" else 0,
+        "upload-rows": upload_rows if TRAINING_MODES[assignment.mode].uploads_once else 0,
     }

@@ -25,15 +25,15 @@ from flwr.common.logger import log
 
 from strategies.cost.costmodel import round_cost
 from strategies.fleet.state import ClientInfo, FleetState, sample
+from strategies.modes.registry import training_mode
 from strategies.policy import policies as fleet
 from strategies.settings import SplitSettings
-from strategies.wire import names as wire
 
 
 def predicted_latency(fleet_state: FleetState, info: ClientInfo, server_flops: float) -> float:
     """Simulated seconds the client's coming round should take in its assigned mode."""
     assignment = fleet_state.assignments[info.partition_id]
-    if assignment.mode == wire.CENTRALIZED_MODE and info.partition_id in fleet_state.pool:
+    if training_mode(assignment.mode).uploads_once and info.partition_id in fleet_state.pool:
         return 0.0  # uploaded already: the server trains on its rows, nothing is sent
     profile = fleet_state.planned_profile(info)
     allocation, _ = fleet.effective_allocation(assignment, profile)

@@ -1,8 +1,9 @@
 """Building the messages of a round, exchanging them, and sorting the replies.
 
-A round has at most two exchanges. The first sends each sampled client the message of
-its mode (:data:`strategies.wire.names.FIRST_MESSAGE`); the second sends the split clients
-their boundary gradients. Every train message carries the same plan config: the
+A round has at most two exchanges. The first sends each sampled client the first message of
+its mode (:attr:`strategies.modes.base.TrainingMode.first_message`); a mode with a second
+exchange sends it in its server step (:mod:`strategies.round.steps`). Every train message
+carries the same plan config: the
 round's seed for that client, the training settings, the requirement, and the
 client's group, mode and allocation.
 """
@@ -15,19 +16,19 @@ from dataclasses import dataclass, field
 from logging import WARNING
 from typing import Any
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from strategies.fleet.state import ClientInfo, FleetState, client_info, round_seed
+from strategies.modes.registry import training_mode
 from strategies.policy import policies as fleet
 from strategies.policy.requirements import FailureCause, failure_from_config, is_failure_config, requirement_to_config
 from strategies.round.state import RoundState
 from strategies.settings import SplitSettings
 from strategies.wire import names as wire
-from strategies.wire.records import content_bytes, to_record
+from strategies.wire.records import content_bytes
 
 
 def plan_config(
@@ -91,39 +92,14 @@ def first_messages(
     """
     messages = []
     for info in sampled:
-        mode = fleet_state.assignments[info.partition_id].mode
-        if mode == wire.CENTRALIZED_MODE and info.partition_id in fleet_state.pool:
+        mode = training_mode(fleet_state.assignments[info.partition_id].mode)
+        if mode.uploads_once and info.partition_id in fleet_state.pool:
             continue
         records = {
-            wire.ARRAYS: ArrayRecord({k: arrays[k] for k in keys_by_mode[mode]}),
+            wire.ARRAYS: ArrayRecord({k: arrays[k] for k in keys_by_mode[mode.name]}),
             wire.CONFIG: plan_config(settings, fleet_state, info, server_round, config, seed_round),
         }
-        messages.append(message(info, wire.FIRST_MESSAGE[mode], server_round, records))
-    return messages
-
-
-def backward_messages(
-    settings: SplitSettings,
-    fleet_state: FleetState,
-    client_part: Mapping[str, np.ndarray],
-    gradients: Mapping[int, Sequence[np.ndarray]],
-    server_round: int,
-    config: ConfigRecord,
-    seed_round: int | None = None,
-) -> list[Message]:
-    """``train.split_backward`` for each split client: its gradients and the lower prefix to replay."""
-    client_record = to_record(client_part)
-    messages = []
-    for node, grads in gradients.items():
-        info = fleet_state.clients[node]
-        plan = plan_config(settings, fleet_state, info, server_round, config, seed_round)
-        plan[wire.CODEC] = settings.activation_dtype  # the gradients' wire codec: the client decodes by it
-        records = {
-            wire.ARRAYS: client_record,
-            wire.GRADIENTS: to_record({wire.gradient_key(i): g for i, g in enumerate(grads)}),
-            wire.CONFIG: plan,
-        }
-        messages.append(message(info, wire.SPLIT_BACKWARD, server_round, records))
+        messages.append(message(info, mode.first_message, server_round, records))
     return messages
 
 

@@ -23,6 +23,7 @@ from strategies.cost.workload import ModelShape, pool_server_flops
 from strategies.fleet import channel
 from strategies.fleet.devices import DeviceProfile
 from strategies.fleet.state import ClientInfo, FleetState
+from strategies.modes.registry import training_mode
 from strategies.persist.rundir import RunDirectory
 from strategies.policy import policies as fleet
 from strategies.policy.requirements import FailureCause, count_causes
@@ -73,13 +74,15 @@ def simulate(
         declined = failure is not None and failure.cause in DECLINED
         if declined:
             done = 0.0  # it declined before training (its one measured step is not counted)
-        client_share = done if mode != wire.CENTRALIZED_MODE or declined else 1.0
+        # An upload is priced whole once sent, and the server's work on it as the pool's (``sim-pool-s``).
+        uploads_once = training_mode(mode).uploads_once
+        client_share = done if not uploads_once or declined else 1.0
         observed = Workload(
             mode,
             planned.client_flops * client_share,
             up[node],
             rnd.bytes_down.get(node, 0),
-            0.0 if mode == wire.CENTRALIZED_MODE else planned.server_flops * done,
+            0.0 if uploads_once else planned.server_flops * done,
             planned.client_memory_bytes,
         )
         # The plan's allocation meets this round's channel, which may have faded since.
@@ -200,12 +203,11 @@ def log_round(record: Mapping[str, Any], num_rounds: int) -> None:
     log_dropped(record["round"], record["dropped"])
     log(
         INFO,
-        "[round %d/%d] train-loss %.4f  accuracy %s  up %.2f MB  down %.2f MB  %d dropped  %.1f s  "
-        "(simulated %.1f s, %.1f J)",
+        "[round %d/%d] train-loss %.4f  %s  up %.2f MB  down %.2f MB  %d dropped  %.1f s  (simulated %.1f s, %.1f J)",
         record["round"],
         num_rounds,
         float("nan") if record["train-loss"] is None else record["train-loss"],
-        f"{record['accuracy']:.4f}" if "accuracy" in record else "-",
+        held_out_text(record),
         record["bytes-up"] / 1e6,
         record["bytes-down"] / 1e6,
         len(record["dropped"]),
@@ -213,6 +215,15 @@ def log_round(record: Mapping[str, Any], num_rounds: int) -> None:
         record["sim-latency-s"],
         record["energy-j"],
     )
+
+
+def held_out_text(record: Mapping[str, Any]) -> str:
+    """The round line's held-out figures: a causal-LM job's (it reports perplexity) are of next tokens."""
+    if "accuracy" not in record:
+        return "accuracy -"
+    if "eval-perplexity" not in record:
+        return f"accuracy {record['accuracy']:.4f}"
+    return f"next-token accuracy {record['accuracy']:.4f}  perplexity {record['eval-perplexity']:.2f}"
 
 
 def run_summary(status: str, history: Sequence[Mapping[str, Any]], wall_s: float, policy: str) -> dict[str, Any]:

@@ -41,18 +41,24 @@ class SplitOutcome:
 class TrainedPart:
     """What a round's clients (or one half of them, in a parallel probe) yielded, before averaging.
 
-    ``split`` and ``local``: validated prefix contributions by node id; ``pool``: the
-    server's result on the centralized pool; ``uploaded``: whether an upload arrived.
+    ``prefixes``: validated prefix contributions by mode (in the order the server steps run),
+    then node id; ``pool``: the server's result on the centralized pool; ``uploaded``: whether
+    an upload arrived.
     """
 
-    split: dict[int, Contribution]
-    local: dict[int, Contribution]
+    prefixes: dict[str, dict[int, Contribution]]
     pool: Contribution | None
     uploaded: bool
 
     @property
     def accepted(self) -> dict[int, Contribution]:
-        return {**self.split, **self.local}
+        """Every mode's accepted contributions, by node id."""
+        return {n: c for by_node in self.prefixes.values() for n, c in by_node.items()}
+
+    def only_from(self, nodes: set[int]) -> TrainedPart:
+        """The contributions of the clients in ``nodes`` (and the pool's)."""
+        prefixes = {m: {n: c for n, c in by_node.items() if n in nodes} for m, by_node in self.prefixes.items()}
+        return TrainedPart(prefixes, self.pool, self.uploaded)
 
 
 @dataclass

@@ -28,11 +28,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from strategies.cost.costmodel import Allocation, Workload, round_cost
-from strategies.cost.workload import ModelShape, RoundPlan, local_workload, split_workload, upload_workload
+from strategies.cost.workload import ModelShape, RoundPlan
 from strategies.fleet.devices import DeviceProfile
+from strategies.modes.registry import TRAINING_MODES, training_mode
 from strategies.policy.allocation import allocate
 
-SELECTABLE_MODES = ("split", "local", "centralized")
+SELECTABLE_MODES = tuple(TRAINING_MODES)
 
 
 @dataclass(frozen=True)
@@ -86,14 +87,8 @@ class Violation:
 
 
 def workload_of(shape: ModelShape, mode: str, plan: RoundPlan) -> Workload:
-    """One round of ``mode`` for the shape (a centralized client uploads the round's samples)."""
-    if mode == "split":
-        return split_workload(shape, plan)
-    if mode == "local":
-        return local_workload(shape, plan)
-    if mode == "centralized":
-        return upload_workload(shape, plan, plan.samples)
-    raise ValueError(f"mode '{mode}' must be one of {list(SELECTABLE_MODES)}")
+    """One round of ``mode`` for the shape (a client that uploads uploads the round's samples)."""
+    return training_mode(mode).workload(shape, plan, plan.samples)
 
 
 def footprint(shape: ModelShape, mode: str, plan: RoundPlan, device: DeviceProfile, server_flops: float) -> Footprint:
@@ -104,14 +99,9 @@ def footprint(shape: ModelShape, mode: str, plan: RoundPlan, device: DeviceProfi
     if allocation is None:  # what the strategy does too: run at full speed, over budget
         allocation = Allocation(device.max_tx_power_w, device.cpu_hz_max, device.energy_budget_j)
     cost = round_cost(device, work, allocation, server_flops)
-    if mode == "centralized" and plan.upload_kind == "samples":
-        device_params = 0  # the device sends token ids; the server runs every layer
-    else:
-        layers = shape.client_layers + (plan.emulator_layers if mode == "local" else 0)
-        device_params = shape.embedding_params + layers * shape.layer_params
     return Footprint(
         memory_bytes=work.client_memory_bytes,
-        device_params=device_params,
+        device_params=training_mode(mode).device_params(shape, plan),
         latency_s=cost.latency_s,
         energy_j=cost.energy_j,
         uplink_bytes=work.uplink_bytes,

@@ -46,10 +46,9 @@ EVALUATE = "evaluate"
 
 # Training modes, ordered from the most to the least expensive for the client: `local` runs
 # the emulator, `split` only the lower layers, `centralized` uploads once and trains nothing.
+# What each one sends and does is its entry of strategies.modes.registry.TRAINING_MODES.
 LOCAL_MODE, SPLIT_MODE, CENTRALIZED_MODE = "local", "split", "centralized"
 MODES = (LOCAL_MODE, SPLIT_MODE, CENTRALIZED_MODE)
-# The first message of a client's round, by its mode.
-FIRST_MESSAGE = {SPLIT_MODE: SPLIT_FORWARD, LOCAL_MODE: LOCAL, CENTRALIZED_MODE: UPLOAD}
 
 # What a centralized client uploads once: token ids of its samples, or lower-layer activations.
 SAMPLES, ACTIVATIONS_KIND = "samples", "activations"

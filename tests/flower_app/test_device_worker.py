@@ -20,15 +20,19 @@ def _metrics(run_dir):
 
 def test_a_run_through_the_worker_equals_a_run_without_it(tmp_path, monkeypatch):
     # Prepare: one worker (a thread here, a process on a device) behind every node
-    import flower_app.apps.client_app as client_mod
+    import sys
+
+    from flower_app.modes.registry import CLIENT_HANDLERS
 
     socket, stop, served = tmp_path / "worker.sock", threading.Event(), []
     worker = threading.Thread(target=lambda: served.append(serve(socket, stop)), name="worker")
     trained_in = []
-    real_job = client_mod._job
-    monkeypatch.setattr(
-        client_mod, "_job", lambda msg, ctx: trained_in.append(threading.current_thread().name) or real_job(msg, ctx)
-    )
+    handler_modules = {sys.modules[handler.__module__] for handler in CLIENT_HANDLERS.values()}
+    real_job = next(iter(handler_modules)).job_of
+    for module in handler_modules:
+        monkeypatch.setattr(
+            module, "job_of", lambda msg, ctx: trained_in.append(threading.current_thread().name) or real_job(msg, ctx)
+        )
     worker.start()
     try:
         run_config = {**RUN, "run.run-dir": str(tmp_path / "with")}
@@ -40,7 +44,8 @@ def test_a_run_through_the_worker_equals_a_run_without_it(tmp_path, monkeypatch)
 
         # Execute
         with_worker = run_server(grid, run_config)
-        monkeypatch.setattr(client_mod, "_job", real_job)
+        for module in handler_modules:
+            monkeypatch.setattr(module, "job_of", real_job)
         without = run_inprocess({**RUN, "run.run-dir": str(tmp_path / "without")}, num_nodes=3)
     finally:
         stop.set()

@@ -2,8 +2,8 @@
 
 import pytest
 
-from flower_app.apps.client_app import _fleet, node_profile
 from flower_app.config.load import load_config
+from flower_app.modes.node import _fleet, node_profile
 from strategies.fleet.devices import load_fleet_spec, sample_fleet, to_config
 
 CONFIG = load_config({"config": "test"})

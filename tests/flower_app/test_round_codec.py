@@ -14,8 +14,9 @@ from flower_app.data.setup import build, client_data
 from flower_app.modes.server_model import SplitServer
 from flower_app.modes.split import forward_plan
 from strategies.fleet.state import ClientInfo, FleetState
-from strategies.round.server_side import Bounds, train_split_side
 from strategies.round.state import RoundState
+from strategies.round.steps.base import Bounds
+from strategies.round.steps.split import train_split_side
 from strategies.wire import names as wire
 from strategies.wire.records import to_record
 from tests.strategies.fakes import profile

@@ -6,8 +6,9 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from strategies.cost.workload import vector_bytes
 from strategies.fleet.state import ClientInfo, FleetState
-from strategies.round.server_side import Bounds, train_split_side
 from strategies.round.state import RoundState
+from strategies.round.steps.base import Bounds
+from strategies.round.steps.split import train_split_side
 from strategies.settings import SplitSettings
 from strategies.wire import names as wire
 from strategies.wire.codecs.bfloat16 import from_bfloat16_bits, to_bfloat16_bits
