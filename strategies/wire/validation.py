@@ -149,19 +149,6 @@ def judge(
     return Verdict(ok=not reasons, reasons=tuple(reasons))
 
 
-def validate_upload(
-    arrays: Mapping[str, np.ndarray],
-    kind: str,
-    hidden: int,
-    max_rows: int,
-    num_examples: object,
-    limits: wire.ChunkLimits | None = None,
-    codec: WireCodec | None = None,
-) -> list[str]:
-    """Problems with a centralized client's upload: chunk layout, shapes, values and row count."""
-    return read_upload(arrays, kind, hidden, max_rows, num_examples, limits, codec)[1]
-
-
 def read_upload(
     arrays: Mapping[str, np.ndarray],
     kind: str,

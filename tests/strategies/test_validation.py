@@ -7,11 +7,11 @@ from strategies.wire.validation import (
     ArraySpec,
     Verdict,
     judge,
+    read_upload,
     spec_of,
     validate_arrays,
     validate_metrics,
     validate_num_examples,
-    validate_upload,
 )
 
 EXPECTED = {"prefix.0": ArraySpec((2, 4, 8), "float32"), "head": ArraySpec((8,), "float32")}
@@ -259,7 +259,7 @@ def _activations_upload(chunk_rows=(3, 2), tokens=5) -> dict[str, np.ndarray]:
 )
 def test_good_upload_passes(kind: str, arrays: dict[str, np.ndarray]) -> None:
     # Execute: 5 rows, exactly what was asked for and claimed
-    problems = validate_upload(arrays, kind, HIDDEN, max_rows=5, num_examples=5)
+    problems = read_upload(arrays, kind, HIDDEN, max_rows=5, num_examples=5)[1]
 
     # Assert
     assert problems == []
@@ -267,7 +267,7 @@ def test_good_upload_passes(kind: str, arrays: dict[str, np.ndarray]) -> None:
 
 def test_good_upload_passes_below_max_rows_with_integral_float_count() -> None:
     # Execute
-    problems = validate_upload(_samples_upload(), "samples", HIDDEN, max_rows=100, num_examples=5.0)
+    problems = read_upload(_samples_upload(), "samples", HIDDEN, max_rows=100, num_examples=5.0)[1]
 
     # Assert
     assert problems == []
@@ -296,7 +296,7 @@ def _renumber(arrays: dict[str, np.ndarray], old: int, new: int) -> dict[str, np
 )
 def test_upload_with_bad_chunk_layout_is_rejected(kind: str, arrays: dict[str, np.ndarray]) -> None:
     # Execute
-    problems = validate_upload(arrays, kind, HIDDEN, max_rows=5, num_examples=5)
+    problems = read_upload(arrays, kind, HIDDEN, max_rows=5, num_examples=5)[1]
 
     # Assert
     assert len(problems) == 1
@@ -309,7 +309,7 @@ def test_upload_with_wrong_hidden_size_names_both_sizes() -> None:
     arrays["act.1"] = np.zeros((2, 5, HIDDEN + 4), dtype=np.float32)
 
     # Execute
-    problems = validate_upload(arrays, "activations", HIDDEN, max_rows=5, num_examples=5)
+    problems = read_upload(arrays, "activations", HIDDEN, max_rows=5, num_examples=5)[1]
 
     # Assert
     assert problems == ["chunk 1: hidden size 12, expected 8"]
@@ -322,7 +322,7 @@ def test_upload_with_non_finite_activations_is_rejected(bad: float) -> None:
     arrays["act.0"][1, 2, :3] = bad
 
     # Execute
-    problems = validate_upload(arrays, "activations", HIDDEN, max_rows=5, num_examples=5)
+    problems = read_upload(arrays, "activations", HIDDEN, max_rows=5, num_examples=5)[1]
 
     # Assert
     assert problems == ["chunk 0: 3 non-finite values"]
@@ -330,7 +330,7 @@ def test_upload_with_non_finite_activations_is_rejected(bad: float) -> None:
 
 def test_upload_with_more_rows_than_asked_is_rejected() -> None:
     # Execute: 5 rows where 4 were asked for
-    problems = validate_upload(_samples_upload(), "samples", HIDDEN, max_rows=4, num_examples=5)
+    problems = read_upload(_samples_upload(), "samples", HIDDEN, max_rows=4, num_examples=5)[1]
 
     # Assert
     assert problems == ["5 rows uploaded, at most 4 were asked for"]
@@ -349,7 +349,7 @@ def test_upload_with_more_rows_than_asked_is_rejected() -> None:
 )
 def test_upload_with_num_examples_disagreeing_with_rows_is_rejected(num_examples: object, fragment: str) -> None:
     # Execute
-    problems = validate_upload(_samples_upload(), "samples", HIDDEN, max_rows=100, num_examples=num_examples)
+    problems = read_upload(_samples_upload(), "samples", HIDDEN, max_rows=100, num_examples=num_examples)[1]
 
     # Assert
     assert len(problems) == 1
@@ -373,7 +373,7 @@ def test_upload_with_wrong_shape_is_rejected(kind: str, name: str, array: np.nda
     arrays[name] = array
 
     # Execute
-    problems = validate_upload(arrays, kind, HIDDEN, max_rows=5, num_examples=5)
+    problems = read_upload(arrays, kind, HIDDEN, max_rows=5, num_examples=5)[1]
 
     # Assert
     assert len(problems) == 1
@@ -387,7 +387,7 @@ def test_upload_collects_problems_of_every_chunk() -> None:
     arrays["act.2"] = np.zeros((2, 5, 3), dtype=np.float32)
 
     # Execute
-    problems = validate_upload(arrays, "activations", HIDDEN, max_rows=5, num_examples=7)
+    problems = read_upload(arrays, "activations", HIDDEN, max_rows=5, num_examples=7)[1]
 
     # Assert
     assert problems == [
@@ -411,7 +411,7 @@ def test_upload_collects_problems_of_every_chunk() -> None:
 )
 def test_upload_with_odd_names_or_dtypes_is_rejected_not_raised(arrays):
     # Execute
-    problems = validate_upload(arrays, "samples", 8, 10, 3)
+    problems = read_upload(arrays, "samples", 8, 10, 3)[1]
 
     # Assert
     assert problems
