@@ -124,6 +124,9 @@ class TimedServer(SplitServer):
     def train_split(self, *args, **kwargs):
         return self._timed(super().train_split, *args, **kwargs)
 
+    def score_split(self, *args, **kwargs):
+        return self._timed(super().score_split, *args, **kwargs)
+
     def train_pool(self, *args, **kwargs):
         return self._timed(super().train_pool, *args, **kwargs)
 

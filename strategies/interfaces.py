@@ -40,6 +40,20 @@ class ServerModel(Protocol):
         """
         ...
 
+    def score_split(self, state: Mapping[str, np.ndarray], batches: Sequence[Chunk]) -> float:
+        """The mean loss of the server side at ``state`` on one client's minibatches, without a step.
+
+        Used to screen clients before the server trains on them (:mod:`strategies.trust.screen`).
+        """
+        ...
+
+    def root_update(
+        self, state: Mapping[str, np.ndarray], samples: int, steps: int, seed: int, *, lr: float, head_lr: float
+    ) -> dict[str, np.ndarray]:
+        """Every trainable tensor after ``steps`` minibatches from ``state`` on the server's own root set
+        of ``samples`` samples (FLTrust's reference, :mod:`strategies.trust.fltrust`)."""
+        ...
+
     def shape(self) -> ModelShape:
         """Sizes of the split model, for the simulated cost of each mode."""
         ...

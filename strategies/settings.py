@@ -21,6 +21,8 @@ from strategies.wire import names as wire
 from strategies.wire.codecs.registry import CODEC_NAMES, wire_codec
 
 SERVER_SIDES = ("sequential", "parallel")
+UPDATE_REFERENCES = ("round", "history")
+TRUST_CHECKS = ("off", "screen")
 ACTIVATION_DTYPES = CODEC_NAMES  # the choices of activation_dtype: the wire codecs' names (strategies.wire.codecs)
 
 
@@ -89,6 +91,25 @@ class SplitSettings:
         median of its round (:mod:`strategies.aggregate.robust`): ``"clip"``, ``"reject"`` or ``"off"``.
     update_bound : float (default: 3.0)
         The bound, as a multiple of the round's median update norm.
+    update_reference : str (default: "history")
+        The norm ``update_bound`` multiplies: ``"round"``, the round's median update norm;
+        ``"history"``, the median accepted norm of the last rounds (the round's own median
+        in the first round), which colluders in one round cannot raise.
+    trust : str (default: "screen")
+        ``"screen"``: split clients whose loss or activations are out of line with their
+        peers' are left out of the round and lose reputation (:mod:`strategies.trust.screen`);
+        ``"off"``: no screening.
+    trust_z : float (default: 3.5)
+        Robust z-score beyond which a screened client is out of line.
+    trust_exclude : float (default: 0.5)
+        Reputation below which a client is left out even when it looks in line; a
+        client's volume is weighted by its reputation.
+    volume_cap : float (default: 3.0)
+        A client contribution's volume is capped at this multiple of the round's median
+        (:mod:`strategies.trust.volume`); 0: no cap.
+    root_samples : int (default: 0)
+        FLTrust (:mod:`strategies.trust.fltrust`): samples of the server's own root set;
+        0: off. The server model must offer ``root_update``.
     aggregation : str (default: "mean")
         ``"mean"``, ``"median"`` or ``"trimmed"`` (mean after cutting ``trim`` of the volume
         from each end), per value and weighted by data volume.
@@ -126,6 +147,12 @@ class SplitSettings:
     local_eval_size: int = 32
     update_check: str = "clip"
     update_bound: float = 3.0
+    update_reference: str = "history"
+    trust: str = "screen"
+    trust_z: float = 3.5
+    trust_exclude: float = 0.5
+    volume_cap: float = 3.0
+    root_samples: int = 0
     aggregation: str = "mean"
     trim: float = 0.2
     max_activation: float = 1e4
@@ -140,6 +167,8 @@ class SplitSettings:
             ("activation_dtype", self.activation_dtype, CODEC_NAMES),
             ("update_check", self.update_check, UPDATE_CHECKS),
             ("aggregation", self.aggregation, RULES),
+            ("update_reference", self.update_reference, UPDATE_REFERENCES),
+            ("trust", self.trust, TRUST_CHECKS),
         ):
             if value not in choices:
                 raise ValueError(f"{name}={value!r} must be one of {list(choices)}")
@@ -158,6 +187,14 @@ class SplitSettings:
             raise ValueError(f"requery_every={self.requery_every!r} must be at least 0")
         if not self.update_bound >= 1.0:  # also refuses NaN
             raise ValueError(f"update_bound={self.update_bound!r} must be at least 1")
+        if not self.trust_z >= 1.0:  # also refuses NaN
+            raise ValueError(f"trust_z={self.trust_z!r} must be at least 1")
+        if not 0.0 <= self.trust_exclude <= 1.0:
+            raise ValueError(f"trust_exclude={self.trust_exclude!r} must be in [0, 1]")
+        if not self.volume_cap >= 0.0:
+            raise ValueError(f"volume_cap={self.volume_cap!r} must be at least 0 (0: no cap)")
+        if self.root_samples < 0:
+            raise ValueError(f"root_samples={self.root_samples!r} must be at least 0 (0: no FLTrust)")
         if not 0.0 <= self.trim < 0.5:
             raise ValueError(f"trim={self.trim!r} must be in [0, 0.5)")
         if not self.max_activation > 0.0:  # also refuses NaN

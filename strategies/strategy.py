@@ -66,6 +66,7 @@ from strategies.round.deadline import sample_in_time
 from strategies.round.loop import run_rounds
 from strategies.round.state import RoundState, TrainedPart
 from strategies.settings import SplitSettings
+from strategies.trust.state import TrustState
 from strategies.wire import names as wire
 from strategies.wire.records import from_record, to_record
 
@@ -117,6 +118,7 @@ class SplitPrefixStrategy(Strategy):
         self.run_dir = run_dir
         self.fleet = FleetState()
         self.ledger = EnergyLedger()
+        self.trust = TrustState()  # reputations and norm history, changed only when a round closes
         self.state: State = {}  # the global tensors after the last closed round
         self.first_round = 1
         self.status = "not started"
@@ -136,6 +138,7 @@ class SplitPrefixStrategy(Strategy):
         state = checkpoint.state
         self.fleet.restore(state, self.run_dir.load_pool() if self.run_dir is not None else {})
         self.probes.restore(state.get("probe") or {})
+        self.trust = TrustState.from_state(state.get("trust"))
         self.ledger = EnergyLedger(rows=[], clock_s=float(state.get("clock-s", 0.0)))
         self.first_round = checkpoint.round + 1
 
@@ -215,7 +218,7 @@ class SplitPrefixStrategy(Strategy):
         with self._hooks_for(RoundPart(ctx, rnd, origin)):
             first = list(self.configure_train(ctx.server_round, to_record(origin), ctx.train_config, ctx.grid))
         parts = (self.server_model, self.keys, self.bounds, self.fleet)
-        return server_modes.train_part(ctx, *parts, origin, rnd, first)
+        return server_modes.train_part(ctx, *parts, origin, rnd, first, self.trust)
 
     def average_part(self, ctx: RoundContext, rnd: RoundState, part: TrainedPart, origin: State) -> State:
         """The part's average, by ``aggregate_train`` over the replies of its accepted contributions;
@@ -246,9 +249,12 @@ class SplitPrefixStrategy(Strategy):
                 self.probes.decide(settled.decision)
         records.log_round(record, rnd.num_rounds)
         self.state = state
+        self.trust.commit(rnd.in_line, rnd.norms, rnd.references)
         if self.run_dir is not None:
             probe = self.probes.checkpoint_entry()
-            records.save_round(self.run_dir, record, state, self.fleet, self.ledger, uploaded, probe)
+            records.save_round(
+                self.run_dir, record, state, self.fleet, self.ledger, uploaded, probe, self.trust.to_state()
+            )
         return record, state
 
     # --- Flower's Strategy interface ----------------------------------------------------------
@@ -289,7 +295,9 @@ class SplitPrefixStrategy(Strategy):
         part = self._part
         if part is not None and part.trained is not None:
             trained = part.trained.only_from({r.metadata.src_node_id for r in replies})
-            average = server_modes.average_part(trained, part.origin, part.rnd, part.ctx.settings, self.fleet)
+            average = server_modes.average_part(
+                trained, part.origin, part.rnd, part.ctx.settings, self.fleet, self.trust
+            )
             volume = sum(c.num_examples for c in trained.accepted.values())
             return to_record(average), MetricRecord({wire.NUM_EXAMPLES: volume})
         arrays, volume = server_modes.aggregate_replies(replies, self.fleet, self.state)

@@ -140,27 +140,33 @@ def _node_unavailable(message: Message) -> Message:
 
 
 def run_inprocess(run_config: Mapping[str, Any], num_nodes: int = 10, fault: Fault | None = None) -> dict:
-    """Run a whole job in this process; return the summary."""
+    """Run a whole job in this process; return the summary.
+
+    Its ``num_nodes`` nodes are all there at the start: a ``strategy.min-clients`` above them is
+    refused before anything is built (:func:`~flower_app.apps.server_app.check_nodes`).
+    """
     from flower_app.apps.client_app import app as client_app
     from flower_app.apps.server_app import run_server
 
-    return run_server(InProcessGrid(client_app, num_nodes, run_config, fault), run_config)
+    return run_server(InProcessGrid(client_app, num_nodes, run_config, fault), run_config, num_nodes=num_nodes)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m flower_app.apps.runner [--nodes N] [--debug] [key=value ...]``: a job without Ray.
 
-    Exits 0 when the run completed, 1 when it stopped early or failed, 2 on a bad
-    config, data file or run directory (one line that names the problem; ``--debug``
-    shows the traceback).
+    Exits 0 when the run completed, 1 when it stopped early or failed (a full disk
+    among the causes), 2 on a bad config, data file or run directory (one in use by
+    another run too), 128 + the signal's number after SIGTERM; always with one line that
+    names the problem (``--debug`` shows the traceback).
     """
     import argparse
     import json
     import sys
 
+    from flower_app.apps.server_app import Interrupted
     from flower_app.config.overrides import overrides_of
     from strategies.persist.checkpoint import CheckpointError
-    from strategies.persist.rundir import RunDirectoryError
+    from strategies.persist.rundir import RunDirectoryError, RunDirectoryFull
 
     parser = argparse.ArgumentParser(description=(main.__doc__ or "").splitlines()[0])
     parser.add_argument("--nodes", type=int, default=10, help="simulated nodes (default: 10)")
@@ -170,6 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     overrides = overrides_of(parser, args.overrides)
     try:
         summary = run_inprocess(overrides, num_nodes=args.nodes)
+    except Interrupted as stop:
+        print(f"error: run interrupted: {stop}", file=sys.stderr)
+        return 128 + stop.signum
+    except RunDirectoryFull as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except (ValueError, KeyError, OSError, CheckpointError, RunDirectoryError) as err:
         if args.debug:
             raise

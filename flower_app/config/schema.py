@@ -23,7 +23,7 @@ from strategies.aggregate.robust import RULES, UPDATE_CHECKS
 from strategies.policy.policies import POLICIES
 from strategies.policy.requirements import THRESHOLD_METRICS
 from strategies.probing.judge import AMOUNTS, CRITERIA, VARIANTS
-from strategies.settings import ACTIVATION_DTYPES, SERVER_SIDES
+from strategies.settings import ACTIVATION_DTYPES, SERVER_SIDES, TRUST_CHECKS, UPDATE_REFERENCES
 from strategies.wire import names as wire
 
 FAMILIES = ("text", "image")
@@ -91,6 +91,12 @@ class DataSettings:
     partitioner: str = _f("iid", "how samples are spread over clients", choices=("iid", "dirichlet"))
     alpha: float = _f(0.5, "Dirichlet concentration (smaller: more label skew)", low=1e-3)
     num_partitions: int = _f(10, "partitions (simulation overrides it with the node count)", low=1)
+    max_classes: int = _f(1000, "most distinct labels a data file may hold (more: refused at load)", low=2)
+    max_line_bytes: int = _f(
+        1_000_000,
+        "longest line (or CSV record) a local data file may hold, in bytes (longer: refused with file:line)",
+        low=64,
+    )
 
 
 @dataclass(frozen=True)
@@ -173,6 +179,38 @@ class StrategySettings:
         choices=UPDATE_CHECKS,
     )
     update_bound: float = _f(3.0, "update-check bound, a multiple of the round's median update norm", low=1.0)
+    update_reference: str = _f(
+        "history",
+        "the norm update-bound multiplies: this round's median, or the median of earlier rounds' accepted updates "
+        "(colluders in one round cannot raise it)",
+        choices=UPDATE_REFERENCES,
+    )
+    trust: str = _f(
+        "screen",
+        "split clients' losses and activations screened against their peers'; a client found out of line loses "
+        "reputation, and below trust-exclude it trains neither the server's half nor the average (off: none)",
+        choices=TRUST_CHECKS,
+    )
+    trust_z: float = _f(
+        3.5,
+        "screen: robust z-score (median/MAD over the round's clients) beyond which a client is out of line",
+        low=1.0,
+    )
+    trust_exclude: float = _f(
+        0.5,
+        "screen: reputation below which a client is left out of the round (reputations start at 1)",
+        low=0.0,
+        high=1.0,
+    )
+    volume_cap: float = _f(
+        3.0, "a contribution's data volume is capped at this multiple of the round's median volume (0: no cap)", low=0.0
+    )
+    root_samples: int = _f(
+        0,
+        "FLTrust: training samples the server keeps as its own root set; client updates are weighted by their "
+        "direction's agreement with the server's update on it and scaled to its norm (0: off)",
+        low=0,
+    )
     aggregation: str = _f("mean", "rule per value, weighted by data volume: mean, median or trimmed", choices=RULES)
     trim: float = _f(0.2, "trimmed rule: fraction of the volume cut from each end", low=0.0, high=0.49)
     max_activation: float = _f(

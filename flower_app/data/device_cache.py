@@ -58,7 +58,9 @@ def node_data(config: Config, source: DataSource, root: Path) -> data_mod.Encode
     if source.data_path:
         d = config.data
         own = Path(source.data_path).expanduser()
-        dataset = data_mod.load_device_table(own, d.text_column, d.label_column, labels)
+        dataset = data_mod.load_device_table(
+            own, d.text_column, d.label_column, labels, limits=data_mod.FileLimits.of(config)
+        )
     else:
         dataset = partition_of(config, source.client_id, source.num_partitions)
     encoded = encode_for(tokenizer, dataset, config)
@@ -79,7 +81,14 @@ def partition_of(config: Config, partition_id: int, num_partitions: int) -> data
 @lru_cache(maxsize=2)
 def _pool(config: Config) -> data_mod.TextDataset:
     d = config.data
-    dataset = data_mod.load_dataset(d.source, d.text_column, d.label_column, seed=config.run.seed, classes=d.classes)
+    dataset = data_mod.load_dataset(
+        d.source,
+        d.text_column,
+        d.label_column,
+        seed=config.run.seed,
+        classes=d.classes,
+        limits=data_mod.FileLimits.of(config),
+    )
     return data_mod.train_test_split(dataset, d.test_size, config.run.seed)[0]
 
 

@@ -12,6 +12,11 @@ Sources (``data.source``):
 - ``synthetic``: a tiny seeded two-class set for unit tests (400 samples);
   ``synthetic:N`` the same kind of set with ``N`` samples (e.g. ``synthetic:20000``
   for 1000 simulated nodes: every partition needs at least one sample).
+
+A local file is read within :class:`FileLimits`: a line (a CSV record) over
+``data.max-line-bytes`` and more distinct labels than ``data.max-classes`` are refused, and
+each text is cut to what ``model.max-length`` tokens can use (:func:`clip_text`) before
+anything tokenizes it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import io
 import json
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,10 +36,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from flower_app.config.schema import DataSettings
 from strategies.wire import names as wire
 
 if TYPE_CHECKING:
     import torch
+
+    from flower_app.config.schema import Config
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +68,51 @@ SYNTHETIC_WORDS = [
 ]
 
 
+# Characters a token may span, generously: English averages about 4 characters a token and the
+# longest word pieces of the vocabularies in use are about 20, so 32 x max-length characters hold
+# at least max-length tokens of any real text, and what tokenizing keeps is the same as from the
+# whole text. Only a pathological text (a long run of spaces or symbols) loses tokens.
+CHARS_PER_TOKEN = 32
+
+
+@dataclass(frozen=True)
+class FileLimits:
+    """What a local data file may hold, and how much of each text tokenizing can use.
+
+    Parameters
+    ----------
+    max_line_bytes : int (default: data.max-line-bytes)
+        Longest JSONL line or CSV record, in bytes (UTF-8).
+    max_classes : int (default: data.max-classes)
+        Most distinct labels.
+    max_length : int | None (default: None)
+        ``model.max-length``: texts are cut by :func:`clip_text` as they are read; None keeps them whole.
+    """
+
+    max_line_bytes: int = DataSettings.max_line_bytes
+    max_classes: int = DataSettings.max_classes
+    max_length: int | None = None
+
+    @classmethod
+    def of(cls, config: Config) -> FileLimits:
+        """The job's limits: ``data.max-line-bytes``, ``data.max-classes`` and ``model.max-length``."""
+        return cls(config.data.max_line_bytes, config.data.max_classes, config.model.max_length)
+
+
+DEFAULT_LIMITS = FileLimits()
+
+
+def clip_text(text: str, max_length: int) -> str:
+    """``text`` cut to its first and last ``CHARS_PER_TOKEN * max_length`` characters.
+
+    A classifier keeps a text's first ``max_length`` tokens, the causal-LM objective the end of
+    its prompt (:func:`flower_app.tasks.lm.encode_lm`): both are in what stays, and a 200 MB
+    line no longer reaches the tokenizer whole.
+    """
+    keep = CHARS_PER_TOKEN * max_length
+    return text if len(text) <= 2 * keep else f"{text[:keep]} {text[-keep:]}"
+
+
 @dataclass(frozen=True)
 class TextDataset:
     """Texts and integer labels; ``label_names[i]`` names label ``i``."""
@@ -76,7 +130,12 @@ class TextDataset:
 
 
 def load_dataset(
-    source: str, text_column: str = "text", label_column: str = "label", seed: int = 0, classes: str = ""
+    source: str,
+    text_column: str = "text",
+    label_column: str = "label",
+    seed: int = 0,
+    classes: str = "",
+    limits: FileLimits = DEFAULT_LIMITS,
 ) -> TextDataset:
     if source == "rotten-tomatoes":
         return rotten_tomatoes()
@@ -92,7 +151,7 @@ def load_dataset(
             f"data.source='{source}' is not 'rotten-tomatoes', 'guardian-headlines', 'synthetic[:N]' or a file"
         )
     declared = tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None
-    return load_table(path, text_column, label_column, declared)
+    return load_table(path, text_column, label_column, declared, limits)
 
 
 def _synthetic_size(source: str) -> int:
@@ -137,33 +196,47 @@ class DataFileError(ValueError):
     """A data file that cannot be used as it is; the message names the file and the line."""
 
 
-def load_table(path: Path, text_column: str, label_column: str, classes: tuple[str, ...] | None = None) -> TextDataset:
-    """Read a labelled CSV or JSONL file (UTF-8, with or without a BOM).
+def load_table(
+    path: Path,
+    text_column: str,
+    label_column: str,
+    classes: tuple[str, ...] | None = None,
+    limits: FileLimits = DEFAULT_LIMITS,
+) -> TextDataset:
+    """Read a labelled CSV or JSONL file (UTF-8, with or without a BOM) within ``limits``.
 
     Rows with an empty text are dropped (counted in a warning); an empty label is an
     error. Labels are decided for the whole column: with ``classes`` declared, each
     label must be one of them (class ``i`` is ``classes[i]``); otherwise a column of
     integers must hold exactly ``0..K-1``, and any other column is mapped to ids in
-    sorted order. Fewer than two classes is an error. Every error names the file and line.
+    sorted order. Fewer than two classes, or more than ``limits.max_classes``, is an error.
+    Every error names the file and line.
     """
-    kept = _rows_with_text(path, text_column, label_column)
+    kept = _rows_with_text(path, text_column, label_column, limits)
     lines, texts, raw = zip(*kept, strict=True)
-    names, ids = _label_ids(path, list(lines), list(raw), label_column, classes)
+    names, ids = _label_ids(path, list(lines), list(raw), label_column, classes, limits.max_classes)
     return TextDataset(tuple(texts), np.array(ids, dtype=np.int64), names)
 
 
-def load_device_table(path: Path, text_column: str, label_column: str, label_names: tuple[str, ...]) -> TextDataset:
+def load_device_table(
+    path: Path,
+    text_column: str,
+    label_column: str,
+    label_names: tuple[str, ...],
+    limits: FileLimits = DEFAULT_LIMITS,
+) -> TextDataset:
     """A device's own CSV or JSONL file, its labels mapped to the run's classes ``label_names``.
 
     A label is a class name of the run, or its integer id ``0..K-1``. Unlike
     :func:`load_table`, one class is fine: a device may see only some classes.
     Every error names the file and line.
     """
-    kept = _rows_with_text(path, text_column, label_column)
+    kept = _rows_with_text(path, text_column, label_column, limits)
+    index = {name: i for i, name in enumerate(label_names)}
     ids = []
     for line, _, label in kept:
-        if label in label_names:
-            ids.append(label_names.index(label))
+        if label in index:
+            ids.append(index[label])
         elif _INT.fullmatch(label) and 0 <= int(label) < len(label_names):
             ids.append(int(label))
         else:
@@ -175,9 +248,9 @@ def load_device_table(path: Path, text_column: str, label_column: str, label_nam
     return TextDataset(texts, np.array(ids, dtype=np.int64), tuple(label_names))
 
 
-def _rows_with_text(path: Path, text_column: str, label_column: str) -> list[tuple[int, str, str]]:
+def _rows_with_text(path: Path, text_column: str, label_column: str, limits: FileLimits) -> list[tuple[int, str, str]]:
     """:func:`_read_rows` less the rows with an empty text (counted in a warning); none left is an error."""
-    rows = _read_rows(path, text_column, label_column)
+    rows = _read_rows(path, text_column, label_column, limits)
     kept = [(line, text, label) for line, text, label in rows if text.strip()]
     if len(kept) < len(rows):
         logger.warning("%s: %d rows with an empty text dropped", path, len(rows) - len(kept))
@@ -186,8 +259,9 @@ def _rows_with_text(path: Path, text_column: str, label_column: str) -> list[tup
     return kept
 
 
-def _read_rows(path: Path, text_column: str, label_column: str) -> list[tuple[int, str, str]]:
-    """``(line, text, label)`` of every row; labels stripped, a missing or empty label an error."""
+def _read_rows(path: Path, text_column: str, label_column: str, limits: FileLimits) -> list[tuple[int, str, str]]:
+    """``(line, text, label)`` of every row; labels stripped, a missing or empty label an error,
+    texts clipped to ``limits.max_length`` tokens' worth."""
     if path.suffix not in (".csv", ".jsonl"):
         raise DataFileError(f"{path}: expected a .csv or .jsonl file")
     data = path.read_bytes()
@@ -196,7 +270,8 @@ def _read_rows(path: Path, text_column: str, label_column: str) -> list[tuple[in
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise DataFileError(f"{path}:{line}: not UTF-8 (byte {err.start}); save the file as UTF-8") from None
-    records = _jsonl_records(path, content) if path.suffix == ".jsonl" else _csv_records(path, content)
+    limit = limits.max_line_bytes
+    records = _jsonl_records(path, content, limit) if path.suffix == ".jsonl" else _csv_records(path, content, limit)
     if not records:
         raise DataFileError(f"{path} holds no rows")
     rows = []
@@ -208,13 +283,15 @@ def _read_rows(path: Path, text_column: str, label_column: str) -> list[tuple[in
         label = "" if label is None else str(label).strip()
         if not label:
             raise DataFileError(f"{path}:{line}: empty label in column '{label_column}'")
-        rows.append((line, "" if text is None else str(text), label))
+        text = "" if text is None else str(text)
+        rows.append((line, text if limits.max_length is None else clip_text(text, limits.max_length), label))
     return rows
 
 
-def _jsonl_records(path: Path, content: str) -> list[tuple[int, dict[str, object]]]:
+def _jsonl_records(path: Path, content: str, max_bytes: int) -> list[tuple[int, dict[str, object]]]:
     records = []
     for line, text in enumerate(content.splitlines(), start=1):
+        _check_size(path, line, _utf8_size(text), max_bytes, "line")
         if not text.strip():
             continue
         try:
@@ -227,49 +304,100 @@ def _jsonl_records(path: Path, content: str) -> list[tuple[int, dict[str, object
     return records
 
 
-def _csv_records(path: Path, content: str) -> list[tuple[int, dict[str, object]]]:
-    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # long texts are fine; truncation comes later
-    reader = csv.DictReader(io.StringIO(content))
+def _csv_records(path: Path, content: str, max_bytes: int) -> list[tuple[int, dict[str, object]]]:
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # a record is bounded by _RecordLines instead
+    lines = _RecordLines(path, content, max_bytes)
+    reader = csv.DictReader(lines)
     records = []
     try:
+        _ = reader.fieldnames  # the header is a record of its own
+        lines.next_record()
         for record in reader:
             records.append((reader.line_num, dict(record)))
+            lines.next_record()
     except csv.Error as err:
         raise DataFileError(f"{path}:{reader.line_num}: {err}") from None
     return records
 
 
+class _RecordLines:
+    """A CSV text's lines for ``csv.reader``, refusing a record (one line, or several in quotes)
+    over ``max_bytes`` as soon as it grows past it."""
+
+    def __init__(self, path: Path, content: str, max_bytes: int):
+        self.path, self.content, self.max_bytes = path, content, max_bytes
+        self.line = 0  # lines handed out
+        self.first = 1  # the first line of the record being read
+        self.size = 0  # its bytes so far
+
+    def __iter__(self) -> Iterator[str]:
+        for text in io.StringIO(self.content):
+            self.line += 1
+            self.size += _utf8_size(text)
+            _check_size(self.path, self.first, self.size, self.max_bytes, "record")
+            yield text
+
+    def next_record(self) -> None:
+        self.first, self.size = self.line + 1, 0
+
+
 def _label_ids(
-    path: Path, lines: list[int], raw: list[str], column: str, classes: tuple[str, ...] | None
+    path: Path, lines: list[int], raw: list[str], column: str, classes: tuple[str, ...] | None, max_classes: int
 ) -> tuple[tuple[str, ...], list[int]]:
-    """Class names and each row's class id, decided for the whole column."""
-    if len(set(raw)) < 2:
+    """Class names and each row's class id, decided for the whole column; one pass over the rows."""
+    distinct = set(raw)
+    if len(distinct) < 2:
         raise DataFileError(f"{path}: every one of its {len(raw)} rows has label {raw[0]!r}; need two classes")
+    _check_classes(path, column, len(distinct), len(classes or ()), max_classes)
     if classes is not None:
-        unseen = [(line, v) for line, v in zip(lines, raw, strict=True) if v not in classes]
+        index = {name: i for i, name in enumerate(classes)}
+        unseen = [(line, v) for line, v in zip(lines, raw, strict=True) if v not in index]
         if unseen:
             line, value = unseen[0]
             raise DataFileError(
                 f"{path}:{line}: label {value!r} is not among data.classes {list(classes)} ({len(unseen)} rows like it)"
             )
-        names = classes
-        ids = [classes.index(v) for v in raw]
-    elif all(_INT.fullmatch(v) for v in raw):
+        return classes, [index[v] for v in raw]
+    if all(_INT.fullmatch(v) for v in raw):
         values = [int(v) for v in raw]
-        distinct = sorted(set(values))
-        if distinct != list(range(len(distinct))):
-            odd = next(v for v in distinct if not 0 <= v < len(distinct))
+        ints = sorted(set(values))
+        if ints != list(range(len(ints))):
+            odd = next(v for v in ints if not 0 <= v < len(ints))
             line = lines[values.index(odd)]
             raise DataFileError(
-                f"{path}:{line}: integer labels in column '{column}' must be 0..{len(distinct) - 1} "
-                f"(found {len(distinct)} values from {distinct[0]} to {distinct[-1]}, e.g. {odd}); "
+                f"{path}:{line}: integer labels in column '{column}' must be 0..{len(ints) - 1} "
+                f"(found {len(ints)} values from {ints[0]} to {ints[-1]}, e.g. {odd}); "
                 "fix the label or name the classes in data.classes"
             )
-        names, ids = tuple(str(i) for i in distinct), values
-    else:
-        names = tuple(sorted(set(raw)))
-        ids = [names.index(v) for v in raw]
-    return names, ids
+        return tuple(str(i) for i in ints), values
+    names = tuple(sorted(distinct))
+    index = {name: i for i, name in enumerate(names)}
+    return names, [index[v] for v in raw]
+
+
+def _check_classes(path: Path, column: str, found: int, declared: int, max_classes: int) -> None:
+    """More distinct labels (or declared classes) than ``data.max-classes`` is refused: a model with a
+    class per row learns nothing, and a head that wide is mostly memory."""
+    if declared > max_classes:
+        raise DataFileError(f"data.classes names {declared:,} classes, more than data.max-classes={max_classes}")
+    if found > max_classes:
+        raise DataFileError(
+            f"{path}: {found:,} distinct labels in column '{column}', more than data.max-classes={max_classes}: "
+            "is it the label column (data.label-column)? Raise data.max-classes if the classes are real"
+        )
+
+
+def _check_size(path: Path, line: int, size: int, max_bytes: int, what: str) -> None:
+    if size > max_bytes:
+        raise DataFileError(
+            f"{path}:{line}: this {what} is longer than data.max-line-bytes={max_bytes} bytes; a text is cut to "
+            "model.max-length tokens anyway: shorten it, or raise data.max-line-bytes"
+        )
+
+
+def _utf8_size(text: str) -> int:
+    """Bytes of ``text`` in UTF-8; an ASCII text is not encoded to count them."""
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 _INT = re.compile(r"-?[0-9]+")
@@ -343,7 +471,9 @@ class Encoded:
 
 
 def encode(tokenizer, data: TextDataset, max_length: int) -> Encoded:
-    ids = tokenizer(list(data.texts), truncation=True, max_length=max_length)["input_ids"]
+    """Each text's first ``max_length`` tokens; the tokenizer sees it clipped (:func:`clip_text`)."""
+    texts = [clip_text(text, max_length) for text in data.texts]
+    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     return Encoded(tuple(tuple(x) for x in ids), data.labels)
 
 

@@ -143,7 +143,7 @@ def run_label_names(config: Config) -> tuple[str, ...]:
             f"data.source='{d.source}' is not on this device and data.classes is empty: "
             "name the classes in the run config (data.classes='neg,pos') so that a device's own file can be read"
         )
-    return data_mod.load_table(path, d.text_column, d.label_column).label_names
+    return data_mod.load_table(path, d.text_column, d.label_column, limits=data_mod.FileLimits.of(config)).label_names
 
 
 # --- the device part --------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, MetricRecord
 from flower_app.data import files as data_mod
 from flower_app.model.emulator import emulator_keys, kept_layers
 from flower_app.model.split_model import ClientPart, get_state, set_state
-from flower_app.modes.centralized import train_centralized
+from flower_app.modes.centralized import train_centralized, upload_chunks
 from flower_app.modes.training import EvalTally, adam, task_loss, to_wire, torch_threads
 from flower_app.tasks.family import Setup
 from strategies.cost.workload import ModelShape
@@ -44,6 +44,7 @@ class SplitServer:
         self.threads = setup.config.run.server_threads
         self.client_keys = tuple(get_state(setup.client))
         self.server_keys = tuple(get_state(setup.server))
+        self._root: tuple[int, list[wire.Chunk]] | None = None  # FLTrust's root set: its size and chunks
 
     def initial_state(self) -> dict[str, np.ndarray]:
         """Every trainable tensor at the start of a run (lower prefix, upper prefix, head)."""
@@ -83,6 +84,68 @@ class SplitServer:
                 grads.append(to_wire(boundary.grad, codec))
                 losses.append(loss.item())
         return get_state(server), grads, float(np.mean(losses))
+
+    def score_split(self, state: Mapping[str, np.ndarray], batches: Sequence[wire.Chunk]) -> float:
+        """Mean loss of the server side at ``state`` on a client's minibatches, no step (screening)."""
+        server = self.setup.server
+        set_state(server, state)
+        losses = []
+        with torch_threads(self.threads), torch.no_grad():
+            for batch in batches:
+                boundary = torch.as_tensor(batch.inputs).float()
+                mask = torch.as_tensor(batch.mask).long()
+                losses.append(self.loss(server(boundary, mask), mask, torch.as_tensor(batch.label)).item())
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def root_update(
+        self,
+        state: Mapping[str, np.ndarray],
+        samples: int,
+        steps: int,
+        seed: int,
+        *,
+        lr: float | None = None,
+        head_lr: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Every trainable tensor after ``steps`` minibatches on the server's root set (FLTrust).
+
+        The root set is ``samples`` rows drawn (seeded by the run) from the job's training pool:
+        a clean sample of the task's distribution that the server holds. Clients' partitions
+        are drawn from the same pool, so a client may hold some of the same rows."""
+        setup, s = self.setup, self.settings
+        set_state(setup.client, state)
+        set_state(setup.server, state)
+        chunks = self._root_chunks(samples)
+        with torch_threads(self.threads):
+            tensors, _, _ = train_centralized(
+                setup.client,
+                setup.server,
+                chunks,
+                wire.SAMPLES,
+                steps,
+                s.batch_size,
+                s.lr if lr is None else lr,
+                s.head_lr if head_lr is None else head_lr,
+                seed,
+                setup.spec,
+                setup.verbalizer_ids,
+            )
+        return tensors
+
+    def _root_chunks(self, samples: int) -> list[wire.Chunk]:
+        if self._root is None or self._root[0] != samples:
+            setup = self.setup
+            pool_size = len(setup.pool.labels)
+            if not 0 < samples <= pool_size:
+                raise ValueError(f"strategy.root-samples={samples} must be in [1, {pool_size}] (the training pool)")
+            picked = np.random.default_rng(self.settings.seed).choice(pool_size, samples, replace=False)
+            encoded = setup.encode(setup.pool.subset(np.sort(picked)))
+            chunks = []
+            for rows in upload_chunks(encoded, range(len(encoded))):
+                ids, mask, labels = data_mod.collate(encoded, rows, setup.pad_id)
+                chunks.append(wire.Chunk(ids.numpy(), mask.numpy(), labels.numpy()))
+            self._root = (samples, chunks)
+        return self._root[1]
 
     def train_pool(
         self,

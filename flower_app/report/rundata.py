@@ -3,7 +3,8 @@
 Reads what :mod:`strategies.persist.rundir` writes and writes nothing::
 
     metrics.jsonl   one record per round (strategies.round.record.round_record)
-    summary.json    the run's final figures
+    summary.json    the run's final figures (a ``running`` left by a killed run reads as
+                    ``interrupted (process gone)``: strategies.persist.rundir.reported_status)
     groups.json     each client's profile, group and mode at the end of the run
 
 :func:`read_run` raises :class:`ReportError` for a path that is not a run directory or a file
@@ -21,6 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
+
+from strategies.persist.rundir import reported_status
 
 # Any of these makes a directory a run directory (a run that was stopped early may lack some).
 V = TypeVar("V")
@@ -107,11 +110,14 @@ def read_run(path: str | Path, name: str | None = None) -> RunData:
         raise ReportError(f"{path}: not a run directory (no such directory)")
     if not any((path / file).exists() for file in RUN_FILES):
         raise ReportError(f"{path}: not a run directory (none of {', '.join(RUN_FILES)} in it)")
+    summary = _read_json(path / "summary.json")
+    if summary is not None and isinstance(summary.get("status"), str):  # a killed run's "running" says so
+        summary["status"] = reported_status(path, summary["status"])
     return RunData(
         name=name or path.resolve().name,
         path=path,
         rounds=_read_jsonl(path / "metrics.jsonl"),
-        summary=_read_json(path / "summary.json"),
+        summary=summary,
         groups=_read_json(path / "groups.json"),
     )
 

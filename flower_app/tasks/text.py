@@ -39,6 +39,7 @@ def build_setup(config: Config) -> Setup:
         config.data.label_column,
         seed=config.run.seed,
         classes=config.data.classes,
+        limits=data_mod.FileLimits.of(config),
     )
     spec = SplitSpec(m.split_layer, m.prefix_length, m.head, m.pooling, num_labels=len(dataset.label_names))
     architecture = detect_family(model.config)

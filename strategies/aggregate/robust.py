@@ -2,12 +2,14 @@
 
 **Bounded updates** (:func:`bound_updates`). A client's update is its tensors minus the
 current global tensors. Among the clients' contributions that hold the same tensor
-names (``k >= 3`` of them), one whose update norm exceeds ``bound`` times the median
-update norm of that group is either clipped to that norm (``clip``: the direction is
+names, one whose update norm exceeds ``bound`` times a reference norm of that group is
+either clipped to that norm (``clip``: the direction is
 kept, the length is not) or rejected (``reject``). Honest clients of one round take the
 same number of steps from the same start, so their update norms are of one size; a
-scaled or sign-flipped prefix is not. With fewer than 3 comparable contributions there
-is no median to trust and nothing is changed. The server's own contributions are not
+scaled or sign-flipped prefix is not. The reference is the median accepted norm
+of earlier rounds where the caller has one (``strategy.update-reference=history``: colluders
+who send outsized updates together cannot raise it), else the round's own median over
+``k >= 3`` comparable contributions; with neither, nothing is changed. The server's own contributions are not
 bounded here (they are checked to be finite where they are made).
 
 **Robust rules** (:func:`robust_average`), per value, weighted by data volume:
@@ -45,38 +47,61 @@ def update_norm(contribution: Contribution, state: Mapping[str, npt.NDArray[np.g
     return float(np.sqrt(total))
 
 
+def group_of(contribution: Contribution) -> str:
+    """The group a contribution's update norm is compared within: the names of the tensors it holds."""
+    return ",".join(sorted(contribution.arrays))
+
+
+def group_norms(
+    contributions: Sequence[Contribution], state: Mapping[str, npt.NDArray[np.generic]]
+) -> dict[str, list[float]]:
+    """Update norms by group (:func:`group_of`), in the given order."""
+    norms: dict[str, list[float]] = {}
+    for c in contributions:
+        norms.setdefault(group_of(c), []).append(update_norm(c, state))
+    return norms
+
+
 def bound_updates(
     contributions: Sequence[Contribution],
     state: Mapping[str, npt.NDArray[np.generic]],
     check: str,
     bound: float,
+    references: Mapping[str, float] | None = None,
 ) -> tuple[list[Contribution], dict[str, str]]:
     """The contributions with outsized updates clipped or left out, and what was done to whom.
 
-    Returns the contributions to average (in the given order) and, by ``source``, a
-    sentence for each one changed or rejected.
+    ``references``: by group (:func:`group_of`), a norm from outside the round (the median of
+    earlier rounds' accepted updates) that ``bound`` multiplies instead of the round's own
+    median, so that attackers of one round cannot raise their own limit; it applies to a
+    group of any size. Returns the contributions to average (in the given order) and, by
+    ``source``, a sentence for each one changed or rejected.
     """
     if check not in UPDATE_CHECKS:
         raise ValueError(f"update check {check!r} must be one of {list(UPDATE_CHECKS)}")
     if check == "off":
         return list(contributions), {}
     norms = [update_norm(c, state) for c in contributions]
-    groups: dict[frozenset[str], list[int]] = {}
+    groups: dict[str, list[int]] = {}
     for i, c in enumerate(contributions):
-        groups.setdefault(frozenset(c.arrays), []).append(i)
+        groups.setdefault(group_of(c), []).append(i)
     kept: dict[int, Contribution | None] = dict(enumerate(contributions))
     notes: dict[str, str] = {}
-    for members in groups.values():
-        if len(members) < 3:
+    for group, members in groups.items():
+        if references and group in references:
+            median, whose = references[group], "earlier rounds' median"
+        elif len(members) >= 3:
+            median, whose = float(np.median([norms[i] for i in members])), "median"
+        else:
             continue
-        limit = bound * float(np.median([norms[i] for i in members]))
+        limit = bound * median
         for i in members:
             if norms[i] <= limit:
                 continue
             c = contributions[i]
             if check == "reject":
                 kept[i] = None
-                notes[c.source] = f"update norm {norms[i]:.3g} > {bound:g} x median {limit / bound:.3g}: rejected"
+                notes[c.source] = f"update norm {norms[i]:.3g} > {bound:g} x {whose} {median:.3g}: rejected"
             else:
                 scale = limit / norms[i]
                 arrays = {
@@ -84,7 +109,7 @@ def bound_updates(
                     for k, v in c.arrays.items()
                 }
                 kept[i] = replace(c, arrays=arrays)
-                notes[c.source] = f"update norm {norms[i]:.3g} > {bound:g} x median {limit / bound:.3g}: clipped"
+                notes[c.source] = f"update norm {norms[i]:.3g} > {bound:g} x {whose} {median:.3g}: clipped"
     return [c for c in kept.values() if c is not None], notes
 
 

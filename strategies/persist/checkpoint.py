@@ -19,8 +19,9 @@ Wherever a kill strikes, the json on disk names the digest of ``checkpoint.npz``
 was never written is ignored and the previous round resumes. If the json is unreadable or
 neither npz matches, the previous checkpoint (``checkpoint.prev.json`` + ``checkpoint.prev.npz``)
 is loaded with a warning; only when that fails too does :class:`CheckpointError` name the files.
-An npz without any json (a first save that was killed) counts as no checkpoint. One writer per
-directory is assumed.
+An npz without any json (a first save that was killed) counts as no checkpoint. A save that
+fails (a full disk) deletes its temporary files and leaves the last committed checkpoint
+loadable. One writer per directory is assumed (:mod:`strategies.persist.rundir` locks it).
 
 The state travels as Python's JSON: tuples come back as lists, dict keys as strings, and
 ``inf``/``nan`` floats survive.
@@ -105,16 +106,20 @@ def save_checkpoint(
 
     with _temporary_file(directory) as (tmp_npz, handle):
         _write_npz(handle, arrays)
-    digest = _sha256(tmp_npz)
-    # Only rotate the npz the json names; an orphan from a killed save must not evict it.
-    committed = _committed_digest(json_path)
-    if npz_path.exists() and committed is not None and _sha256(npz_path) == committed:
-        os.replace(npz_path, prev_path)
-        # Its record goes along as a copy (the current json stays in place until replaced).
-        with _temporary_file(directory) as (tmp_prev, handle):
-            handle.write(json_path.read_bytes())
-        os.replace(tmp_prev, directory / PREV_JSON_NAME)
-    os.replace(tmp_npz, npz_path)
+    try:
+        digest = _sha256(tmp_npz)
+        # Only rotate the npz the json names; an orphan from a killed save must not evict it.
+        committed = _committed_digest(json_path)
+        if npz_path.exists() and committed is not None and _sha256(npz_path) == committed:
+            os.replace(npz_path, prev_path)
+            # Its record goes along as a copy (the current json stays in place until replaced).
+            with _temporary_file(directory) as (tmp_prev, handle):
+                handle.write(json_path.read_bytes())
+            os.replace(tmp_prev, directory / PREV_JSON_NAME)
+        os.replace(tmp_npz, npz_path)
+    except BaseException:
+        tmp_npz.unlink(missing_ok=True)  # a full disk gets its space back; the committed pair stays loadable
+        raise
 
     record = {
         "format": FORMAT_VERSION,

@@ -91,6 +91,12 @@ def merge_halves(rnd: RoundState, halves: Sequence[RoundState]) -> None:
         rnd.steps_done |= half.steps_done
         rnd.local_losses |= half.local_losses
         rnd.bounded |= half.bounded
+        rnd.screened |= half.screened
+        rnd.in_line |= half.in_line
+        rnd.capped |= half.capped
+        for group, norms in half.norms.items():
+            rnd.norms[group] = rnd.norms.get(group, []) + norms
+        rnd.references = rnd.references or half.references
         split.gradients |= half.split.gradients
         split.server_parts |= half.split.server_parts
         split.losses |= half.split.losses

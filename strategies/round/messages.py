@@ -17,7 +17,7 @@ from logging import WARNING
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
-from flwr.common.constant import ErrorCode
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
@@ -140,6 +140,14 @@ def exchange(grid: Grid, messages: Iterable[Message], timeout: float) -> Exchang
         if node is None or node in result.replies or node in result.failures:
             log(WARNING, "ignored a reply from node %d to no open message of this exchange", reply.metadata.src_node_id)
             continue
+        if not from_addressee(reply, node):
+            log(
+                WARNING,
+                "ignored a reply from node %d to the message sent to node %d: a node answers only its own messages",
+                reply.metadata.src_node_id,
+                node,
+            )
+            continue
         if reply.has_error():
             why = f"error reply: {reply.error.reason}"
             if reply.error.code in FLOWER_UNAVAILABLE:
@@ -152,6 +160,20 @@ def exchange(grid: Grid, messages: Iterable[Message], timeout: float) -> Exchang
         if node not in result.replies and node not in result.failures:
             result.failures[node] = (FailureCause.TIMEOUT, f"no reply within {timeout:.0f} s")
     return result
+
+
+def from_addressee(reply: Message, node: int) -> bool:
+    """Whether ``reply`` comes from ``node``, the node its message went to.
+
+    Flower's SuperLink checks this in deployment; the strategy checks it too, so that an
+    in-process grid (or a grid of the user's) cannot credit one node's work to another.
+    The one exception: Flower's own error reply for a node that is gone, sent by the
+    SuperLink in the node's name.
+    """
+    src = reply.metadata.src_node_id
+    if src == node:
+        return True
+    return reply.has_error() and reply.error.code in FLOWER_UNAVAILABLE and src == SUPERLINK_NODE_ID
 
 
 def exchange_in_round(grid: Grid, messages: Iterable[Message], timeout: float, rnd: RoundState) -> dict[int, Message]:

@@ -172,6 +172,14 @@ def round_record(
         record["bounded"] = dict(rnd.bounded)
         for source, note in sorted(rnd.bounded.items()):
             log(WARNING, "round %d: %s: %s", rnd.server_round, source, note)
+    if rnd.capped:
+        record["capped"] = dict(rnd.capped)
+        for source, note in sorted(rnd.capped.items()):
+            log(WARNING, "round %d: %s: %s", rnd.server_round, source, note)
+    if rnd.screened:
+        record["screened"] = {client_name(n, fleet_state): why for n, why in sorted(rnd.screened.items())}
+        for name, why in record["screened"].items():
+            log(WARNING, "round %d: client %s left out by screening: %s", rnd.server_round, name, why)
     for key, value in (evaluation or {}).items():
         record[key if key == wire.ACCURACY else f"eval-{key}"] = value
     return record
@@ -280,6 +288,7 @@ def save_round(
     ledger: EnergyLedger,
     uploaded: bool,
     probe: Mapping[str, Any],
+    trust: Mapping[str, Any] | None = None,
 ) -> None:
     """A closed round on disk: the pool if an upload arrived, the record, the ledger, the checkpoint."""
     if uploaded:
@@ -287,4 +296,6 @@ def save_round(
     run_dir.log_round(dict(record))
     run_dir.log_ledger([r for r in ledger.rows if r["round"] == record["round"]])
     saved = {"round": record["round"], **fleet_state.dump(), "clock-s": ledger.clock_s, "probe": dict(probe)}
+    if trust is not None:
+        saved["trust"] = dict(trust)
     run_dir.checkpoint(record["round"], dict(state), saved)

@@ -19,6 +19,7 @@ from strategies.aggregate.volume import Contribution
 from strategies.fleet.state import ClientInfo
 from strategies.policy.grouping import ModeAssignment
 from strategies.policy.requirements import Failure, FailureCause
+from strategies.trust.screen import References
 
 
 @dataclass
@@ -49,6 +50,7 @@ class TrainedPart:
     prefixes: dict[str, dict[int, Contribution]]
     pool: Contribution | None
     uploaded: bool
+    root: dict[str, np.ndarray] | None = None  # the server's update on its root set (FLTrust), if any
 
     @property
     def accepted(self) -> dict[int, Contribution]:
@@ -58,7 +60,7 @@ class TrainedPart:
     def only_from(self, nodes: set[int]) -> TrainedPart:
         """The contributions of the clients in ``nodes`` (and the pool's)."""
         prefixes = {m: {n: c for n, c in by_node.items() if n in nodes} for m, by_node in self.prefixes.items()}
-        return TrainedPart(prefixes, self.pool, self.uploaded)
+        return TrainedPart(prefixes, self.pool, self.uploaded, self.root)
 
 
 @dataclass
@@ -82,6 +84,11 @@ class RoundState:
     pool_members: list[int] = field(default_factory=list)  # partition ids trained on in the pool
     sat_out: list[int] = field(default_factory=list)  # partition ids over the round's deadline
     bounded: dict[str, str] = field(default_factory=dict)  # contributions clipped or rejected, by source
+    screened: dict[int, str] = field(default_factory=dict)  # by node id: split clients left out by trust, why
+    in_line: dict[int, bool] = field(default_factory=dict)  # by partition id: each screened client's verdict
+    references: References | None = None  # the screening references the round used
+    capped: dict[str, str] = field(default_factory=dict)  # contributions whose volume was capped, by source
+    norms: dict[str, list[float]] = field(default_factory=dict)  # accepted update norms by tensor group
     pool_loss: float | None = None
     pool_samples: int = 0
     joined: list[int] = field(default_factory=list)  # partition ids admitted at the round's start

@@ -46,6 +46,10 @@ class FakeServerModel:
         trained = {k: np.asarray(state[k]) + len(batches) for k in SERVER_KEYS}
         return trained, [codec.encode(2.0 * np.asarray(b.inputs, np.float32)) for b in batches], 0.5
 
+    def score_split(self, state, batches):
+        """Every client scores alike: screening never finds one out of line by its loss."""
+        return 0.5
+
     def shape(self) -> ModelShape:
         return ModelShape(
             layer_params=1000,
@@ -99,8 +103,10 @@ class FakeClient:
         self.num_partitions = num_partitions
         self.profile = profile(strong)
         self.received: list[Message] = []
-        # What the forward reply carries: (rows, tokens) per minibatch, the label, the claimed volume.
-        self.forward_shape, self.label, self.forward_volume = (2, 3), 0, None
+        # What the forward reply carries: (rows, tokens) per minibatch (rows None: the plan's batch
+        # size, as a real client holding enough samples sends), the label, the claimed volume.
+        self.forward_shape: tuple[int | None, int] = (None, 3)
+        self.label, self.forward_volume = 0, None
 
     def __call__(self, msg: Message) -> Message | None:
         self.received.append(msg)
@@ -120,6 +126,7 @@ class FakeClient:
         tag = ConfigRecord({wire.CODEC: codec.name})  # boundary tensors in the codec the plan asks for
         if kind == wire.SPLIT_FORWARD:
             rows, tokens = self.forward_shape
+            rows = plan.batch_size if rows is None else rows
             chunks = [
                 wire.Chunk(
                     codec.encode(np.full((rows, tokens, HIDDEN), self.value, np.float32)),

@@ -23,6 +23,7 @@ from strategies.modes.registry import TRAINING_MODES
 from strategies.round.context import RoundContext
 from strategies.round.state import RoundState, TrainedPart
 from strategies.settings import SplitSettings
+from strategies.trust.state import TrustState
 from strategies.wire import names as wire
 
 
@@ -67,6 +68,7 @@ class RoundWork:
     fleet_state: FleetState
     state: dict[str, np.ndarray]
     rnd: RoundState
+    trust: TrustState = field(default_factory=TrustState)  # read only: the strategy commits kept rounds
     prefixes: dict[str, dict[int, Contribution]] = field(default_factory=dict)
     pool: Contribution | None = None
     uploaded: bool = False
