@@ -175,10 +175,10 @@ class StrategySettings:
     kmeans_modes: str = _f("centralized,split,local", "kmeans policy: one mode per cluster, weakest first")
     update_check: str = _f(
         "clip",
-        "a client update above update-bound x the round's median norm: clip, reject or off",
+        "a client update above update-bound x the reference norm (update-reference): clip, reject or off",
         choices=UPDATE_CHECKS,
     )
-    update_bound: float = _f(3.0, "update-check bound, a multiple of the round's median update norm", low=1.0)
+    update_bound: float = _f(3.0, "update-check bound, a multiple of the reference update norm", low=1.0)
     update_reference: str = _f(
         "history",
         "the norm update-bound multiplies: this round's median, or the median of earlier rounds' accepted updates "

@@ -67,7 +67,9 @@ def on_worker(handler: Handler) -> Handler:
     def run(msg: Message, context: Context) -> Message:
         socket = context.node_config.get("device-worker")
         if socket:
-            content = ask(str(socket), msg, context)
+            # The worker gets as long as the server waits for this exchange's replies.
+            timeout_s = float(context.run_config.get("strategy.timeout-s", 600.0))
+            content = ask(str(socket), msg, context, timeout_s=timeout_s)
             if content is not None:
                 return Message(content, reply_to=msg)
         return handler(msg, context)
