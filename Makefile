@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: results-hetero setup docs config-reference device run run-inprocess scale lint test test-fast bench bench-hetero-seeds bench-robust bench-scale bench-deploy bench-llm bench-probe bench-semcom bench-select clean
+.PHONY: results-hetero setup docs config-reference device run run-inprocess scale lint test test-fast mutate bench bench-hetero-seeds bench-robust bench-scale bench-deploy bench-llm bench-probe bench-semcom bench-select clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,16 @@ test: lint
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# Mutation testing (mutmut): the kill rate of MUTATE_MODULES (folders or .py files) against the
+# tests MUTATE_TESTS (pytest arguments) selects, in a copy of the tree under build/mutate/; lists
+# the survivors. Empty: pyproject's [tool.mutmut], all of strategies/ against its fast tests.
+#   make mutate MUTATE_MODULES="strategies/aggregate strategies/wire"
+MUTATE_MODULES ?=
+MUTATE_TESTS ?=
+MUTATE_JOBS ?= 2
+mutate: setup
+	$(PY) scripts/mutate.py --modules "$(MUTATE_MODULES)" --tests '$(MUTATE_TESTS)' --jobs $(MUTATE_JOBS) $(MUTATE_ARGS)
 
 bench: setup
 	$(PY) bench/comm.py train.steps-per-round=6

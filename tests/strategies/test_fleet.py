@@ -76,6 +76,7 @@ def _workloads(policy, profiles, available=None, emulator_layers=1, upload_kind=
 )
 def test_policy_rejects_unknown_names(kwargs, match):
     # Prepare
+    kwargs = dict(kwargs)  # a copy: the parametrize dict must stay whole for a second run in one process
     name = kwargs.pop("name")
 
     # Execute / Assert
