@@ -6,10 +6,10 @@ names, one whose update norm exceeds ``bound`` times a reference norm of that gr
 either clipped to that norm (``clip``: the direction is
 kept, the length is not) or rejected (``reject``). Honest clients of one round take the
 same number of steps from the same start, so their update norms are of one size; a
-scaled or sign-flipped prefix is not. The reference is the median accepted norm
-of earlier rounds where the caller has one (``strategy.update-reference=history``: colluders
-who send outsized updates together cannot raise it), else the round's own median over
-``k >= 3`` comparable contributions; with neither, nothing is changed. The server's own contributions are not
+scaled or sign-flipped prefix is not. The reference is the round's own median
+over ``k >= 3`` comparable contributions, or the median accepted norm of earlier rounds where
+the caller has one and it is smaller (``strategy.update-reference=history``: colluders who send
+outsized updates together cannot raise it); with neither, nothing is changed. The server's own contributions are not
 bounded here (they are checked to be finite where they are made).
 
 **Robust rules** (:func:`robust_average`), per value, weighted by data volume:
@@ -72,9 +72,10 @@ def bound_updates(
     """The contributions with outsized updates clipped or left out, and what was done to whom.
 
     ``references``: by group (:func:`group_of`), a norm from outside the round (the median of
-    earlier rounds' accepted updates) that ``bound`` multiplies instead of the round's own
-    median, so that attackers of one round cannot raise their own limit; it applies to a
-    group of any size. Returns the contributions to average (in the given order) and, by
+    earlier rounds' accepted updates); ``bound`` multiplies the smaller of it and the round's
+    own median, so that attackers of one round cannot raise their own limit, and a reference
+    from rounds of a larger learning rate does not let them exceed this round's honest size.
+    It applies to a group of any size. Returns the contributions to average (in the given order) and, by
     ``source``, a sentence for each one changed or rejected.
     """
     if check not in UPDATE_CHECKS:
@@ -88,10 +89,11 @@ def bound_updates(
     kept: dict[int, Contribution | None] = dict(enumerate(contributions))
     notes: dict[str, str] = {}
     for group, members in groups.items():
-        if references and group in references:
+        own = float(np.median([norms[i] for i in members])) if len(members) >= 3 else None
+        if references and group in references and (own is None or references[group] < own):
             median, whose = references[group], "earlier rounds' median"
-        elif len(members) >= 3:
-            median, whose = float(np.median([norms[i] for i in members])), "median"
+        elif own is not None:
+            median, whose = own, "median"
         else:
             continue
         limit = bound * median

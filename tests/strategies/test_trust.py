@@ -245,3 +245,15 @@ def test_activations_of_another_scale_are_out_of_line_in_either_direction():
     narrow = [wire.Chunk(c.inputs / 50, c.mask, c.label) for c in _chunks(rng)]
     assert out_of_line(ClientScore(None, activation_spread(wide)), refs, 3.5) is not None
     assert out_of_line(ClientScore(None, activation_spread(narrow)), refs, 3.5) is not None
+
+
+def test_a_history_reference_from_larger_rounds_does_not_loosen_this_rounds_bound():
+    # Prepare: earlier rounds' updates were 10x longer (a larger learning rate); this round's honest ones are ~1.4
+    contributions = [_c(1.0), _c(1.1, source="b"), _c(0.9, source="c"), _c(-10.0, source="x")]
+
+    # Execute
+    kept, notes = bound_updates(contributions, STATE, "clip", 3.0, {"p": 14.0})
+
+    # Assert: clipped against this round's median norm (1.05 x sqrt 2), not 3 x 14
+    assert list(notes) == ["x"] and "x median" in notes["x"]
+    assert np.allclose(kept[3].arrays["p"], -3.15)
