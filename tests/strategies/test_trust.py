@@ -19,7 +19,17 @@ from strategies.round.steps.split import ForwardReply, screen_clients
 from strategies.settings import SplitSettings
 from strategies.strategy import SplitPrefixStrategy
 from strategies.trust.fltrust import fltrust_contribution, trust_scores
-from strategies.trust.screen import ClientScore, References, activation_spread, out_of_line, round_references
+from strategies.trust.screen import (
+    MAD_TO_SIGMA,
+    ClientScore,
+    Reference,
+    References,
+    activation_spread,
+    out_of_line,
+    reference,
+    round_references,
+    z_score,
+)
 from strategies.trust.state import TrustState
 from strategies.trust.volume import cap_volumes, weigh_by_reputation
 from strategies.wire import names as wire
@@ -257,3 +267,95 @@ def test_a_history_reference_from_larger_rounds_does_not_loosen_this_rounds_boun
     # Assert: clipped against this round's median norm (1.05 x sqrt 2), not 3 x 14
     assert list(notes) == ["x"] and "x median" in notes["x"]
     assert np.allclose(kept[3].arrays["p"], -3.15)
+
+
+# --- what the checkpoint holds and what the pieces compute exactly ----------------------------
+
+
+def test_references_go_through_a_checkpoint_and_malformed_entries_are_dropped():
+    refs = References(Reference(0.5, 0.125), Reference(-0.2, 0.05))
+    assert References.from_state(refs.to_state()) == refs
+    assert refs.to_state() == {"loss": [0.5, 0.125], "spread": [-0.2, 0.05]}
+    assert References(None, Reference(1.0, 2.0)).to_state() == {"spread": [1.0, 2.0]}
+    broken = {"loss": [0.5], "spread": [float("nan"), 1.0]}
+    assert References.from_state(broken) == References(None, None)
+    assert References.from_state({"loss": [0.5, 0.0], "spread": "x"}) == References(None, None)
+    assert References.from_state({"loss": (0.5, 0.25)}).loss == Reference(0.5, 0.25)
+
+
+def test_a_checkpoints_reputations_are_clamped_and_its_norms_read_as_floats():
+    state = TrustState.from_state({"reputation": {"3": 1.7, "4": -0.5, "5": "0.25"}, "norms": {"p": [[1, 2], [3]]}})
+    assert state.reputation == {3: 1.0, 4: 0.0, 5: 0.25}
+    assert state.norms == {"p": [[1.0, 2.0], [3.0]]} and state.norm_references() == {"p": 2.0}
+    assert TrustState.from_state(None).reputation == {} and TrustState.from_state({}).references == References(
+        None, None
+    )
+    trust = TrustState({7: 0.5}, {"p": [[1.0]]}, References(Reference(1.0, 0.5), None))
+    assert trust.to_state() == {"reputation": {"7": 0.5}, "norms": {"p": [[1.0]]}, "references": {"loss": [1.0, 0.5]}}
+
+
+def test_commit_keeps_finite_norms_and_references_only_when_there_are_some():
+    trust = TrustState(references=References(Reference(1.0, 0.5), None))
+    trust.commit({}, {"p": [float("nan"), 2.0], "q": [float("inf")]}, References(None, None))
+    assert trust.norms == {"p": [[2.0]]}
+    assert trust.references == References(Reference(1.0, 0.5), None)
+
+
+def test_the_activation_spread_counts_real_tokens_only():
+    inputs = np.zeros((1, 3, 4), np.float32)
+    inputs[0, 0] = [1.0, -1.0, 1.0, -1.0]  # std 1 on the one real token; padding is constant
+    chunk = wire.Chunk(inputs, np.array([[1, 0, 0]], np.int8), np.zeros(1))
+    assert activation_spread([chunk]) == pytest.approx(0.0)
+    two = [chunk, wire.Chunk(2 * inputs, np.array([[1, 0, 0]], np.int8), np.zeros(1))]
+    assert activation_spread(two) == pytest.approx(math.log(1.5))
+
+
+def test_a_reference_needs_three_finite_values_and_its_scale_is_the_largest_floor():
+    assert reference([1.0, 2.0, math.inf], 0.1, relative=True) is None
+    ref = reference([1.0, 2.0, 3.0, 100.0], 0.1, relative=True)
+    assert ref is not None and ref.median == 2.5 and ref.scale == pytest.approx(MAD_TO_SIGMA * 1.0)
+    assert reference([2.0, 2.0, 2.0], 0.25, relative=True, least=0.1).scale == pytest.approx(0.5)
+    assert reference([2.0, 2.0, 2.0], 0.25, relative=False, least=0.1).scale == pytest.approx(0.25)
+    assert reference([0.0, 0.0, 0.0], 0.25, relative=True, least=0.1).scale == pytest.approx(0.1)
+    assert (
+        z_score(3.0, Reference(2.0, 0.5)) == pytest.approx(2.0) and z_score(math.nan, Reference(2.0, 0.5)) == math.inf
+    )
+
+
+def test_fltrust_weighs_by_trust_times_volume_over_the_names_each_client_holds():
+    state = {"p": np.zeros(2, np.float32), "h": np.zeros(2, np.float32)}
+    root = {"p": np.array([1.0, 0.0], np.float32), "h": np.array([0.0, 1.0], np.float32)}
+    a = Contribution({"p": np.array([2.0, 0.0], np.float32)}, 10, "a")  # cos 1 on p, norm 2 -> rescaled to 1
+    b = Contribution({"p": np.array([1.0, 1.0], np.float32), "h": np.array([0.0, 3.0], np.float32)}, 30, "b")
+    scores = trust_scores([a, b], state, root)
+    assert scores[0] == pytest.approx(1.0)
+    assert scores[1] == pytest.approx(4.0 / (math.sqrt(11.0) * math.sqrt(2.0)))
+    merged, notes = fltrust_contribution([a, b], state, root)
+    assert notes == {} and merged is not None and merged.num_examples == 40
+    scale_b = math.sqrt(2.0) / math.sqrt(11.0)
+    wa, wb = 1.0 * 10, scores[1] * 30
+    assert np.allclose(
+        merged.arrays["p"], (wa * np.array([1.0, 0.0]) + wb * scale_b * np.array([1.0, 1.0])) / (wa + wb)
+    )
+    assert np.allclose(merged.arrays["h"], scale_b * np.array([0.0, 3.0]))  # only b holds h
+    assert merged.arrays["p"].dtype == np.float32
+    none, why = fltrust_contribution([_c(-1.0, source="x")], STATE, {"p": np.ones(2, np.float32)})
+    assert none is None and list(why) == ["x"]
+    assert trust_scores([_c(0.0), Contribution({"q": np.ones(2)}, 1, "q")], STATE, {"p": np.ones(2)}) == [0.0, 0.0]
+
+
+def test_reputation_weights_round_and_never_fall_below_one_sample():
+    assert weigh_by_reputation(_c(1.0, volume=10), 1.0).num_examples == 10
+    assert weigh_by_reputation(_c(1.0, volume=10), 0.26).num_examples == 3
+    assert weigh_by_reputation(_c(1.0, volume=10), 0.0).num_examples == 1
+
+
+def test_volume_caps_leave_small_groups_and_no_cap_alone_and_name_the_cap():
+    few = [_c(1.0, 10), _c(1.0, 1000, "big")]
+    assert cap_volumes(few, 2.0) == (few, {})
+    many = [_c(1.0, 10), _c(1.0, 10, "b"), _c(1.0, 10, "c"), _c(1.0, 1000, "big")]
+    assert cap_volumes(many, 0.0) == (many, {})
+    capped, notes = cap_volumes(many, 1.5)
+    assert [c.num_examples for c in capped] == [10, 10, 10, 15]
+    assert notes == {"big": "data volume 1000 > 1.5 x median 10: capped to 15"}
+    assert cap_volumes([_c(1.0, 1), _c(1.0, 1, "b"), _c(1.0, 5, "c")], 0.1)[0][0].num_examples == 1
