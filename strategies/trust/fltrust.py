@@ -66,9 +66,7 @@ def fltrust_contribution(
         return None, notes
     merged: dict[str, npt.NDArray[np.generic]] = {}
     for name in sorted({k for c, _ in trusted for k in c.arrays}):
-        holders = [(c, s) for c, s in trusted if name in c.arrays]
-        if not holders:
-            continue
+        holders = [(c, s) for c, s in trusted if name in c.arrays]  # never empty: the name is one of theirs
         total = np.zeros(np.shape(state[name]), np.float64)
         weight = 0.0
         for c, s in holders:

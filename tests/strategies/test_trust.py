@@ -359,3 +359,14 @@ def test_volume_caps_leave_small_groups_and_no_cap_alone_and_name_the_cap():
     assert [c.num_examples for c in capped] == [10, 10, 10, 15]
     assert notes == {"big": "data volume 1000 > 1.5 x median 10: capped to 15"}
     assert cap_volumes([_c(1.0, 1), _c(1.0, 1, "b"), _c(1.0, 5, "c")], 0.1)[0][0].num_examples == 1
+
+
+def test_fltrust_moves_from_a_nonzero_global_state_and_says_whom_it_left_out():
+    state = {"p": np.full(2, 5.0, np.float32)}
+    root = {"p": np.full(2, 6.0, np.float32)}  # update (1, 1)
+    honest = Contribution({"p": np.full(2, 7.0, np.float32)}, 10, "a")  # update (2, 2): rescaled to (1, 1)
+    against = Contribution({"p": np.full(2, 4.0, np.float32)}, 10, "x")
+    merged, notes = fltrust_contribution([honest, against], state, root)
+    assert merged is not None and np.allclose(merged.arrays["p"], 6.0)
+    assert merged.source == "clients by FLTrust (1 of 2 trusted)"
+    assert notes == {"x": "FLTrust: update points away from the server's root update: no weight"}
