@@ -112,24 +112,9 @@ class SplitServer:
         The root set is ``samples`` rows drawn (seeded by the run) from the job's training pool:
         a clean sample of the task's distribution that the server holds. Clients' partitions
         are drawn from the same pool, so a client may hold some of the same rows."""
-        setup, s = self.setup, self.settings
-        set_state(setup.client, state)
-        set_state(setup.server, state)
-        chunks = self._root_chunks(samples)
-        with torch_threads(self.threads):
-            tensors, _, _ = train_centralized(
-                setup.client,
-                setup.server,
-                chunks,
-                wire.SAMPLES,
-                steps,
-                s.batch_size,
-                s.lr if lr is None else lr,
-                s.head_lr if head_lr is None else head_lr,
-                seed,
-                setup.spec,
-                setup.verbalizer_ids,
-            )
+        tensors, _, _ = self._train_centralized(
+            state, self._root_chunks(samples), wire.SAMPLES, steps, seed, lr, head_lr
+        )
         return tensors
 
     def _root_chunks(self, samples: int) -> list[wire.Chunk]:
@@ -160,6 +145,19 @@ class SplitServer:
         """Train on the centralized clients' pooled uploads; tensors, mean loss, samples drawn.
 
         ``lr`` / ``head_lr``: the round's rates (None: the settings')."""
+        return self._train_centralized(state, chunks, self.settings.upload_kind, steps, seed, lr, head_lr)
+
+    def _train_centralized(
+        self,
+        state: Mapping[str, np.ndarray],
+        chunks: Sequence[wire.Chunk],
+        kind: str,
+        steps: int,
+        seed: int,
+        lr: float | None,
+        head_lr: float | None,
+    ) -> tuple[dict[str, np.ndarray], float, int]:
+        """Both halves set to ``state``, then :func:`train_centralized` on ``chunks`` of ``kind``."""
         setup, s = self.setup, self.settings
         set_state(setup.client, state)
         set_state(setup.server, state)
@@ -168,7 +166,7 @@ class SplitServer:
                 setup.client,
                 setup.server,
                 chunks,
-                s.upload_kind,
+                kind,
                 steps,
                 s.batch_size,
                 s.lr if lr is None else lr,
