@@ -370,3 +370,25 @@ def test_fltrust_moves_from_a_nonzero_global_state_and_says_whom_it_left_out():
     assert merged is not None and np.allclose(merged.arrays["p"], 6.0)
     assert merged.source == "clients by FLTrust (1 of 2 trusted)"
     assert notes == {"x": "FLTrust: update points away from the server's root update: no weight"}
+
+
+def test_a_reply_the_model_cannot_score_drops_that_client_only():
+    # Prepare
+    class Fussy(LabelLossModel):
+        def score_split(self, state, batches):
+            if int(batches[0].label[0]) == 2:
+                raise RuntimeError("shape mismatch")
+            return super().score_split(state, batches)
+
+    rng = np.random.default_rng(4)
+    replies = [
+        ForwardReply(_info(p), _chunks(rng, label=2 if p == 3 else 0), 48, wire_codec("float32")) for p in range(5)
+    ]
+    rnd = RoundState(1, 3, [r.info for r in replies], {})
+
+    # Execute
+    kept = screen_clients(Fussy(), {}, replies, SplitSettings(), TrustState(), rnd)
+
+    # Assert
+    assert [r.info.partition_id for r in kept] == [0, 1, 2, 4]
+    assert "RuntimeError: shape mismatch" in rnd.failures[103].detail and rnd.screened == {}

@@ -79,9 +79,14 @@ def screen_clients(
     """The replies the server trains on: each scored at the round's start (:mod:`strategies.trust.screen`);
     one out of line with its peers, or of a reputation below ``trust_exclude``, is left out
     (``rnd.screened``). Every verdict goes into ``rnd.in_line`` for the client's reputation."""
-    scores = {
-        r.info.node_id: ClientScore(model.score_split(start, r.chunks), activation_spread(r.chunks)) for r in replies
-    }
+    scores, scored = {}, []
+    for r in replies:
+        try:
+            scores[r.info.node_id] = ClientScore(model.score_split(start, r.chunks), activation_spread(r.chunks))
+            scored.append(r)
+        except Exception as err:  # activations the model cannot even score: that client only is dropped
+            rnd.drop(r.info.node_id, FailureCause.INVALID_REPLY, f"forward reply rejected: {reason(err)}")
+    replies = scored
     refs = round_references(scores, trust.references)
     rnd.references = refs
     kept = []
