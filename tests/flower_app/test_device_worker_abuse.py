@@ -184,13 +184,17 @@ def test_ask_gives_up_on_a_worker_that_never_greets(path, release):
     handoff.key_path(path).write_bytes(b"k" * 32)
 
     def accept_then_stall(listener):
-        connection, _ = listener.accept()
+        try:
+            connection, _ = listener.accept()
+        except TimeoutError:  # ask() gave up before it connected (a slow machine): nothing to serve
+            return
         with connection:
             release.wait(3.0)
 
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(str(path))
         listener.listen()
+        listener.settimeout(5.0)  # the fake never waits forever for a client that gave up early
         fake = threading.Thread(target=accept_then_stall, args=(listener,))
         fake.start()
 
@@ -200,7 +204,7 @@ def test_ask_gives_up_on_a_worker_that_never_greets(path, release):
             handoff.ask(str(path), message(), context(), timeout_s=0.3)
         elapsed = time.perf_counter() - start
         release.set()
-        fake.join()
+        fake.join(timeout=10.0)
 
     # Assert
     assert elapsed < 0.3 + QUICK_S
@@ -212,7 +216,10 @@ def test_ask_gives_up_on_a_worker_that_does_not_read(path, release):
     handoff.key_path(path).write_bytes(key)
 
     def greet_then_stall(listener):
-        connection, _ = listener.accept()
+        try:
+            connection, _ = listener.accept()
+        except TimeoutError:  # ask() gave up before it connected (a slow machine): nothing to serve
+            return
         with connection:
             handoff.authenticate_client(connection, key, time.monotonic() + 3)
             release.wait(3.0)
@@ -220,6 +227,7 @@ def test_ask_gives_up_on_a_worker_that_does_not_read(path, release):
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(str(path))
         listener.listen()
+        listener.settimeout(5.0)  # the fake never waits forever for a client that gave up early
         fake = threading.Thread(target=greet_then_stall, args=(listener,))
         fake.start()
 
@@ -229,7 +237,7 @@ def test_ask_gives_up_on_a_worker_that_does_not_read(path, release):
             handoff.ask(str(path), message(b"x" * 2**23), context(), timeout_s=0.3)
         elapsed = time.perf_counter() - start
         release.set()
-        fake.join()
+        fake.join(timeout=10.0)
 
     # Assert
     assert elapsed < 0.3 + QUICK_S
