@@ -47,6 +47,27 @@ class ServerModel(Protocol):
         """
         ...
 
+    def top_split(self, state: Mapping[str, np.ndarray], batches: Sequence[Chunk]) -> list[np.ndarray]:
+        """U-shape: what the head reads, per minibatch at ``state``, no step: the pooled last hidden
+        states ``(B, H)`` for a classifier, the normed ones ``(B, T, H)`` for an LM head. The device
+        runs the head on them; the server never does in this mode.
+        """
+        ...
+
+    def train_top(
+        self,
+        state: Mapping[str, np.ndarray],
+        batches: Sequence[Chunk],
+        top_grads: Sequence[np.ndarray],
+        *,
+        lr: float,
+        codec: WireCodec,
+    ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        """U-shape: step through a client's minibatches, backpropagating the device's gradient at the
+        features; the server tensors after the steps (the head unchanged) and one boundary
+        gradient per minibatch encoded by ``codec``."""
+        ...
+
     def root_update(
         self, state: Mapping[str, np.ndarray], samples: int, steps: int, seed: int, *, lr: float, head_lr: float
     ) -> dict[str, np.ndarray]:

@@ -115,6 +115,16 @@ class SplitSettings:
         from each end), per value and weighted by data volume.
     trim : float (default: 0.2)
         Fraction of the volume cut from each end by the ``trimmed`` rule.
+    dp_clip : float (default: 0.0)
+        Client-level DP of the average (:mod:`strategies.aggregate.dp`): each client's update
+        is clipped to this L2 norm and the clients are averaged with equal weights, not by
+        data volume; 0: off. Needs ``aggregation="mean"`` and no ``root_samples``.
+    dp_noise : float (default: 0.0)
+        Noise multiplier: Gaussian noise of standard deviation ``dp_noise * dp_clip / n`` on
+        the mean of ``n`` clipped updates. Needs ``dp_clip``.
+    dp_delta : float (default: 1e-5)
+        The delta of the ``(epsilon, delta)`` each round's record reports
+        (:mod:`strategies.aggregate.accountant`).
     max_activation : float (default: 1e4)
         Largest boundary activation magnitude the server trains on; a reply with larger
         values is dropped (a client cannot blow up the server's half).
@@ -155,6 +165,9 @@ class SplitSettings:
     root_samples: int = 0
     aggregation: str = "mean"
     trim: float = 0.2
+    dp_clip: float = 0.0
+    dp_noise: float = 0.0
+    dp_delta: float = 1e-5
     max_activation: float = 1e4
     requirement: TrainingRequirement = field(default_factory=TrainingRequirement)
     policy: Policy | None = None
@@ -197,6 +210,7 @@ class SplitSettings:
             raise ValueError(f"root_samples={self.root_samples!r} must be at least 0 (0: no FLTrust)")
         if not 0.0 <= self.trim < 0.5:
             raise ValueError(f"trim={self.trim!r} must be in [0, 0.5)")
+        self._check_dp()
         if not self.max_activation > 0.0:  # also refuses NaN
             raise ValueError(f"max_activation={self.max_activation!r} must be positive")
         if not 0.0 < self.fraction_train <= 1.0:
@@ -204,6 +218,19 @@ class SplitSettings:
         # The policy sizes workloads and seeds k-means: it takes this object's batch size and seed.
         policy = self.policy or Policy()
         object.__setattr__(self, "policy", replace(policy, batch_size=self.batch_size, seed=self.seed))
+
+    def _check_dp(self) -> None:
+        if not (self.dp_clip >= 0.0 and self.dp_noise >= 0.0):  # also refuses NaN
+            raise ValueError(f"dp_clip={self.dp_clip!r} and dp_noise={self.dp_noise!r} must be at least 0")
+        if not 0.0 < self.dp_delta < 1.0:
+            raise ValueError(f"dp_delta={self.dp_delta!r} must be in (0, 1)")
+        if self.dp_noise > 0.0 and self.dp_clip == 0.0:
+            raise ValueError(f"dp_noise={self.dp_noise!r} needs dp_clip > 0: the noise is dp_noise x dp_clip")
+        if self.dp_clip > 0.0 and (self.root_samples or self.aggregation != "mean"):
+            raise ValueError(
+                f"dp_clip={self.dp_clip!r} averages clients with equal weights: it cannot be combined with "
+                f"root_samples={self.root_samples!r} (FLTrust) or aggregation={self.aggregation!r} (only 'mean')"
+            )
 
     @property
     def fleet_policy(self) -> Policy:

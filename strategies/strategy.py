@@ -49,6 +49,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from strategies.aggregate.accountant import PrivacyLedger, sampling_rate
 from strategies.aggregate.volume import Contribution
 from strategies.cost.costmodel import EnergyLedger
 from strategies.fleet import changes as fleet_changes
@@ -119,6 +120,7 @@ class SplitPrefixStrategy(Strategy):
         self.fleet = FleetState()
         self.ledger = EnergyLedger()
         self.trust = TrustState()  # reputations and norm history, changed only when a round closes
+        self.privacy = PrivacyLedger()  # the rounds released under DP, for the run's epsilon
         self.state: State = {}  # the global tensors after the last closed round
         self.first_round = 1
         self.status = "not started"
@@ -139,6 +141,7 @@ class SplitPrefixStrategy(Strategy):
         self.fleet.restore(state, self.run_dir.load_pool() if self.run_dir is not None else {})
         self.probes.restore(state.get("probe") or {})
         self.trust = TrustState.from_state(state.get("trust"))
+        self.privacy = PrivacyLedger.from_state(state.get("privacy"))
         self.ledger = EnergyLedger(rows=[], clock_s=float(state.get("clock-s", 0.0)))
         self.first_round = checkpoint.round + 1
 
@@ -209,6 +212,7 @@ class SplitPrefixStrategy(Strategy):
         sampled, sat_out = sample_in_time(self.fleet, ctx.server_round, ctx.settings)
         assignments = dict(self.fleet.assignments)
         rnd = RoundState(ctx.server_round, ctx.num_rounds, sampled, assignments, joined=joined, left=left)
+        rnd.population = len(self.fleet.active())
         rnd.sat_out = [c.partition_id for c in sat_out]
         return rnd
 
@@ -241,6 +245,7 @@ class SplitPrefixStrategy(Strategy):
         sim, costs = records.simulate(rnd, self.fleet, ctx.settings, self.shape, self.ledger)
         evaluation = ctx.evaluate_fn(rnd.server_round, to_record(state)) if ctx.evaluate_fn is not None else None
         record = records.round_record(rnd, self.fleet, sim, costs, dict(evaluation) if evaluation else None)
+        record.update(self._spend_privacy(ctx, rnd))
         if settle is not None:
             settled = settle(record, state)
             record.update(settled.extra)
@@ -252,10 +257,20 @@ class SplitPrefixStrategy(Strategy):
         self.trust.commit(rnd.in_line, rnd.norms, rnd.references)
         if self.run_dir is not None:
             probe = self.probes.checkpoint_entry()
-            records.save_round(
-                self.run_dir, record, state, self.fleet, self.ledger, uploaded, probe, self.trust.to_state()
-            )
+            trust, privacy = self.trust.to_state(), self.privacy.to_state() if self.privacy.steps else None
+            records.save_round(self.run_dir, record, state, self.fleet, self.ledger, uploaded, probe, trust, privacy)
         return record, state
+
+    def _spend_privacy(self, ctx: RoundContext, rnd: RoundState) -> dict[str, Any]:
+        """Under DP, the round's release composed into the run's ledger: its record's privacy figures."""
+        s = ctx.settings
+        if s.dp_clip <= 0:
+            return {}
+        rate = sampling_rate(len(rnd.sampled) + len(rnd.sat_out), rnd.population)
+        self.privacy = self.privacy.after(s.dp_noise, rate)
+        spent = self.privacy.epsilon(s.dp_delta)
+        log(INFO, "round %d: DP epsilon %.4g at delta %g", rnd.server_round, spent, s.dp_delta)
+        return {"dp-epsilon": spent, "dp-delta": s.dp_delta, "dp-sampling-rate": rate}
 
     # --- Flower's Strategy interface ----------------------------------------------------------
 

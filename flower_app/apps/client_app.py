@@ -62,8 +62,10 @@ def generate(msg: Message, context: Context) -> Message:
     """
     from flower_app.apps.generate_app import device_reply
     from flower_app.modes.training import torch_threads
+    from flower_app.privacy.guard import boundary_clip
 
     config, root = run_config(frozenset(context.run_config.items())), cache_root(context.node_config)
     with torch_threads(config.run.client_threads):
         client = family_of(config).device_part(config, root).client
-        return device_reply(msg, context, client, tokenizer_of(config, root), config.train.activation_dtype)
+        tokenizer, dtype = tokenizer_of(config, root), config.train.activation_dtype
+        return device_reply(msg, context, client, tokenizer, dtype, boundary_clip(config))

@@ -46,6 +46,7 @@ from flower_app.generate.session import (
     with_text,
 )
 from flower_app.model.split_model import ClientPart, ServerPart, set_state
+from flower_app.privacy.defences import UNGUARDED, ActivationGuard
 from strategies.wire.codecs.registry import CODEC_NAMES
 from strategies.wire.names import CODEC
 from strategies.wire.records import from_record, to_record
@@ -59,8 +60,15 @@ STATE_ARRAYS, STATE_SESSION = "generate.arrays", "generate.session"  # the devic
 # --- device side --------------------------------------------------------------------------
 
 
-def device_reply(msg: Message, context: Context, client: ClientPart, tokenizer: Any, wire_dtype: str) -> Message:
-    """Answer one ``query.generate`` message (see the module docstring)."""
+def device_reply(
+    msg: Message,
+    context: Context,
+    client: ClientPart,
+    tokenizer: Any,
+    wire_dtype: str,
+    clip: ActivationGuard = UNGUARDED,
+) -> Message:
+    """Answer one ``query.generate`` message (see the module docstring); ``clip``: the run's activation clip."""
     cfg = msg.content.config_records[CONFIG]
     action, session_id = str(cfg[ACTION]), str(cfg[SESSION])
     if action == "end":
@@ -69,12 +77,12 @@ def device_reply(msg: Message, context: Context, client: ClientPart, tokenizer: 
     if action == "start":
         prefix = from_record(msg.content.array_records[ARRAYS])
         set_state(client, prefix)
-        session = DeviceSession(client)
+        session = DeviceSession(client, clip=clip)
         boundary = session.start(prompt_ids(tokenizer, str(cfg[PROMPT])))
     elif action == "step":
         prefix = _resume_prefix(context, session_id)
         set_state(client, prefix)  # the part is shared by every message: put this session's prefix back
-        session = DeviceSession.from_state(client, _arrays(context))
+        session = DeviceSession.from_state(client, _arrays(context), clip)
         boundary = session.step(int(cfg[TOKEN_ID]))  # type: ignore[arg-type]  # a ConfigRecord value
     else:
         raise GenerationError(f"unknown generate action '{action}': start, step or end")

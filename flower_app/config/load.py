@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 from flower_app.config.schema import Config, Setting, kebab, section_classes, settings
 from flower_app.config.strategy_settings import mode_list, split_settings
+from flower_app.privacy.checks import check_defences
 from flower_app.tasks.lm import check_objective
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -67,8 +68,8 @@ def from_dict(tree: Mapping[str, Any]) -> Config:
     """Validate a nested dict with kebab-case keys into a :class:`Config`.
 
     Each value is checked against its field's type, bounds and choices; then the settings
-    that depend on each other (mode lists, the causal-LM objective, the strategy's
-    settings, probing) are checked together by building what the run will build from them.
+    that depend on each other (mode lists, the causal-LM objective, the activation defences,
+    the strategy's settings, probing) are checked together by building what the run will build from them.
     """
     classes = section_classes()
     specs = {(s.section, s.key): s for s in settings()}
@@ -87,6 +88,7 @@ def from_dict(tree: Mapping[str, Any]) -> Config:
     for key in ("kmeans-modes", "cost-modes"):
         mode_list(config, key)
     check_objective(config)  # causal-lm: an LM head and templates that render
+    check_defences(config)  # activation noise needs a clip; embedding directions need embeddings
     split_settings(config)  # cross-checks: policy schedule, probe rounds, probe dtype
     return config
 

@@ -319,6 +319,29 @@ class ImageSettings:
 
 
 @dataclass(frozen=True)
+class PrivacySettings:
+    """What the server can learn from the wire: the device's activation defences, DP for the prefix average."""
+
+    act_clip: float = _f(0.0, "device: clip each token's boundary activation to this L2 norm (0: no clip)", low=0.0)
+    act_noise: float = _f(
+        0.0,
+        "device: Gaussian noise on each token's clipped activation, expected norm act-noise x act-clip (0: none)",
+        low=0.0,
+    )
+    act_directions: str = _f(
+        "isotropic",
+        "device: noise in every direction, or only in the token embeddings' top act-rank principal directions",
+        choices=("isotropic", "embedding"),
+    )
+    act_rank: int = _f(32, "embedding directions: how many principal directions the noise lies in", low=1)
+    dp_clip: float = _f(0.0, "DP for the prefix average: clip each client's update to this L2 norm (0: off)", low=0.0)
+    dp_noise: float = _f(
+        0.0, "DP: Gaussian noise multiplier on the clipped updates' sum (std dp-noise x dp-clip)", low=0.0
+    )
+    dp_delta: float = _f(1e-5, "DP: the delta of the (epsilon, delta) the run reports", low=1e-12, high=0.1)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole run configuration, one settings dataclass per section."""
 
@@ -332,6 +355,7 @@ class Config:
     eval: EvalSettings = field(default_factory=EvalSettings)
     task: TaskSettings = field(default_factory=TaskSettings)
     image: ImageSettings = field(default_factory=ImageSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,9 @@ def split_settings(config: Config) -> SplitSettings:
         root_samples=s.root_samples,
         aggregation=s.aggregation,
         trim=s.trim,
+        dp_clip=config.privacy.dp_clip,
+        dp_noise=config.privacy.dp_noise,
+        dp_delta=config.privacy.dp_delta,
         requirement=requirement(config),
         policy=policy(config),
         probe=ProbePlan(

@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     from flower_app.config.load import load_config
     from flower_app.data.setup import build
     from flower_app.modes.training import torch_threads
+    from flower_app.privacy.guard import boundary_clip
     from strategies.persist.checkpoint import CheckpointError
 
     args, overrides = parse(argv)
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.max_new_tokens,
                 sampling,
                 wire_dtype=config.train.activation_dtype,
+                clip=boundary_clip(config),
             )
     except (ValueError, KeyError, OSError, CheckpointError) as err:  # GenerationError is a ValueError
         if args.debug:

@@ -26,6 +26,7 @@ import numpy.typing as npt
 import torch
 
 from flower_app.model.split_model import ClientPart, PrefixCache, ServerPart
+from flower_app.privacy.defences import UNGUARDED, ActivationGuard
 from strategies.wire.codecs.registry import CODEC_NAMES, wire_codec
 
 DECODERS = ("gpt2", "llama")
@@ -90,11 +91,15 @@ def max_positions(client: ClientPart) -> int | None:
 
 
 class DeviceSession:
-    """The device's half of one generation: its part of the model and the lower layers' cache."""
+    """The device's half of one generation: its part of the model and the lower layers' cache.
 
-    def __init__(self, client: ClientPart, cache: KVCache | None = None):
+    ``clip``: the run's activation clip (:func:`flower_app.privacy.guard.boundary_clip`), so the
+    upper layers see what they were trained on; generation adds no noise.
+    """
+
+    def __init__(self, client: ClientPart, cache: KVCache | None = None, clip: ActivationGuard = UNGUARDED):
         check_decoder(client.family, "lm")
-        self.client = client
+        self.client, self.clip = client, clip
         self.cache = cache if cache is not None else KVCache(client.stack.prefix_tensors())
 
     @property
@@ -125,14 +130,16 @@ class DeviceSession:
         mask = torch.ones(1, past + ids.shape[1], dtype=torch.long)  # one sequence, nothing padded
         with torch.no_grad():
             hidden = self.client.embed(ids, past_length=past)
-            return self.client.stack(hidden, mask, cache=self.cache, past_length=past)
+            return self.clip.shape(self.client.stack(hidden, mask, cache=self.cache, past_length=past))
 
     def to_state(self) -> dict[str, npt.NDArray[Any]]:
         """The cache as numpy arrays (what a stateless device keeps between messages)."""
         return {f"{KV_PREFIX}{layer}": kv.cpu().numpy() for layer, kv in sorted(self.cache.past.items())}
 
     @classmethod
-    def from_state(cls, client: ClientPart, state: Mapping[str, npt.NDArray[Any]]) -> DeviceSession:
+    def from_state(
+        cls, client: ClientPart, state: Mapping[str, npt.NDArray[Any]], clip: ActivationGuard = UNGUARDED
+    ) -> DeviceSession:
         """A session resumed from :meth:`to_state`; other keys of ``state`` are ignored."""
         past = {
             int(k[len(KV_PREFIX) :]): torch.from_numpy(np.array(v)) for k, v in state.items() if k.startswith(KV_PREFIX)
@@ -143,7 +150,7 @@ class DeviceSession:
             raise GenerationError(f"device state holds layers {sorted(past)}, this device runs {sorted(expected)}")
         if len({kv.shape[3] for kv in past.values()}) > 1:
             raise GenerationError("device state: the layers hold different numbers of tokens")
-        return cls(client, KVCache(client.stack.prefix_tensors(), past))
+        return cls(client, KVCache(client.stack.prefix_tensors(), past), clip)
 
 
 class ServerSession:
@@ -354,9 +361,10 @@ def generate(
     sampling: Sampling | None = None,
     eos_token_id: int | Sequence[int] | None = None,
     wire_dtype: str = "float32",
+    clip: ActivationGuard = UNGUARDED,
 ) -> GenerationResult:
-    """Generate a continuation of ``prompt`` with both halves in this process."""
-    device = DeviceSession(client)
+    """Generate a continuation of ``prompt`` with both halves in this process (``clip``: see :class:`DeviceSession`)."""
+    device = DeviceSession(client, clip=clip)
     ids = prompt_ids(tokenizer, prompt)
     result = decode_loop(
         lambda: device.start(ids),

@@ -72,7 +72,9 @@ class DevicePart:
 
     ``upper`` holds only the upper layers local mode's emulator keeps (with their
     global layer indices), the final norm, the pooler and the head;
-    ``num_upper_layers`` is how many the server holds.
+    ``num_upper_layers`` is how many the server holds; ``noise_basis`` the ``(H, r)``
+    directions of the activation noise (``privacy.act-directions=embedding``), computed once
+    with the part (:func:`flower_app.privacy.guard.noise_basis`), None otherwise.
     """
 
     key: str
@@ -83,6 +85,7 @@ class DevicePart:
     pad_id: int
     verbalizer_ids: tuple[int, ...] | None
     label_names: tuple[str, ...]
+    noise_basis: Any = None  # torch.Tensor (H, r) | None
 
 
 # --- identities -----------------------------------------------------------------------------
@@ -98,7 +101,10 @@ def file_identity(path: Path) -> dict[str, Any]:
 
 
 def model_key(config: Config, label_names: Sequence[str]) -> str:
-    """Fingerprint of a device part: the checkpoint it comes from and every setting that shapes it."""
+    """Fingerprint of a device part: the checkpoint it comes from and every setting that shapes it.
+
+    The noise basis counts only when the part holds one: a run without it keeps its key.
+    """
     m = config.model
     if m.source == "minilm":
         source: Any = {"minilm": MINILM_SHA256}
@@ -111,8 +117,11 @@ def model_key(config: Config, label_names: Sequence[str]) -> str:
         source = [file_identity(p) for p in sorted(folder.iterdir()) if p.is_file()]
     else:
         source = {"hub": m.source}
+    p = config.privacy
+    basis = {"noise-basis": p.act_rank} if p.act_directions == "embedding" else {}
     return digest(
         {
+            **basis,
             "version": CACHE_VERSION,
             "source": source,
             "gguf": m.gguf_file,
@@ -173,6 +182,7 @@ def build_device_part(
     """
     from flower_app.model.emulator import build_emulator  # torch: only when a part is built
     from flower_app.model.split_model import SplitSpec, detect_family, initial_prefix, split
+    from flower_app.privacy.guard import noise_basis
 
     set_offline_env()
     m = config.model
@@ -197,7 +207,15 @@ def build_device_part(
         upper = build_emulator(server, list(kept))
     verbalizer = job_verbalizer(tokenizer, config, label_names)
     part = DevicePart(
-        key, spec, client, upper, total - m.split_layer, tokenizer.pad_token_id, verbalizer, tuple(label_names)
+        key,
+        spec,
+        client,
+        upper,
+        total - m.split_layer,
+        tokenizer.pad_token_id,
+        verbalizer,
+        tuple(label_names),
+        noise_basis(config, client),
     )
     return part, tokenizer
 

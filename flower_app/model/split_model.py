@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 FAMILIES = ("bert", "gpt2", "llama")
 HEADS = ("classifier", "lm")
 POOLINGS = ("pooler", "mean", "last")
+TOKEN_TABLES = {"bert": "word_embeddings", "gpt2": "0"}  # the token table within a family's embeddings (gpt2: wte, wpe)
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,13 @@ class ClientPart(nn.Module):
             return wte(input_ids) + wpe(positions)
         return self.embeddings(input_ids)
 
+    @property
+    def token_embedding(self) -> torch.Tensor:
+        """The frozen input token embedding matrix ``(V, H)`` (BERT's ``word_embeddings``, GPT-2's ``wte``)."""
+        table = self.embeddings.get_submodule(TOKEN_TABLES.get(self.family, ""))  # "": Llama's embeddings are the table
+        assert isinstance(table, nn.Embedding), f"{self.family} token embeddings are an nn.Embedding"
+        return table.weight
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Boundary activations ``(B, T, H)`` for token ids ``(B, T)``."""
         return self.stack(self.embed(input_ids), attention_mask)
@@ -230,12 +238,17 @@ class ServerPart(nn.Module):
 
     def forward(self, boundary: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits: ``(B, num_labels)`` for a classifier head, ``(B, T, V)`` for an LM head."""
+        return self.head(self.features(boundary, attention_mask))
+
+    def features(self, boundary: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """What the head reads: the normed last hidden states ``(B, T, H)`` for an LM head, their
+        pooling ``(B, H)`` for a classifier. In U-shape mode these go to the device, which runs the head."""
         hidden = self.stack(boundary, attention_mask)
         if self.final_norm is not None:
             hidden = self.final_norm(hidden)
         if self.spec.head == "lm":
-            return self.head(hidden)
-        return self.head(pool(hidden, attention_mask, self.spec.pooling, self.pooler))
+            return hidden
+        return pool(hidden, attention_mask, self.spec.pooling, self.pooler)
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str, pooler: nn.Module | None) -> torch.Tensor:

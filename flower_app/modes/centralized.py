@@ -17,6 +17,7 @@ from flower_app.data import files as data_mod
 from flower_app.model.split_model import ClientPart, ServerPart, SplitSpec, get_state
 from flower_app.modes.split import forward_chunks
 from flower_app.modes.training import adam, task_loss
+from flower_app.privacy.defences import UNGUARDED, ActivationGuard
 from flower_app.tasks.lm import IGNORE
 from strategies.wire import names as wire
 
@@ -59,13 +60,18 @@ def upload_activations(
     pad_id: int,
     dtype: str,
     chunk_size: int = CHUNK_SIZE,
+    *,
+    guard: ActivationGuard = UNGUARDED,
+    noise_seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """Lower-layer activations, masks and labels, per chunk (``act.i``, ``mask.i``, ``label.i``).
 
     Computed without grad, with whatever lower prefix ``client`` holds (the global one
-    when the upload is asked for); ``dtype`` is the wire dtype.
+    when the upload is asked for); ``dtype`` is the wire dtype. What is sent went through
+    ``guard`` as in split mode (:func:`~flower_app.modes.split.forward_chunks`).
     """
-    chunks = forward_chunks(client, encoded, upload_chunks(encoded, indices, chunk_size), pad_id, dtype)
+    rows = upload_chunks(encoded, indices, chunk_size)
+    chunks = forward_chunks(client, encoded, rows, pad_id, dtype, guard=guard, noise_seed=noise_seed)
     return wire.encode_chunks(chunks, wire.ACTIVATIONS_KIND)
 
 
@@ -81,10 +87,12 @@ def train_centralized(
     seed: int,
     spec: SplitSpec,
     verbalizer_ids: tuple[int, ...] | None,
+    clip: ActivationGuard = UNGUARDED,
 ) -> tuple[dict[str, np.ndarray], float, int]:
     """Train on uploaded chunks; the trained tensors, the mean loss and the distinct samples drawn.
 
-    ``kind="samples"``: the server runs its copy of the client part too and trains
+    ``kind="samples"``: the server runs its copy of the client part too, its output clipped
+    by ``clip`` as a device's is (:func:`flower_app.privacy.guard.boundary_clip`), and trains
     the lower prefix, the upper prefix and the head. ``kind="activations"``: the lower
     layers' output is fixed by the upload, so only the upper prefix and the head
     train, and only the server part's tensors are returned. Minibatches are ``steps``
@@ -101,7 +109,7 @@ def train_centralized(
         inputs, mask = _pad([rows[j] for j in indices])  # (B, T) ids or (B, T, H) activations
         labels = _labels([row_labels[j] for j in indices], mask.shape[1])  # (B,) classes or (B, T) targets
         # Activations may travel as float16; the server computes in float32.
-        boundary = client(inputs.long(), mask) if kind == wire.SAMPLES else inputs.float()  # (B, T, H)
+        boundary = clip.shape(client(inputs.long(), mask)) if kind == wire.SAMPLES else inputs.float()  # (B, T, H)
         loss = task_loss(spec, server(boundary, mask), mask, labels, verbalizer_ids)
         optimizer.zero_grad()
         loss.backward()

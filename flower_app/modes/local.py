@@ -20,6 +20,7 @@ from flower_app.model import emulator as emulator_mod
 from flower_app.model.device_part import DevicePart
 from flower_app.model.split_model import ClientPart, ServerPart, SplitSpec, get_state, set_state
 from flower_app.modes.training import EvalTally, adam, task_loss
+from flower_app.privacy.defences import UNGUARDED, ActivationGuard
 from strategies.policy.requirements import Failure, TrainingRequirement, check_after_training, check_before_training
 from strategies.wire import names as wire
 
@@ -56,13 +57,15 @@ def train_local_round(
     lr: float,
     head_lr: float,
     requirement: TrainingRequirement,
+    guard: ActivationGuard = UNGUARDED,
 ) -> LocalResult:
     """Local mode on one client: emulator, time-limited training, threshold check.
 
     ``emulator_layers`` of the upper layers are kept (0: all, the real upper layers,
     and then their prefix is sent back too). The lower prefix and a trainable head
     are always sent back. The first step's time, times the plan, is the estimate
-    checked against the time limit.
+    checked against the time limit. ``guard``: the device's activation guard, whose clip
+    the emulator's input goes through as the server's does.
     """
     keep, held = emulator_layers or device.num_upper_layers, len(device.upper.stack.layers)
     if keep != held:
@@ -82,9 +85,10 @@ def train_local_round(
         limit = requirement.max_train_s
         return failures[0] is not None or (limit is not None and elapsed_s >= limit)
 
-    loss, steps = train_local(device.client, emulator, encoded, plan, lr, head_lr, *args, stop=stop)
+    loss, steps = train_local(device.client, emulator, encoded, plan, lr, head_lr, *args, stop=stop, guard=guard)
     failure = failures[0] if failures else None
-    evaluation = evaluate_local(device.client, emulator, encoded, eval_indices, *args) if len(eval_indices) else {}
+    held_out = len(eval_indices) > 0
+    evaluation = evaluate_local(device.client, emulator, encoded, eval_indices, *args, guard=guard) if held_out else {}
     if failure is None and evaluation:
         failure = check_after_training(requirement, evaluation[requirement.threshold_metric])
     # The head goes up too (no one else trains it in an all-local fleet); the kept layers'
@@ -105,12 +109,14 @@ def train_local(
     spec: SplitSpec,
     verbalizer_ids: tuple[int, ...] | None,
     stop: Callable[[int, float], bool] | None = None,
+    guard: ActivationGuard = UNGUARDED,
 ) -> tuple[float, int]:
     """One Adam step per planned minibatch through client part and emulator; mean loss and steps taken.
 
     Trains the client's prefix and the emulator's prefix at ``lr`` and its head at
     ``head_lr``. Before each step after the first, ``stop(steps_done, seconds_elapsed)``
-    may end the plan early: how the requirement's time limit is kept.
+    may end the plan early: how the requirement's time limit is kept. The boundary goes
+    through ``guard``'s clip (no noise: nothing leaves the device).
     """
     optimizer = adam([client, emulator], lr, head_lr)
     losses: list[float] = []
@@ -119,7 +125,7 @@ def train_local(
         if stop is not None and losses and stop(len(losses), time.perf_counter() - started):
             break
         ids, mask, labels = data_mod.collate(encoded, indices, pad_id)  # (B, T), (B, T), (B,)
-        loss = task_loss(spec, emulator(client(ids, mask), mask), mask, labels, verbalizer_ids)
+        loss = task_loss(spec, emulator(guard.shape(client(ids, mask)), mask), mask, labels, verbalizer_ids)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -135,11 +141,14 @@ def evaluate_local(
     pad_id: int,
     spec: SplitSpec,
     verbalizer_ids: tuple[int, ...] | None,
+    guard: ActivationGuard = UNGUARDED,
 ) -> dict[str, float]:
-    """Loss and accuracy of client part + emulator on held-back samples (the threshold check)."""
+    """Loss and accuracy of client part + emulator on held-back samples (the threshold check).
+
+    The boundary goes through ``guard``'s clip, as in training."""
     tally = EvalTally(spec, verbalizer_ids)
     with torch.no_grad():
         ids, mask, labels = data_mod.collate(encoded, np.asarray(indices), pad_id)
-        tally.add(emulator(client(ids, mask), mask), mask, labels)
+        tally.add(emulator(guard.shape(client(ids, mask)), mask), mask, labels)
     metrics = tally.metrics()
     return {wire.LOSS: metrics[wire.LOSS], wire.ACCURACY: metrics[wire.ACCURACY]}

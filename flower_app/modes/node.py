@@ -8,8 +8,10 @@ torch: a ``query`` answers from the data cache without touching the model.
 A node's ``--node-config``: ``partition-id`` (and ``num-partitions``) for a node that
 holds a partition of the run's dataset (simulation), or ``device-id`` and
 ``data-path`` for a device with its own CSV/JSONL file (columns and classes from the
-run config); optionally ``cache-dir``, the device profile keys and the channel keys
-(``channel-shadowing-db``, ``channel-shadowing-correlation``, ``channel-fading``).
+run config); optionally ``cache-dir``, the device profile keys, the channel keys
+(``channel-shadowing-db``, ``channel-shadowing-correlation``, ``channel-fading``) and
+``noise-secret``, a non-negative integer only the device knows, mixed into the seed of its
+activation noise (:attr:`Job.noise_seed`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -52,7 +54,11 @@ from strategies.policy.requirements import (
 )
 from strategies.wire import names as wire
 
+if TYPE_CHECKING:
+    from flower_app.privacy.defences import ActivationGuard
+
 Handler = Callable[[Message, Context], Message]
+NOISE_SECRET = "noise-secret"  # node config key (see the module docstring)
 
 
 def on_worker(handler: Handler) -> Handler:
@@ -132,13 +138,34 @@ def node_of(context: Context) -> tuple[Config, DataSource, Path]:
 
 @dataclass(frozen=True)
 class Job:
-    """One train message as this node sees it: its config, model part, data, plan and requirement."""
+    """One train message as this node sees it: its config, model part, data, plan and requirement.
+
+    ``noise_secret``: the node's ``noise-secret`` (0: none), see :attr:`noise_seed`.
+    """
 
     config: Config
     device: DevicePart
     encoded: Encoded
     plan: wire.TrainPlan
     requirement: TrainingRequirement
+    noise_secret: int = 0
+
+    @property
+    def guard(self) -> ActivationGuard:
+        """What the device does to its boundary activations (:mod:`flower_app.privacy.guard`)."""
+        from flower_app.privacy.guard import activation_guard  # torch: only when a model runs
+
+        return activation_guard(self.config, self.device.noise_basis)
+
+    @property
+    def noise_seed(self) -> int:
+        """Seed of this round's activation noise: the plan's seed and round, and the node's secret.
+
+        The server knows the plan's seed: without a ``noise-secret`` it can draw the same noise
+        (reproducible simulations); with one, only the device can.
+        """
+        entropy = [self.plan.seed, self.plan.server_round, self.noise_secret]
+        return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
     def minibatches(self, num_samples: int | None = None) -> list[np.ndarray]:
         """The round's minibatches, drawn from the data volume the requirement allows."""
@@ -156,11 +183,20 @@ def job_of(msg: Message, context: Context) -> Job:
         family.node_data(config, source, root),
         wire.TrainPlan.from_config(cfg),
         requirement_from_config(cfg),
+        noise_secret(context.node_config),
     )
     fleet_size = source.num_partitions or max(config.data.num_partitions, source.client_id + 1)
     profile = node_profile(config, context.node_config, source.client_id, fleet_size)
     family.prepare_device(config, job.device, profile, job.plan.seed)
     return job
+
+
+def noise_secret(node: Mapping[str, Any]) -> int:
+    """The node's ``noise-secret`` (0 when it has none)."""
+    secret = _node_int(node, NOISE_SECRET) if NOISE_SECRET in node else 0
+    if secret < 0:
+        raise ValueError(f"node config {NOISE_SECRET} must be >= 0")
+    return secret
 
 
 def declined(msg: Message, job: Job) -> Message | None:

@@ -12,7 +12,7 @@ from types import MappingProxyType
 
 from flwr.app import Context, Message
 
-from flower_app.modes.handlers import centralized, local, split
+from flower_app.modes.handlers import centralized, local, split, ushape
 
 Handler = Callable[[Message, Context], Message]
 
@@ -21,5 +21,6 @@ CLIENT_HANDLERS: Mapping[str, Handler] = MappingProxyType(
         **local.HANDLERS,
         **split.HANDLERS,
         **centralized.HANDLERS,
+        **ushape.HANDLERS,
     }
 )

@@ -18,6 +18,7 @@ from flower_app.model.emulator import emulator_keys, kept_layers
 from flower_app.model.split_model import ClientPart, get_state, set_state
 from flower_app.modes.centralized import train_centralized, upload_chunks
 from flower_app.modes.training import EvalTally, adam, task_loss, to_wire, torch_threads
+from flower_app.privacy.guard import boundary_clip
 from flower_app.tasks.family import Setup
 from strategies.cost.workload import ModelShape
 from strategies.settings import SplitSettings
@@ -37,6 +38,11 @@ class SplitServer:
         The strategy's settings: the pool's upload kind and batch size, and the learning rates
         of a call that names none. The wire codec is always the round's, handed to
         :meth:`train_split`.
+
+    Where the server runs the lower layers itself (evaluation, training on uploaded samples) their
+    output goes through ``privacy.act-clip`` as a device's does, without the noise
+    (:func:`flower_app.privacy.guard.boundary_clip`): the upper layers train and are tested on
+    the distribution the devices send.
     """
 
     def __init__(self, setup: Setup, settings: SplitSettings):
@@ -45,6 +51,7 @@ class SplitServer:
         self.client_keys = tuple(get_state(setup.client))
         self.server_keys = tuple(get_state(setup.server))
         self._root: tuple[int, list[wire.Chunk]] | None = None  # FLTrust's root set: its size and chunks
+        self.clip = boundary_clip(setup.config)
 
     def initial_state(self) -> dict[str, np.ndarray]:
         """Every trainable tensor at the start of a run (lower prefix, upper prefix, head)."""
@@ -84,6 +91,44 @@ class SplitServer:
                 grads.append(to_wire(boundary.grad, codec))
                 losses.append(loss.item())
         return get_state(server), grads, float(np.mean(losses))
+
+    def top_split(self, state: Mapping[str, np.ndarray], batches: Sequence[wire.Chunk]) -> list[np.ndarray]:
+        """U-shape: what the head reads, per minibatch at ``state`` (``ServerPart.features``), float32."""
+        server = self.setup.server
+        set_state(server, state)
+        with torch_threads(self.threads), torch.no_grad():
+            return [
+                server.features(torch.as_tensor(b.inputs).float(), torch.as_tensor(b.mask).long()).numpy()
+                for b in batches
+            ]
+
+    def train_top(
+        self,
+        state: Mapping[str, np.ndarray],
+        batches: Sequence[wire.Chunk],
+        top_grads: Sequence[np.ndarray],
+        *,
+        lr: float | None = None,
+        codec: WireCodec,
+    ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        """U-shape: each minibatch's features again at the current prefix, backward the device's
+        gradient at them, a step of the upper prefix; server tensors and boundary grads.
+
+        The head is the devices' to train: it gets no gradient here and stays as it was."""
+        server = self.setup.server
+        set_state(server, state)
+        optimizer = adam([server], self.settings.lr if lr is None else lr, head_lr=0.0)  # no head gradient either
+        grads = []
+        with torch_threads(self.threads):
+            for batch, top_grad in zip(batches, top_grads, strict=True):
+                boundary = torch.as_tensor(batch.inputs).float().requires_grad_(True)  # (B, T, hidden)
+                features = server.features(boundary, torch.as_tensor(batch.mask).long())  # (B, H) or (B, T, H)
+                optimizer.zero_grad()
+                features.backward(torch.as_tensor(top_grad).float())
+                optimizer.step()
+                assert boundary.grad is not None
+                grads.append(to_wire(boundary.grad, codec))
+        return get_state(server), grads
 
     def score_split(self, state: Mapping[str, np.ndarray], batches: Sequence[wire.Chunk]) -> float:
         """Mean loss of the server side at ``state`` on a client's minibatches, no step (screening)."""
@@ -174,6 +219,7 @@ class SplitServer:
                 seed,
                 setup.spec,
                 setup.verbalizer_ids,
+                self.clip,
             )
 
     def loss(self, logits: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -191,7 +237,7 @@ class SplitServer:
         with torch.no_grad(), torch_threads(self.threads):
             for start in range(0, len(encoded), size):
                 ids, mask, labels = data_mod.collate(encoded, order[start : start + size], setup.pad_id)
-                tally.add(setup.server(setup.client(ids, mask), mask), mask, labels)
+                tally.add(setup.server(self.clip.shape(setup.client(ids, mask)), mask), mask, labels)
         return {**tally.metrics(), wire.NUM_EXAMPLES: len(encoded)}
 
     def evaluate_fn(self, every: int, num_rounds: int) -> Callable[[int, ArrayRecord], MetricRecord | None]:
@@ -222,6 +268,8 @@ class SplitServer:
             layer_prefix_bytes=layer_prefix[0] if layer_prefix else 0,
             head_bytes=sum(state[k].nbytes for k in self.server_keys if wire.is_head(k)),
             mean_tokens=float(np.mean(lengths)),
+            head_params=sum(p.numel() for p in setup.server.head.parameters()),
+            head_per_token=setup.spec.head == "lm",
         )
 
     def limits(self) -> wire.ChunkLimits:

@@ -21,6 +21,7 @@ SUMMARY_COLUMNS = (
     ("bytes-down", "bytes down"),
     ("sim-clock-s", "simulated s"),
     ("energy-j", "energy J"),
+    ("dp-epsilon", "DP epsilon"),  # client-level DP runs only (strategies/aggregate/accountant.py)
     ("wall-s", "wall s"),
 )
 STYLE = """

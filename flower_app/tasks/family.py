@@ -2,17 +2,19 @@
 
 ``task.family`` names the entry. Each entry says, for its kind of job:
 
-=================  =============================================================================
-``setup``          the job's :class:`Setup`: the split model, the pool and the held-out split
-``device_part``    what a device holds (:class:`~flower_app.model.device_part.DevicePart`)
-``server_model``   the server's half, as the strategy reaches it (:class:`ServerHalf`)
-``partition_data`` the encoded samples of one partition of the pool (rows of token ids or
-                   pixel levels: the wire, batch plans and uploads treat both alike)
-``node_data``      a node's encoded samples, read on the device (its cache, or its own file)
-``prepare_device`` what a device sets before a train message (the image encoder's channel)
-``metrics``        the names of the held-out metrics its server reports
-``resume_keys``    config sections a resumed run must share beyond model, data and seed
-=================  =============================================================================
+====================  =============================================================================
+``setup``             the job's :class:`Setup`: the split model, the pool and the held-out split
+``device_part``       what a device holds (:class:`~flower_app.model.device_part.DevicePart`)
+``server_model``      the server's half, as the strategy reaches it (:class:`ServerHalf`)
+``partition_data``    the encoded samples of one partition of the pool (rows of token ids or
+                      pixel levels: the wire, batch plans and uploads treat both alike)
+``node_data``         a node's encoded samples, read on the device (its cache, or its own file)
+``prepare_device``    what a device sets before a train message (the image encoder's channel)
+``metrics``           the names of the held-out metrics its server reports
+``resume_keys``       config sections a resumed run must share beyond model, data and seed
+``token_embeddings``  whether its client part starts from a token embedding matrix (the
+                      directions ``privacy.act-directions=embedding`` puts the noise in)
+====================  =============================================================================
 
 Entry modules import torch inside their functions: a node answering ``query`` looks its
 family up without loading a model.
@@ -85,3 +87,4 @@ class TaskFamily:
     prepare_device: Callable[[Config, DevicePart, DeviceProfile, int], None]
     metrics: Callable[[Config], tuple[str, ...]]
     resume_keys: tuple[str, ...] = ()
+    token_embeddings: bool = True

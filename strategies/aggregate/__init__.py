@@ -1,1 +1,1 @@
-"""Volume-weighted averaging and the robust rules that bound hostile contributions."""
+"""Volume-weighted averaging, the robust rules that bound hostile contributions, client-level DP and its accountant."""

@@ -16,6 +16,11 @@ split                  forward, then replay forward and     forward and backward
                        backward through the lower layers    upper layers: 4 per upper layer
                        (activations up, gradients down):
                        6 per lower layer
+ushape                 split's, plus the head: forward,     a forward for the top hidden states,
+                       input and weight gradient (6 per     then forward and backward: 6 per
+                       head parameter, per token for an     upper layer
+                       LM head, per sample for a
+                       classifier)
 local                  forward and backward through the     nothing
                        lower layers and the emulator's
                        kept upper layers: 4 per layer
@@ -26,7 +31,8 @@ centralized            once: forward of the lower layers    every round, forward
 =====================  ===================================  ===================================
 
 Bytes are the payload of the tensors: activations ``tokens * hidden * bytes per value``, plus
-a mask byte per token and an 8-byte label per sample.
+a mask byte per token and an 8-byte label per sample (none in U-shape, where what the head
+reads comes down and its gradient goes up, and the head travels both ways).
 """
 
 from __future__ import annotations
@@ -68,6 +74,10 @@ class ModelShape:
     sample_tokens : float (default: 0.0)
         Token ids per sample in a samples upload, when they differ from the boundary's
         (an image: a pixel each, against a vector per feature-map position); 0: ``mean_tokens``.
+    head_params : int (default: 0)
+        Parameters of the output head, trainable or not (U-shape runs it on the device).
+    head_per_token : bool (default: False)
+        Whether the head runs on every token (an LM head) or once per sample (a classifier).
     """
 
     layer_params: int
@@ -80,6 +90,8 @@ class ModelShape:
     head_bytes: int
     mean_tokens: float
     sample_tokens: float = 0.0
+    head_params: int = 0
+    head_per_token: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,6 +158,25 @@ def split_workload(shape: ModelShape, plan: RoundPlan) -> Workload:
         downlink_bytes=tokens * vector_bytes(shape.hidden, plan.activation_bytes) + 2 * shape.client_state_bytes,
         server_flops=2 * shape.server_layers * _layer_flops(shape, tokens),
         client_memory_bytes=_memory(shape, shape.client_layers, plan.batch_size),
+    )
+
+
+def ushape_workload(shape: ModelShape, plan: RoundPlan) -> Workload:
+    """Split's round without labels on the wire, plus the head on the device and a third exchange.
+
+    What the head reads crosses twice more (features down, their gradients up): a vector per
+    token for an LM head, one per sample for a classifier (the server pools before sending).
+    """
+    tokens = plan.samples * shape.mean_tokens
+    vector = vector_bytes(shape.hidden, plan.activation_bytes)
+    head_units = tokens if shape.head_per_token else plan.samples  # feature vectors, and head runs
+    return Workload(
+        mode="ushape",
+        client_flops=3 * shape.client_layers * _layer_flops(shape, tokens) + 6.0 * shape.head_params * head_units,
+        uplink_bytes=(tokens + head_units) * vector + tokens * MASK_BYTES + shape.client_state_bytes + shape.head_bytes,
+        downlink_bytes=(tokens + head_units) * vector + 2 * shape.client_state_bytes + shape.head_bytes,
+        server_flops=3 * shape.server_layers * _layer_flops(shape, tokens),
+        client_memory_bytes=_memory(shape, shape.client_layers, plan.batch_size) + 4.0 * shape.head_params,
     )
 
 

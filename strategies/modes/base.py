@@ -26,6 +26,8 @@ class TrainingMode:
         Message type of the first exchange (:mod:`strategies.wire.names`).
     second_message : str | None
         Message type of a second exchange in the same round, None for a mode with one.
+    third_message : str | None (default: None)
+        Message type of a third exchange (U-shape's gradients down), None for a mode with fewer.
     sends_emulator : bool
         Whether the first message carries the emulator's upper tensors besides the lower prefix.
     workload : Callable[[ModelShape, RoundPlan, int], Workload]
@@ -49,11 +51,13 @@ class TrainingMode:
     device_params: Callable[[ModelShape, RoundPlan], int]
     takes_local_epochs: bool = False
     uploads_once: bool = False
+    third_message: str | None = None
 
     @property
     def message_types(self) -> tuple[str, ...]:
         """Every message type a client in this mode must handle, in exchange order."""
-        return (self.first_message,) if self.second_message is None else (self.first_message, self.second_message)
+        later = (self.second_message, self.third_message)
+        return (self.first_message, *(m for m in later if m is not None))
 
     def epochs(self, local_epochs: int) -> int:
         """Passes over the plan in one round: ``local_epochs`` for a mode that takes them, else 1."""

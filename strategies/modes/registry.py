@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from strategies.modes import centralized, local, split
+from strategies.modes import centralized, local, split, ushape
 from strategies.modes.base import TrainingMode
 
 TRAINING_MODES: Mapping[str, TrainingMode] = MappingProxyType(
     {
         local.MODE.name: local.MODE,
+        ushape.MODE.name: ushape.MODE,
         split.MODE.name: split.MODE,
         centralized.MODE.name: centralized.MODE,
     }

@@ -90,6 +90,8 @@ def merge_halves(rnd: RoundState, halves: Sequence[RoundState]) -> None:
         rnd.bytes_down |= half.bytes_down
         rnd.steps_done |= half.steps_done
         rnd.local_losses |= half.local_losses
+        rnd.more_up |= half.more_up
+        rnd.ushape.losses |= half.ushape.losses
         rnd.bounded |= half.bounded
         rnd.screened |= half.screened
         rnd.in_line |= half.in_line

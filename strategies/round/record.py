@@ -41,6 +41,8 @@ def bytes_up(rnd: RoundState) -> dict[int, int]:
     up = {n: content_bytes(r) for n, r in rnd.first.items()}
     for n, r in rnd.backward.items():
         up[n] = up.get(n, 0) + content_bytes(r)
+    for n, sent in rnd.more_up.items():
+        up[n] = up.get(n, 0) + sent
     return up
 
 
@@ -137,14 +139,14 @@ def round_record(
             "bytes-down": down.get(n, 0),
             "mode": rnd.assignments[pid].mode,
             "group": rnd.assignments[pid].group,
-            "train-loss": rnd.split.losses.get(n),
+            "train-loss": rnd.split.losses.get(n, rnd.ushape.losses.get(n)),
         }
         if pid in costs:
             entry.update({"sim-latency-s": costs[pid].latency_s, "energy-j": costs[pid].energy_j})
             info = fleet_state.clients[n]
             entry.update(channel_entry(info, channel_profile(info, fleet_state.seed, rnd.server_round)))
         clients[str(pid)] = entry
-    every_loss = list(rnd.split.losses.values()) + list(rnd.local_losses.values())
+    every_loss = [*rnd.split.losses.values(), *rnd.ushape.losses.values(), *rnd.local_losses.values()]
     if rnd.pool_samples and rnd.pool_loss is not None:
         every_loss.append(rnd.pool_loss)
     record = {
@@ -253,7 +255,16 @@ def run_summary(status: str, history: Sequence[Mapping[str, Any]], wall_s: float
         "policy": policy,
         **({"final-eval-perplexity": perplexity} if perplexity is not None else {}),
         **({"probes": probes} if probes else {}),
+        **privacy_spent(history),
     }
+
+
+def privacy_spent(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Under DP, the run's ``(epsilon, delta)``: its last private round's (a run without DP: nothing)."""
+    private = [r for r in history if "dp-epsilon" in r]
+    if not private:
+        return {}
+    return {"dp-epsilon": private[-1]["dp-epsilon"], "dp-delta": private[-1]["dp-delta"], "dp-rounds": len(private)}
 
 
 def add_to_result(result: Result, record: Mapping[str, Any], state: Mapping[str, np.ndarray]) -> None:
@@ -289,6 +300,7 @@ def save_round(
     uploaded: bool,
     probe: Mapping[str, Any],
     trust: Mapping[str, Any] | None = None,
+    privacy: Mapping[str, Any] | None = None,
 ) -> None:
     """A closed round on disk: the pool if an upload arrived, the record, the ledger, the checkpoint."""
     if uploaded:
@@ -298,4 +310,6 @@ def save_round(
     saved = {"round": record["round"], **fleet_state.dump(), "clock-s": ledger.clock_s, "probe": dict(probe)}
     if trust is not None:
         saved["trust"] = dict(trust)
+    if privacy is not None:
+        saved["privacy"] = dict(privacy)
     run_dir.checkpoint(record["round"], dict(state), saved)

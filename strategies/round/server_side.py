@@ -15,7 +15,7 @@ import numpy as np
 from flwr.app import Message
 from flwr.common.logger import log
 
-from strategies.aggregate import robust
+from strategies.aggregate import dp, robust
 from strategies.aggregate.volume import Contribution, aggregate
 from strategies.fleet.state import FleetState, round_seed
 from strategies.interfaces import ServerModel
@@ -81,11 +81,19 @@ def average_part(
     against earlier rounds' norms with ``update_reference=history``; with a root update
     (``root_samples``), FLTrust merges them into one (:mod:`strategies.trust.fltrust`). Then
     the server's and the pool's contributions join them.
+
+    With ``dp_clip`` > 0 none of that weighting applies: the clients' updates are clipped,
+    averaged with equal weights and noised into one contribution (:mod:`strategies.aggregate.dp`).
     """
     trust = trust or TrustState()
     accepted = part.accepted
     nodes = sorted(accepted, key=lambda n: fleet_state.clients[n].partition_id)
     ordered = [accepted[n] for n in nodes]
+    if settings.dp_clip > 0:
+        rng = dp.noise_generator(settings.seed, rnd.server_round, [fleet_state.clients[n].partition_id for n in nodes])
+        private = dp.private_contribution(ordered, state, settings.dp_clip, settings.dp_noise, rng)
+        clients = [private] if private is not None else []
+        return robust.robust_average(clients + _server_part(settings, part, rnd), state, "mean")
     if settings.trust == "screen":
         reputations = [trust.reputation_of(fleet_state.clients[n].partition_id) for n in nodes]
         ordered = [weigh_by_reputation(c, r) for c, r in zip(ordered, reputations, strict=True)]
@@ -99,8 +107,13 @@ def average_part(
         merged, distrusted = fltrust_contribution(ordered, state, part.root)
         rnd.bounded |= distrusted
         ordered = [merged] if merged is not None else []
-    contributions = ordered + [c for step in SERVER_STEPS.values() for c in step.server_part(settings, part, rnd)]
+    contributions = ordered + _server_part(settings, part, rnd)
     return robust.robust_average(contributions, state, settings.aggregation, settings.trim)
+
+
+def _server_part(settings: SplitSettings, part: TrainedPart, rnd: RoundState) -> list[Contribution]:
+    """The server's own contributions to a round part's average, every mode's step's in turn."""
+    return [c for step in SERVER_STEPS.values() for c in step.server_part(settings, part, rnd)]
 
 
 def train_part(

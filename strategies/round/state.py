@@ -20,6 +20,8 @@ from strategies.fleet.state import ClientInfo
 from strategies.policy.grouping import ModeAssignment
 from strategies.policy.requirements import Failure, FailureCause
 from strategies.trust.screen import References
+from strategies.wire.codecs.base import WireCodec
+from strategies.wire.names import Chunk
 
 
 @dataclass
@@ -36,6 +38,21 @@ class SplitOutcome:
     server_parts: dict[int, Contribution] = field(default_factory=dict)
     losses: dict[int, float] = field(default_factory=dict)
     sequential: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class UShapeOutcome(SplitOutcome):
+    """The server side of this round's U-shape clients (keyed by node id), beyond split's.
+
+    ``chunks``: each client's boundary activations as read (no labels), with its ``volumes`` and
+    ``codecs``; ``server_parts`` (and ``sequential``) carry the head the devices trained on their
+    own labels; ``losses``: the training loss each device reports (the server cannot compute
+    one: it holds no labels).
+    """
+
+    chunks: dict[int, list[Chunk]] = field(default_factory=dict)
+    volumes: dict[int, int] = field(default_factory=dict)
+    codecs: dict[int, WireCodec] = field(default_factory=dict)
 
 
 @dataclass
@@ -80,9 +97,12 @@ class RoundState:
     bytes_down: dict[int, int] = field(default_factory=dict)
     steps_done: dict[int, int] = field(default_factory=dict)
     split: SplitOutcome = field(default_factory=SplitOutcome)
+    ushape: UShapeOutcome = field(default_factory=UShapeOutcome)
+    more_up: dict[int, int] = field(default_factory=dict)  # bytes a node sent in exchanges beyond two
     local_losses: dict[int, float] = field(default_factory=dict)
     pool_members: list[int] = field(default_factory=list)  # partition ids trained on in the pool
     sat_out: list[int] = field(default_factory=list)  # partition ids over the round's deadline
+    population: int = 0  # the clients the sample was drawn from (the DP accountant's sampling rate)
     bounded: dict[str, str] = field(default_factory=dict)  # contributions clipped or rejected, by source
     screened: dict[int, str] = field(default_factory=dict)  # by node id: split clients left out by trust, why
     in_line: dict[int, bool] = field(default_factory=dict)  # by partition id: each screened client's verdict

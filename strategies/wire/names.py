@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -42,13 +42,17 @@ SPLIT_FORWARD = "train.split_forward"
 SPLIT_BACKWARD = "train.split_backward"
 UPLOAD = "train.upload"
 LOCAL = "train.local"
+USHAPE_FORWARD = "train.ushape_forward"
+USHAPE_TOP = "train.ushape_top"
+USHAPE_BACKWARD = "train.ushape_backward"
 EVALUATE = "evaluate"
 
 # Training modes, ordered from the most to the least expensive for the client: `local` runs
-# the emulator, `split` only the lower layers, `centralized` uploads once and trains nothing.
+# the emulator, `ushape` the lower layers and the head, `split` only the lower layers,
+# `centralized` uploads once and trains nothing.
 # What each one sends and does is its entry of strategies.modes.registry.TRAINING_MODES.
-LOCAL_MODE, SPLIT_MODE, CENTRALIZED_MODE = "local", "split", "centralized"
-MODES = (LOCAL_MODE, SPLIT_MODE, CENTRALIZED_MODE)
+LOCAL_MODE, USHAPE_MODE, SPLIT_MODE, CENTRALIZED_MODE = "local", "ushape", "split", "centralized"
+MODES = (LOCAL_MODE, USHAPE_MODE, SPLIT_MODE, CENTRALIZED_MODE)
 
 # What a centralized client uploads once: token ids of its samples, or lower-layer activations.
 SAMPLES, ACTIVATIONS_KIND = "samples", "activations"
@@ -58,6 +62,7 @@ UPLOAD_KINDS = (ACTIVATIONS_KIND, SAMPLES)
 ARRAYS = "arrays"  # trainable tensors (global prefix down, updated prefix up)
 ACTIVATIONS = "activations"  # boundary activations, masks and labels of a batch plan
 GRADIENTS = "gradients"  # boundary gradients, one per planned minibatch
+TOP = "top"  # U-shape: the server's top hidden states, one per planned minibatch (grad.i names them)
 CONFIG = "config"
 METRICS = "metrics"
 PROFILE = "profile"  # what a client reports about itself in a query reply
@@ -259,17 +264,21 @@ def _input_key(kind: str, i: int) -> str:
     return ids_key(i) if kind == SAMPLES else activation_key(i)
 
 
-def encode_chunks(chunks: Sequence[Chunk], kind: str, first_index: int = 0) -> dict[str, npt.NDArray[np.generic]]:
-    """The arrays of a chunked record: ``act.i`` or ``ids.i``, ``mask.i``, ``label.i``."""
+def encode_chunks(
+    chunks: Sequence[Chunk], kind: str, first_index: int = 0, *, labels: bool = True
+) -> dict[str, npt.NDArray[np.generic]]:
+    """The arrays of a chunked record: ``act.i`` or ``ids.i``, ``mask.i``, ``label.i`` (none without ``labels``)."""
     out: dict[str, npt.NDArray[np.generic]] = {}
     for i, chunk in enumerate(chunks, start=first_index):
         out[_input_key(kind, i)] = chunk.inputs
         out[mask_key(i)] = chunk.mask
-        out[label_key(i)] = chunk.label
+        if labels:
+            out[label_key(i)] = chunk.label
     return out
 
 
 _LABEL_KEY = re.compile(r"label\.([0-9]+)")
+_MASK_KEY = re.compile(r"mask\.([0-9]+)")
 
 
 def decode_chunks(
@@ -280,6 +289,7 @@ def decode_chunks(
     hidden: int | None = None,
     limits: ChunkLimits | None = None,
     codec: WireCodec | None = None,
+    labels: bool = True,
 ) -> tuple[list[Chunk], list[str]]:
     """Read a chunked record back and list what is wrong with it (empty: valid).
 
@@ -300,27 +310,41 @@ def decode_chunks(
     codec : WireCodec | None (default: None)
         The wire codec the activations are tagged with (:mod:`strategies.wire.codecs`);
         None: float32. They are decoded to float32 before any other check.
+    labels : bool (default: True)
+        Whether each chunk carries ``label.i``. Without (U-shape: labels never leave the
+        device) a record holding any label is refused, and each chunk's ``label`` is a
+        placeholder of zeros, one per row, that nothing reads.
 
     Chunks must be numbered ``0..n-1`` with nothing else in the record; masks and labels
     (and token ids) must be integers, activations finite.
     """
     prefix = _input_key(kind, 0).split(".")[0]
-    found = sorted(int(m.group(1)) for m in map(_LABEL_KEY.fullmatch, arrays) if m)
+    carried = sorted(k for k in arrays if _LABEL_KEY.fullmatch(k))
+    if not labels and carried:
+        return [], [f"record of {kind} carries labels ({carried[:3]}): refused, labels must stay on the device"]
+    found = sorted(int(m.group(1)) for m in map(_LABEL_KEY.fullmatch if labels else _MASK_KEY.fullmatch, arrays) if m)
     n = len(found) if count is None else count
-    expected = {key for i in range(n) for key in (_input_key(kind, i), mask_key(i), label_key(i))}
+    parts = (prefix, "mask", "label") if labels else (prefix, "mask")
+    keys = [(_input_key(kind, i), mask_key(i), label_key(i))[: len(parts)] for i in range(n)]
+    expected = {key for chunk_keys in keys for key in chunk_keys}
     if n == 0 or set(arrays) != expected:
         missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
         return [], [
-            f"record of {kind}: arrays are not chunks {prefix}/mask/label.0..{max(n - 1, 0)} "
+            f"record of {kind}: arrays are not chunks {'/'.join(parts)}.0..{max(n - 1, 0)} "
             f"(missing {missing[:3]}, unexpected {extra[:3]})"
         ]
     chunks: list[Chunk] = []
     problems: list[str] = []
     width = hidden
+    limits = limits or ChunkLimits()
+    if not labels:  # the placeholder labels say nothing: no label check applies to them
+        limits = replace(limits, num_labels=None, token_labels=None)
     for i in range(n):
-        chunk = Chunk(*(np.asarray(arrays[key]) for key in (_input_key(kind, i), mask_key(i), label_key(i))))
+        inputs, mask = np.asarray(arrays[keys[i][0]]), np.asarray(arrays[keys[i][1]])
+        label = np.asarray(arrays[keys[i][2]]) if labels else np.zeros(inputs.shape[:1], np.int64)
+        chunk = Chunk(inputs, mask, label)
         chunk, problem = _decoded(chunk, kind, codec or wire_codec("float32"))
-        problem = problem or _chunk_problem(chunk, kind, width) or _limit_problem(chunk, kind, limits or ChunkLimits())
+        problem = problem or _chunk_problem(chunk, kind, width) or _limit_problem(chunk, kind, limits)
         if problem:
             problems.append(f"chunk {i}: {problem}")
         elif kind == ACTIVATIONS_KIND:

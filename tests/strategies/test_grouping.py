@@ -39,6 +39,7 @@ def _profile(cpu_hz_max=1e9, cycles_per_flop=1.0, memory_bytes=1e9, energy_budge
 #   centralized: 1 s up + 6 s server                            = 7 s,    0.3 J,  floor 0.14 J
 WORKLOADS = {
     "local": Workload("local", 4e9, 1e5, 1e5, 0.0, 5e8),
+    "ushape": Workload("ushape", 1.1e9, 1.1e6, 1.1e6, 1.5e12, 2.1e8),
     "split": Workload("split", 1e9, 1e6, 1e6, 1e12, 2e8),
     "centralized": Workload("centralized", 0.0, 2.5e5, 0.0, 6e12, 0.0),
 }

@@ -7,7 +7,7 @@ from strategies.policy.groupings.registry import GROUPING_POLICIES, grouping_par
 from strategies.policy.policies import POLICIES, Policy
 from tests.strategies.test_grouping import WORKLOADS, _profile
 
-EXPECTED = ("local", "split", "centralized", "threshold", "cost", "kmeans", "random")
+EXPECTED = ("local", "ushape", "split", "centralized", "threshold", "cost", "kmeans", "random")
 
 
 def test_the_registry_lists_every_policy_in_order():

@@ -28,8 +28,8 @@ def test_every_message_type_belongs_to_one_mode():
 
 def test_an_unknown_mode_is_named_with_the_known_ones():
     try:
-        training_mode("ushape")
+        training_mode("vshape")
     except ValueError as err:
-        assert "ushape" in str(err) and "split" in str(err)
+        assert "vshape" in str(err) and "ushape" in str(err)
     else:
         raise AssertionError("an unknown mode was accepted")

@@ -14,6 +14,7 @@ from strategies.cost.workload import (
     split_workload,
     upload_row_bytes,
     upload_workload,
+    ushape_workload,
 )
 from strategies.fleet.devices import DeviceProfile
 from strategies.policy.allocation import allocate
@@ -250,3 +251,24 @@ def test_affordable_rows_grows_with_budget():
     # Assert
     assert rows == sorted(rows)
     assert rows[0] == 0 and rows[-1] == 500
+
+
+def test_ushape_sends_no_labels_and_pays_for_the_head_and_a_third_exchange():
+    # Prepare: a classifier head of 18 parameters (8 x 2 + 2), run once per sample
+    shape = replace(SHAPE, head_params=18)
+
+    # Execute
+    w = ushape_workload(shape, PLAN)
+
+    # Assert: 30 tokens of 8 float32 values = 960 bytes (activations up, boundary gradients down),
+    # and one pooled feature vector per sample each way (3 x 32 bytes); masks up; no label bytes
+    assert w.uplink_bytes == 960 + 96 + 30 * 1 + 64 + 16
+    assert w.downlink_bytes == 960 + 96 + 2 * 64 + 16
+    # Split's 3 forwards of 2 lower layers (6 x 6000), and the head: 6 FLOPs per parameter per sample
+    assert w.client_flops == 6 * 6000 + 6 * 18 * 3
+    # The server runs its 4 layers once for the features and again forward and backward
+    assert w.server_flops == 3 * 4 * 6000
+    # An LM head runs on every token instead, and its features are a vector per token
+    lm = ushape_workload(replace(shape, head_per_token=True), PLAN)
+    assert lm.client_flops == 6 * 6000 + 6 * 18 * 30
+    assert lm.uplink_bytes == 2 * 960 + 30 * 1 + 64 + 16

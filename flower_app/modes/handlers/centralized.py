@@ -32,7 +32,15 @@ def upload(msg: Message, context: Context) -> Message:
     else:
         set_state(device.client, from_record(msg.content.array_records[wire.ARRAYS]))
         with torch_threads(job.config.run.client_threads):
-            uploaded = upload_activations(device.client, encoded, chosen, device.pad_id, job.plan.activation_dtype)
+            uploaded = upload_activations(
+                device.client,
+                encoded,
+                chosen,
+                device.pad_id,
+                job.plan.activation_dtype,
+                guard=job.guard,
+                noise_seed=job.noise_seed,
+            )
         tag = codec_tag(job.plan.activation_dtype)  # the activations' wire codec: the server decodes by it
     metrics = MetricRecord({wire.NUM_EXAMPLES: len(chosen)})
     return Message(

@@ -37,6 +37,7 @@ def train(msg: Message, context: Context) -> Message:
             job.plan.lr,
             job.plan.head_lr,
             job.requirement,
+            job.guard,
         )
     if result.failure is not None:
         return failure_reply(msg, result.failure)

@@ -56,6 +56,13 @@ class ImageServer(SplitServer):
         self.client.channel.configure(self._channel_snr(training=False), self.setup.config.run.seed)
         return super().evaluate(state)
 
+    def top_split(self, state: Mapping[str, np.ndarray], batches: Sequence[wire.Chunk]) -> list[np.ndarray]:
+        """U-shape is a text mode: the image decoder's head reads no hidden states a device could hold."""
+        raise ValueError("mode 'ushape' is not available for task.family=image (its decoder and head are one)")
+
+    def train_top(self, *args: object, **kwargs: object) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        raise ValueError("mode 'ushape' is not available for task.family=image (its decoder and head are one)")
+
     def shape(self) -> ModelShape:
         """Residual blocks as layers, feature-map positions as tokens (see :mod:`flower_app.tasks.image.model`)."""
         client, decoder, state = self.client, self.decoder, self.setup.initial_state

@@ -267,4 +267,5 @@ IMAGE = TaskFamily(
     prepare_device=prepare_device,
     metrics=metrics,
     resume_keys=("image",),
+    token_embeddings=False,  # pixels enter a convolution: no embedding matrix to draw directions from
 )

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from strategies.policy.grouping import Fleet, GroupingPolicy, ModeAssignment, assignment, check_modes
-from strategies.wire.names import MODES
+from strategies.wire.names import CENTRALIZED_MODE, LOCAL_MODE, SPLIT_MODE
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,16 @@ class RandomParams:
 
     Attributes
     ----------
-    random_fractions : tuple[tuple[str, float], ...] (default: every mode, equal fractions)
+    random_fractions : tuple[tuple[str, float], ...] (default: local, split and centralized, equal fractions)
         ``(mode, fraction)`` pairs: the share of the fleet drawn into each mode, normalised to
         sum 1; a mode's group is its place in this list.
     """
 
-    random_fractions: tuple[tuple[str, float], ...] = tuple((mode, 1.0) for mode in MODES)
+    # The modes the fleet policies choose among by default (``cost-modes``): a baseline that
+    # stays the same when a mode is added; ``ushape`` joins when it is listed.
+    random_fractions: tuple[tuple[str, float], ...] = tuple(
+        (mode, 1.0) for mode in (LOCAL_MODE, SPLIT_MODE, CENTRALIZED_MODE)
+    )
 
     def __post_init__(self) -> None:
         names = tuple(mode for mode, _ in self.random_fractions)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from strategies.round.steps import centralized, local, split
+from strategies.round.steps import centralized, local, split, ushape
 from strategies.round.steps.base import ServerStep
 
 SERVER_STEPS: Mapping[str, ServerStep] = MappingProxyType(
@@ -19,5 +19,6 @@ SERVER_STEPS: Mapping[str, ServerStep] = MappingProxyType(
         split.STEP.mode: split.STEP,
         local.STEP.mode: local.STEP,
         centralized.STEP.mode: centralized.STEP,
+        ushape.STEP.mode: ushape.STEP,
     }
 )

@@ -48,17 +48,25 @@ class ForwardReply:
 
 
 def read_forward(
-    info: ClientInfo, reply: Message, settings: SplitSettings, shape: Bounds, fleet_state: FleetState
+    info: ClientInfo,
+    reply: Message,
+    settings: SplitSettings,
+    shape: Bounds,
+    fleet_state: FleetState,
+    *,
+    labels: bool = True,
 ) -> ForwardReply:
     """A forward reply's minibatches, within what was planned: one chunk per minibatch of at most the
     batch size, the model's hidden size, sequence length and labels, bounded magnitudes, and a
-    ``num-examples`` the client holds, was planned, and sent rows for. Raises ValueError."""
+    ``num-examples`` the client holds, was planned, and sent rows for. Raises ValueError.
+
+    ``labels=False`` (U-shape): a reply that carries any label is refused."""
     limits = replace(shape.limits, max_rows=settings.batch_size, max_abs=settings.max_activation)
     arrays = from_record(reply.content.array_records[wire.ACTIVATIONS])
     codec = tagged_codec(reply.content.config_records.get(wire.CONFIG), wire.CODEC, settings.activation_dtype)
     planned = fleet_state.steps_of(info, settings)
     chunks, problems = wire.decode_chunks(
-        arrays, wire.ACTIVATIONS_KIND, count=planned, hidden=shape.hidden, limits=limits, codec=codec
+        arrays, wire.ACTIVATIONS_KIND, count=planned, hidden=shape.hidden, limits=limits, codec=codec, labels=labels
     )
     claimed = reply.content.metric_records[wire.METRICS][wire.NUM_EXAMPLES]
     sent = sum(len(c.label) for c in chunks)  # a client demonstrably trained on no more rows than it sent
@@ -160,8 +168,9 @@ def backward_messages(
     server_round: int,
     config: ConfigRecord,
     seed_round: int | None = None,
+    message_type: str = wire.SPLIT_BACKWARD,
 ) -> list[Message]:
-    """``train.split_backward`` for each split client: its gradients and the lower prefix to replay."""
+    """``train.split_backward`` (or ``message_type``) for each client: its gradients and the lower prefix to replay."""
     client_record = to_record(client_part)
     messages = []
     for node, grads in gradients.items():
@@ -173,7 +182,7 @@ def backward_messages(
             wire.GRADIENTS: to_record({wire.gradient_key(i): g for i, g in enumerate(grads)}),
             wire.CONFIG: plan,
         }
-        messages.append(msgs.message(info, wire.SPLIT_BACKWARD, server_round, records))
+        messages.append(msgs.message(info, message_type, server_round, records))
     return messages
 
 
