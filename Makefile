@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: results-hetero setup docs config-reference device run run-inprocess scale lint test test-fast mutate bench bench-hetero-seeds bench-robust bench-scale bench-deploy bench-llm bench-probe bench-semcom bench-select clean
+.PHONY: results-hetero setup docs config-reference device run run-inprocess scale lint test test-fast mutate bench bench-hetero-seeds bench-robust bench-scale bench-deploy bench-llm bench-probe bench-semcom bench-select bench-privacy clean
 
 setup: $(STAMP)
 
@@ -98,6 +98,11 @@ bench-select: setup
 # SmolLM2-135M split and prefix-tuned on 2 CPU cores: about 15-20 minutes.
 bench-llm: setup
 	$(PY) bench/llm.py
+
+# What the server recovers of the text from the boundary activations, per split layer and defence:
+# a few minutes for MiniLM on 2 cores, longer for SmolLM2.
+bench-privacy: setup
+	$(PY) bench/privacy.py
 
 # By hand, not in CI: deployed vs in-process seconds per round, Flower's floor, device memory.
 bench-deploy: setup
