@@ -26,7 +26,7 @@ recovery. "accuracy" is the held-out accuracy of a full run with that defence, g
 ``--accuracy NAME=VALUE`` or read from ``--runs NAME=RUNDIR`` (its ``summary.json``); NAME is
 ``[MODEL:]DEFENCE[@LAYER]`` (``none``, ``minilm:iso-8@2``); the cost is in points against ``none``.
 
-    python bench/privacy.py                                        # MiniLM, then SmolLM2 (slower)
+    python bench/privacy.py                          # MiniLM (~9 min on 2 shared cores), then SmolLM2 (~4 min a layer)
     python bench/privacy.py --models minilm --layers 2 --victims 8    # a minute or two
     python bench/privacy.py --models minilm --accuracy none=0.79 iso-8@2=0.70 --runs emb-2@2=runs/emb2
 """
@@ -224,6 +224,7 @@ def ushape_leakage(model, layer: int, prefix_length: int, seed: int, data: dict[
     family = detect_family(model.config)
     prefix = initial_prefix(model, family, prefix_length, seed=seed, vocab_size=model.config.vocab_size)
     client, server = split(model, spec_for(family, layer, prefix_length), prefix, seed=seed)
+    n = min(n, len(data["ids"]))
     ids, mask, labels = data["ids"][:n], data["mask"][:n], data["labels"][:n]
     with torch.no_grad():
         hidden = server.stack(client(ids, mask), mask)
@@ -231,7 +232,7 @@ def ushape_leakage(model, layer: int, prefix_length: int, seed: int, data: dict[
     features = pool(sent, mask, server.spec.pooling, server.pooler).detach().requires_grad_(True)
     F.cross_entropy(server.head(features), labels).backward()
     assert features.grad is not None
-    found = {"labels": label_recovery(cluster_directions(features.grad), labels)}
+    found = {"samples": n, "labels": label_recovery(cluster_directions(features.grad), labels)}
     if family != "bert":
         table = model.get_output_embeddings().weight.detach()
         targets = data_mod.token_targets(ids, mask, np.zeros(n, dtype=np.int64))
@@ -302,22 +303,23 @@ def _f(value: float | None, digits: str = ".3f") -> str:
 
 
 def print_table(rows: list[Row]) -> None:
+    width = max(len(r.model) for r in rows) + 2
     print(
-        f"{'model':<9}{'layer':>6}  {'defence':<9}{'clip':>7}  {'search tok':>10}{'sent':>7}"
+        f"{'model':<{width}}{'layer':>6}  {'defence':<9}{'clip':>7}  {'search tok':>10}{'sent':>7}"
         f"  {'inverse tok':>11}{'sent':>7}  {'downlink':>8}  {'accuracy':>8}{'cost':>7}"
     )
     for r in rows:
         print(
-            f"{r.model:<9}{r.layer:>6}  {r.defence:<9}{_f(r.clip or None, '.2f'):>7}  {r.search_tokens:>10.3f}"
+            f"{r.model:<{width}}{r.layer:>6}  {r.defence:<9}{_f(r.clip or None, '.2f'):>7}  {r.search_tokens:>10.3f}"
             f"{r.search_sentences:>7.3f}  {r.inverse_tokens:>11.3f}{r.inverse_sentences:>7.3f}"
             f"  {r.downlink_labels:>8.3f}  {_f(r.accuracy):>8}{_f(r.cost, '.1f'):>7}"
         )
 
 
-def print_modes(model: str, leak: dict, grad_batch: int) -> None:
+def print_modes(model: str, leak: dict) -> None:
     labels = f"labels {leak['labels']:.0%} by clustering"
     targets = f", next-token targets {leak['targets']:.0%} (tied LM head)" if "targets" in leak else ""
-    print(f"\n{model}: what each mode sends (U-shape measured on {grad_batch} samples)")
+    print(f"\n{model}: what each mode sends (U-shape measured on {leak['samples']} samples)")
     lines = [
         ("split", "activations (B,T,H) every step", "labels, with them", "the rows above"),
         ("centralized", "the same activations, once", "labels", "the rows above: the same tensors"),
@@ -330,16 +332,16 @@ def print_modes(model: str, leak: dict, grad_batch: int) -> None:
         print(f"  {mode:<12}{uplink:<34}{sent:<19}{reads}")
 
 
-def print_verdict(model: str, rows: list[Row]) -> None:
+def print_verdict(model: str, rows: list[Row], rank: int) -> None:
     best = cheapest([r for r in rows if r.defence != "none"])
     if best is None:
         print(f"{model}: no setting keeps token recovery under {SAFE:.0%} by every attack")
         return
     cost = f"accuracy cost {best.cost:.1f} points" if best.cost is not None else "accuracy cost unknown (no --accuracy)"
-    print(
-        f"{model}: cheapest under {SAFE:.0%} token recovery by every attack: {best.defence} at layer {best.layer}"
-        f" (privacy.act-clip={best.clip:.2f} privacy.act-noise={best.noise:g}), {cost}"
-    )
+    settings = f"model.split-layer={best.layer} privacy.act-clip={best.clip:.2f} privacy.act-noise={best.noise:g}"
+    if best.defence.startswith("emb-"):
+        settings += f" privacy.act-directions=embedding privacy.act-rank={rank}"
+    print(f"{model}: cheapest under {SAFE:.0%} token recovery by every attack: {best.defence} ({settings}), {cost}")
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -417,10 +419,10 @@ def _print_all(args: argparse.Namespace, origin: dict, rows: list[Row], leaks: d
     print("# from split mode's boundary gradients (0.5: chance); accuracy: held-out, of a full run; cost: points\n")
     print_table(rows)
     for model in dict.fromkeys(r.model for r in rows):
-        print_modes(model, leaks[model], args.grad_batch)
+        print_modes(model, leaks[model])
     print()
     for model in dict.fromkeys(r.model for r in rows):
-        print_verdict(model, [r for r in rows if r.model == model])
+        print_verdict(model, [r for r in rows if r.model == model], args.rank)
     print(f"\nbench wall time {wall:.0f} s")
 
 

@@ -7,11 +7,13 @@
   of ``(multiplier * max_norm) ** 2`` whatever the hidden size. Noise is additive and independent of
   the prefix, so the replayed forward needs none: the gradient of ``h + n`` is the gradient of ``h``.
 - :func:`embedding_directions`: the top principal directions of the frozen token embedding matrix.
-  At a shallow split a token's vector still carries its input embedding, and these directions are
-  what tells tokens apart; noise confined to them (same expected energy as isotropic noise) spends
-  the whole budget where an inversion attack reads. The idea of choosing perturbation directions
-  against inversion follows ActInv/PriPert (arXiv 2605.23158); this is a simple instance of it, not
-  a reimplementation.
+  At a shallow split a token's vector still carries its input embedding, and these directions
+  tell tokens apart; noise confined to them (same expected energy as isotropic noise) is meant
+  to spend the budget where a nearest-embedding search reads. Measured (``bench/privacy.py``,
+  docs/results.md), it slows the search attack but a learned inverse reads the directions
+  outside the noise: it does not replace isotropic noise. The idea of choosing perturbation
+  directions against inversion follows ActInv/PriPert (arXiv 2605.23158); this is a simple
+  instance of it, not a reimplementation.
 """
 
 from __future__ import annotations
