@@ -282,7 +282,8 @@ def test_resume_keeps_exclusions_and_mode_changes(tmp_path):
     assert rounds[0]["failures"]["insufficient-compute"] == 1 and rounds[0]["clients"]["0"]["mode"] == "split"
     assert [r["failures"]["client-error"] for r in rounds] == [1, 1, 1, 0]
     assert [r["excluded"] for r in rounds] == [[], [], [4], [4]]
-    assert rounds[3]["modes"] == {"centralized": 4, "local": 0, "split": 2}  # client 0 moved; 4 keeps its mode
+    # client 0 moved; 4 keeps its mode
+    assert rounds[3]["modes"] == {"centralized": 4, "local": 0, "split": 2, "ushape": 0}
     assert sorted(rounds[3]["clients"]) == ["5"] and rounds[3]["dropped"] == {}
     assert _groups(whole)["clients"]["0"]["mode"] == "centralized"
 
@@ -320,10 +321,10 @@ def test_a_policy_schedule_regroups_the_fleet_at_its_stages_and_after_a_resume(t
     # Assert: each round ran in its stage's modes, and the run learned
     rounds = whole.rounds()
     assert [r["modes"] for r in rounds] == [
-        {"centralized": NODES, "local": 0, "split": 0},
-        {"centralized": 3, "local": 0, "split": 3},  # the bimodal fleet's phones and base stations
-        {"centralized": 0, "local": 0, "split": NODES},
-        {"centralized": 0, "local": 0, "split": NODES},
+        {"centralized": NODES, "local": 0, "split": 0, "ushape": 0},
+        {"centralized": 3, "local": 0, "split": 3, "ushape": 0},  # the bimodal fleet's phones and base stations
+        {"centralized": 0, "local": 0, "split": NODES, "ushape": 0},
+        {"centralized": 0, "local": 0, "split": NODES, "ushape": 0},
     ]
     assert summary["status"] == "completed" and summary["final-accuracy"] > 0.6
     _assert_fault_free(rounds)
