@@ -394,6 +394,11 @@ def set_state(part: ClientPart | ServerPart, state: Mapping[str, npt.NDArray[Any
     missing = [name for name in named if name not in state]
     if missing:
         raise KeyError(f"state is missing trainable tensors {missing}")
+    load_tensors(named, state)
+
+
+def load_tensors(named: Mapping[str, nn.Parameter], state: Mapping[str, npt.NDArray[Any]]) -> None:
+    """Copy ``state[name]`` into each parameter of ``named``; ValueError naming a misshapen one."""
     with torch.no_grad():
         for name, param in named.items():
             value = torch.as_tensor(np.asarray(state[name]), dtype=param.dtype)

@@ -13,10 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from flower_app.data import files as data_mod
-from flower_app.model.split_model import ServerPart, SplitSpec, trainable_named
+from flower_app.model.split_model import ServerPart, SplitSpec, load_tensors, trainable_named
 from flower_app.modes.training import adam, from_wire, task_loss, to_wire
 from strategies.wire import names as wire
 from strategies.wire.codecs.base import WireCodec
@@ -65,9 +64,4 @@ def set_head(upper: ServerPart, arrays: dict[str, np.ndarray]) -> None:
     named = {k: p for k, p in trainable_named(upper).items() if wire.is_head(k)}
     if set(arrays) != set(named):
         raise ValueError(f"head tensors {sorted(arrays)}, expected {sorted(named)}")
-    with torch.no_grad():
-        for name, param in named.items():
-            value = torch.as_tensor(np.asarray(arrays[name]), dtype=param.dtype)
-            if value.shape != param.shape:
-                raise ValueError(f"'{name}' has shape {tuple(value.shape)}, expected {tuple(param.shape)}")
-            param.copy_(value)
+    load_tensors(named, arrays)
